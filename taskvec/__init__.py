@@ -1,0 +1,1 @@
+"""taskvec: task arithmetic in weight space and in the tangent space."""
