@@ -1,0 +1,77 @@
+"""Files: atomic writes and safetensors with JSON metadata. Nothing here unpickles."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from .errors import TaskvecError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    A crash mid-write leaves the previous file intact instead of a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise TaskvecError(f"file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TaskvecError(f"corrupt JSON file {path}: {exc}") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Save tensors as safetensors; metadata values are stored JSON-encoded under their keys."""
+    meta = {key: json.dumps(value) for key, value in metadata.items()}
+    flat = {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a safetensors file written by `save_tensors`; a missing or corrupt file is a TaskvecError."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskvecError(f"file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw_meta = handle.metadata() or {}
+        tensors = load_file(str(path))
+        metadata = {key: json.loads(value) for key, value in raw_meta.items()}
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise TaskvecError(f"corrupt or unreadable safetensors file {path}: {exc}") from None
+    return tensors, metadata

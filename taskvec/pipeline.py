@@ -1,0 +1,207 @@
+"""The stages of `taskvec run`, top to bottom. Each stage writes a file in the run directory;
+a stage whose file exists is skipped, so a second run reuses the fine-tuned vectors."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import RunConfig, to_dict
+from .edits import alpha_grid, negation_control, task_addition, task_negation
+from .errors import TaskvecError
+from .evaluate import METHODS, EvalSet, Evaluator, encode
+from .io import load_tensors, read_json, save_tensors, write_json
+from .models import Backbone, build_backbone
+from .models.heads import ClassificationHead, prototype_head, probe_head, text_head
+from .task_vector import TaskVector, base_identity
+from .tasks import Task, get_task, make_splits
+from .train import finetune
+
+SPLITS = ("train", "val", "test")
+VECTOR_MODE = {"nonlinear": "nonlinear", "posthoc": "nonlinear", "linear": "linear"}
+Log = Callable[[str], None]
+
+
+@dataclass
+class PreparedTask:
+    task: Task
+    sets: dict[str, EvalSet]
+
+
+def prepare_tasks(backbone: Backbone, names: list[str], cfg: RunConfig) -> dict[str, PreparedTask]:
+    """Load each task, split it with the configured seed and caps, and prepare the inputs once."""
+    prepared = {}
+    d = cfg.data
+    for name in names:
+        task = get_task(name)
+        if task.modality != backbone.modality:
+            raise TaskvecError(f"task {name!r} is {task.modality} data but backbone {backbone.name!r} encodes {backbone.modality}")
+        data = make_splits(task, seed=d.seed, val_fraction=d.val_fraction, val_cap=d.val_cap, max_train=d.max_train, max_val=d.max_val, max_test=d.max_test)
+        sets = {}
+        for split in SPLITS:
+            raw = data.split(split)
+            sets[split] = EvalSet(backbone.prepare(raw.inputs), torch.as_tensor(raw.labels, dtype=torch.long))
+        prepared[name] = PreparedTask(task, sets)
+    return prepared
+
+
+def build_head(backbone: Backbone, prepared: PreparedTask, cfg: RunConfig) -> ClassificationHead:
+    kind = cfg.head.kind
+    if kind == "auto":
+        kind = "text" if backbone.modality == "text" else "prototype"
+    task = prepared.task
+    if kind == "text":
+        descriptions = list(task.descriptions or [f"An example of {c}." for c in task.classnames])
+        return text_head(backbone.encode_text(descriptions), cfg.head.scale)
+    train = prepared.sets["train"]
+    features = encode(backbone, train.inputs, cfg.eval.chunk, cfg.device)
+    if kind == "prototype":
+        return prototype_head(features, train.labels, task.num_classes, cfg.head.scale)
+    return probe_head(features, train.labels, task.num_classes, seed=cfg.data.seed)
+
+
+class Run:
+    """A run directory: the config it was made with and one file per finished stage."""
+
+    def __init__(self, cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True):
+        self.cfg, self.out, self.log, self.progress = cfg, Path(out), log, progress
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def check_config(self) -> None:
+        path = self.out / "config.json"
+        current = to_dict(self.cfg)
+        if path.exists():
+            saved = read_json(path)
+            if saved != current:
+                changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+                raise TaskvecError(f"{self.out} holds a run of a different config (differs in: {', '.join(changed)}); use another --out")
+        else:
+            write_json(path, current)
+
+    def stage(self, name: str, compute: Callable[[], dict]) -> dict:
+        path = self.out / "stages" / f"{name}.json"
+        if path.exists():
+            self.log(f"[skip] {name}: found {path}")
+            return read_json(path)
+        started = time.perf_counter()
+        result = compute()
+        write_json(path, result)
+        self.log(f"[done] {name} in {time.perf_counter() - started:.1f}s")
+        return result
+
+    def head(self, backbone: Backbone, prepared: PreparedTask) -> ClassificationHead:
+        path = self.out / "heads" / f"{prepared.task.name}.safetensors"
+        identity = base_identity(backbone)
+        if path.exists():
+            tensors, meta = load_tensors(path)
+            if meta.get("base") != identity:
+                raise TaskvecError(f"head {path} was built for another base model; use another --out")
+            return ClassificationHead(tensors["weight"], meta["scale"])
+        head = build_head(backbone, prepared, self.cfg)
+        save_tensors(path, {"weight": head.weight}, {"base": identity, "task": prepared.task.name, "scale": head.scale, "kind": self.cfg.head.kind})
+        return head
+
+    def vector(self, backbone: Backbone, head: ClassificationHead, prepared: PreparedTask, mode: str) -> TaskVector:
+        name = prepared.task.name
+        path = self.out / "vectors" / f"{name}.{mode}.safetensors"
+        if path.exists():
+            vector = TaskVector.load(path)
+            if vector.base != base_identity(backbone):
+                raise TaskvecError(f"task vector {path} was made from another base model; use another --out")
+            self.log(f"[skip] fine-tune {name} ({mode}): found {path}")
+            return vector
+        train = prepared.sets["train"]
+        cfg = getattr(self.cfg.train, mode)
+        vector = finetune(backbone, head, train.inputs, train.labels, mode=mode, cfg=cfg, task=name,
+                          checkpoint=self.out / "checkpoints" / f"{name}.{mode}.safetensors", device=self.cfg.device, progress=self.progress)
+        vector.save(path)
+        (self.out / "checkpoints" / f"{name}.{mode}.safetensors").unlink(missing_ok=True)
+        self.log(f"[done] fine-tune {name} ({mode}) in {vector.info.get('seconds')}s, last loss {vector.info.get('last_loss')}")
+        return vector
+
+
+def single_task_results(evaluators: dict[str, Evaluator], tasks: list[str], controls: list[str]) -> dict:
+    """Accuracy of each single-task model (α = 1), and of θ0 on the tasks and the controls."""
+    pre = next(iter(evaluators.values()))
+    result = {split: {"pretrained": {t: pre.accuracy(t, split, {}) for t in tasks + controls}} for split in ("val", "test")}
+    for method, ev in evaluators.items():
+        for split in ("val", "test"):
+            result[split][method] = {t: ev.accuracy(t, split, {t: 1.0}) for t in tasks}
+    return result
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True) -> dict:
+    """Every stage of the benchmark; returns the results written to out/results.json."""
+    from .report import write_report
+
+    started = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = Run(cfg, out, log, progress)
+    run.check_config()
+    torch.manual_seed(cfg.data.seed)  # random init, if asked for, is reproducible
+    backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+    tasks = list(cfg.tasks)
+    targets = list(cfg.negation.targets or tasks)
+    controls = {t: negation_control(t, tasks, cfg.negation.control) for t in targets}
+    names = tasks + sorted(set(controls.values()) - set(tasks))
+    log(f"backbone {cfg.backbone} ({cfg.init}); tasks {tasks}; negation controls {controls}")
+
+    prepared = prepare_tasks(backbone, names, cfg)
+    heads = {name: run.head(backbone, prepared[name]) for name in names}
+    vectors = {mode: {t: run.vector(backbone, heads[t], prepared[t], mode) for t in tasks} for mode in ("nonlinear", "linear")}
+
+    sets = {(name, split): prepared[name].sets[split] for name in names for split in ("val", "test")}
+    shared: dict = {}
+    evaluators = {m: Evaluator(backbone, heads, sets, vectors[VECTOR_MODE[m]], m, chunk=cfg.eval.chunk, device=cfg.device, pretrained_cache=shared) for m in METHODS}
+    alphas = alpha_grid(cfg.eval.alpha_start, cfg.eval.alpha_stop, cfg.eval.alpha_step)
+
+    single = run.stage("single_task", lambda: single_task_results(evaluators, tasks, names[len(tasks):]))
+    addition = run.stage("addition", lambda: {
+        m: task_addition(ev, tasks, {s: single[s][m] for s in ("val", "test")}, alphas) for m, ev in evaluators.items()})
+    negation = run.stage("negation", lambda: {
+        m: {t: task_negation(ev, t, controls[t], single["val"]["pretrained"][controls[t]], alphas, cfg.negation.threshold) for t in targets}
+        for m, ev in evaluators.items()})
+
+    results = assemble_results(cfg, single, addition, negation, tasks, targets, controls)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(run.out / "results.json", results)
+    write_report(results, run.out)
+    log(f"wrote {run.out / 'results.json'} and {run.out / 'report.md'}")
+    return results
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def assemble_results(cfg: RunConfig, single: dict, addition: dict, negation: dict, tasks: list[str], targets: list[str], controls: dict) -> dict:
+    """The results.json layout: single_task[method][task], addition[method], negation[method]."""
+    pre_test = single["test"]["pretrained"]
+    neg = {"pretrained": {
+        "target": _mean(pre_test[t] for t in targets),
+        "control": _mean(pre_test[controls[t]] for t in targets),
+        "per_task": {t: {"target": pre_test[t], "control": pre_test[controls[t]], "control_task": controls[t], "alpha": 0.0} for t in targets},
+    }}
+    for m, per_target in negation.items():
+        neg[m] = {
+            "target": _mean(per_target[t]["target"] for t in targets),
+            "control": _mean(per_target[t]["control"] for t in targets),
+            "per_task": per_target,
+        }
+    add = {"pretrained": {"alpha": 0.0, "absolute": _mean(pre_test[t] for t in tasks), "normalized": None,
+                          "per_task": {t: {"accuracy": pre_test[t], "normalized": None} for t in tasks}}}
+    add.update(addition)
+    return {
+        "config": to_dict(cfg),
+        "tasks": tasks,
+        "single_task": {m: {t: single["test"][m][t] for t in tasks} for m in single["test"]},
+        "single_task_val": {m: {t: single["val"][m][t] for t in tasks} for m in single["val"]},
+        "addition": add,
+        "negation": neg,
+    }

@@ -1,0 +1,163 @@
+"""Task vectors τ = θ* − θ0: arithmetic, application to a base model, safetensors I/O.
+
+A vector knows its mode ("nonlinear": fine-tuned f; "linear": fine-tuned f_lin), the identity
+of the θ0 it was taken from, and the tasks it carries. Arithmetic between vectors of other
+bases, modes or parameter sets is refused: the result would be meaningless.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+
+from .errors import TaskvecError
+from .io import load_tensors, save_tensors
+from .linearize import LinearizedBackbone
+from .models.base import Backbone
+
+Mode = Literal["nonlinear", "linear"]
+MODES: tuple[str, ...] = ("nonlinear", "linear")
+FORMAT = "taskvec.task_vector/1"
+
+
+def fingerprint(params: dict[str, torch.Tensor]) -> str:
+    """A short hash of θ0's values, so a vector can't be applied to other weights by mistake."""
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        tensor = params[name].detach().to("cpu", torch.float32).contiguous()
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def base_identity(backbone: Backbone) -> dict[str, str]:
+    """The backbone's own identity plus a fingerprint of its current (θ0) weights."""
+    if isinstance(backbone, LinearizedBackbone):
+        params = backbone.params0
+    else:
+        params = dict(backbone.named_parameters())
+    return {**backbone.identity(), "fingerprint": fingerprint(params)}
+
+
+@dataclass
+class TaskVector:
+    vector: dict[str, torch.Tensor]
+    mode: Mode
+    base: dict[str, str]
+    tasks: tuple[str, ...] = ()
+    info: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise TaskvecError(f"unknown task-vector mode {self.mode!r}; expected one of {MODES}")
+
+    # ----- construction -------------------------------------------------------------------
+    @classmethod
+    def from_weights(cls, pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], *, mode: Mode, base: dict[str, str], task: str, info: dict | None = None) -> "TaskVector":
+        if set(pretrained) != set(finetuned):
+            missing = sorted(set(pretrained) ^ set(finetuned))[:3]
+            raise TaskvecError(f"pre-trained and fine-tuned weights have different parameters, e.g. {missing}")
+        vector = {n: (finetuned[n].detach() - pretrained[n].detach()).cpu() for n in pretrained}
+        return cls(vector, mode, dict(base), (task,), dict(info or {}))
+
+    # ----- arithmetic ---------------------------------------------------------------------
+    def _check_compatible(self, other: "TaskVector") -> None:
+        if not isinstance(other, TaskVector):
+            raise TypeError(f"cannot combine a TaskVector with {type(other).__name__}")
+        if self.mode != other.mode:
+            raise TaskvecError(f"cannot combine a {self.mode} task vector with a {other.mode} one")
+        if self.base != other.base:
+            raise TaskvecError(f"task vectors come from different base models: {self.base} vs {other.base}")
+        if set(self.vector) != set(other.vector):
+            diff = sorted(set(self.vector) ^ set(other.vector))[:3]
+            raise TaskvecError(f"task vectors have different parameters, e.g. {diff}")
+        for name, tensor in self.vector.items():
+            if tensor.shape != other.vector[name].shape:
+                raise TaskvecError(f"parameter {name!r} has shape {tuple(tensor.shape)} vs {tuple(other.vector[name].shape)}")
+
+    def _combine(self, other: "TaskVector", sign: float) -> "TaskVector":
+        self._check_compatible(other)
+        vector = {n: t + sign * other.vector[n] for n, t in self.vector.items()}
+        return TaskVector(vector, self.mode, self.base, self.tasks + other.tasks)
+
+    def __add__(self, other: "TaskVector") -> "TaskVector":
+        return self._combine(other, 1.0)
+
+    def __radd__(self, other: object) -> "TaskVector":
+        if other == 0:  # lets the built-in sum() start from 0
+            return self
+        return NotImplemented  # type: ignore[return-value]
+
+    def __sub__(self, other: "TaskVector") -> "TaskVector":
+        return self._combine(other, -1.0)
+
+    def __neg__(self) -> "TaskVector":
+        return self * -1.0
+
+    def __mul__(self, scalar: float) -> "TaskVector":
+        if not isinstance(scalar, (int, float)):
+            return NotImplemented  # type: ignore[return-value]
+        return TaskVector({n: t * float(scalar) for n, t in self.vector.items()}, self.mode, self.base, self.tasks)
+
+    __rmul__ = __mul__
+
+    def norm(self) -> float:
+        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in self.vector.values())))
+
+    # ----- application --------------------------------------------------------------------
+    def apply_to(self, base: Backbone, alpha: float = 1.0, *, linearized: bool | None = None) -> Backbone:
+        """θ0 + α τ on a copy of `base` (which must hold θ0).
+
+        Non-linear vectors give an edited f; linear vectors an edited f_lin; a non-linear vector
+        with `linearized=True` gives post-hoc linearization. The base is not modified.
+        """
+        if linearized is None:
+            linearized = self.mode == "linear"
+        if self.mode == "linear" and not linearized:
+            raise TaskvecError("a linear task vector lives in the tangent space: apply it to the linearized model")
+        identity = base_identity(base)
+        if identity != self.base:
+            raise TaskvecError(f"task vector was made from base {self.base}, not from this model {identity}")
+        edited = copy.deepcopy(base)
+        if linearized and not isinstance(edited, LinearizedBackbone):
+            edited = LinearizedBackbone(edited)
+        target = edited.model if isinstance(edited, LinearizedBackbone) else edited
+        params = dict(target.named_parameters())
+        if set(params) != set(self.vector):
+            diff = sorted(set(params) ^ set(self.vector))[:3]
+            raise TaskvecError(f"task vector and model have different parameters, e.g. {diff}")
+        with torch.no_grad():
+            for name, p in params.items():
+                if p.shape != self.vector[name].shape:
+                    raise TaskvecError(f"parameter {name!r}: model shape {tuple(p.shape)}, vector shape {tuple(self.vector[name].shape)}")
+                p.add_(self.vector[name].to(p.device, p.dtype), alpha=alpha)
+        return edited
+
+    # ----- files --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        metadata = {"format": FORMAT, "mode": self.mode, "base": self.base, "tasks": list(self.tasks), "info": self.info}
+        save_tensors(path, self.vector, metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TaskVector":
+        tensors, metadata = load_tensors(path)
+        if metadata.get("format") != FORMAT:
+            raise TaskvecError(f"{path} is not a taskvec task vector (format {metadata.get('format')!r})")
+        try:
+            return cls(tensors, metadata["mode"], dict(metadata["base"]), tuple(metadata["tasks"]), dict(metadata.get("info", {})))
+        except KeyError as exc:
+            raise TaskvecError(f"task vector {path} lacks metadata field {exc}") from None
+
+
+def sum_vectors(vectors: Iterable[TaskVector]) -> TaskVector:
+    vectors = list(vectors)
+    if not vectors:
+        raise TaskvecError("cannot sum an empty list of task vectors")
+    total = vectors[0]
+    for v in vectors[1:]:
+        total = total + v
+    return total
