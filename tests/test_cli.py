@@ -1,0 +1,147 @@
+"""End to end through the command line, on the tiny test backbone and synthetic tasks."""
+import json
+
+import pytest
+
+from taskvec.cli import main
+from taskvec.task_vector import TaskVector
+
+CONFIG = """
+name = "tiny"
+backbone = "tiny-cnn"
+tasks = ["toy-squares", "toy-stripes", "toy-noise"]
+[backbone_options]
+image_size = 8
+[data]
+max_train = 96
+max_val = 32
+max_test = 32
+[train.nonlinear]
+steps = 8
+batch_size = 16
+lr = 1e-2
+warmup_steps = 1
+[train.linear]
+steps = 8
+batch_size = 16
+lr = 1e-2
+warmup_steps = 1
+[eval]
+alpha_step = 0.25
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    config = root / "tiny.toml"
+    config.write_text(CONFIG)
+    out = root / "out"
+    main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
+    return config, out
+
+
+def test_run_writes_results_report_and_figures(finished_run):
+    _, out = finished_run
+    results = json.loads((out / "results.json").read_text())
+    tasks = ["toy-squares", "toy-stripes", "toy-noise"]
+    for method in ("pretrained", "nonlinear", "posthoc", "linear"):
+        assert set(results["single_task"][method]) == set(tasks)
+        assert {"alpha", "absolute", "normalized", "per_task"} <= set(results["addition"][method])
+        assert {"target", "control", "per_task"} <= set(results["negation"][method])
+    report = (out / "report.md").read_text()
+    for row in ("Pre-trained", "Non-linear FT", "Post-hoc linearization", "Linearized FT"):
+        assert report.count(f"| {row} |") == 3  # addition, negation and single-task tables
+    for fig in ("single_task", "addition_alpha", "negation_alpha"):
+        assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((out / "vectors").glob("*.safetensors"))) == 6
+    assert not list((out / "checkpoints").glob("*"))
+
+
+def test_second_run_reuses_every_stage(finished_run, capsys):
+    config, out = finished_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "vectors").iterdir()}
+    main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert err.count("[skip] fine-tune") == 6 and "[skip] addition" in err
+    assert {p: p.stat().st_mtime_ns for p in (out / "vectors").iterdir()} == before
+
+
+def test_run_with_changed_config_refuses_and_keeps_results(finished_run, tmp_path, capsys):
+    config, out = finished_run
+    changed = tmp_path / "changed.toml"
+    changed.write_text(CONFIG.replace("steps = 8", "steps = 9", 1))
+    results = (out / "results.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--config", str(changed), "--out", str(out), "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "different config (differs in: train)" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == results
+
+
+def test_corrupt_vector_is_a_one_line_error_and_nothing_is_lost(finished_run, tmp_path, capsys):
+    config, out = finished_run
+    copy = tmp_path / "out"
+    import shutil
+
+    shutil.copytree(out, copy)
+    victim = copy / "vectors" / "toy-noise.linear.safetensors"
+    victim.write_bytes(victim.read_bytes()[:100])
+    results = (copy / "results.json").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["run", "--config", str(config), "--out", str(copy), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("taskvec: error: corrupt") and "toy-noise.linear" in err
+    assert (copy / "results.json").read_bytes() == results
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--task", "no-such-task"], "unknown task 'no-such-task'"),
+    (["info", "missing.safetensors"], "file not found"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_backbone_in_config(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.replace('"tiny-cnn"', '"resnet-9000"'))
+    with pytest.raises(SystemExit):
+        main(["run", "--config", str(config), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert "unknown backbone 'resnet-9000'" in capsys.readouterr().err
+
+
+def test_vector_commands(finished_run, tmp_path, capsys):
+    config, out = finished_run
+    a, b = out / "vectors" / "toy-squares.nonlinear.safetensors", out / "vectors" / "toy-stripes.nonlinear.safetensors"
+    main(["add", str(a), str(b), "--alpha", "0.5", "--out", str(tmp_path / "sum.safetensors")])
+    total = TaskVector.load(tmp_path / "sum.safetensors")
+    va, vb = TaskVector.load(a), TaskVector.load(b)
+    assert total.tasks == ("toy-squares", "toy-stripes")
+    name = next(iter(va.vector))
+    assert total.vector[name].allclose(0.5 * (va.vector[name] + vb.vector[name]))
+    main(["negate", str(a), "--out", str(tmp_path / "neg.safetensors")])
+    assert TaskVector.load(tmp_path / "neg.safetensors").vector[name].equal(-va.vector[name])
+    capsys.readouterr()
+    main(["evaluate", str(a), "--config", str(config), "--task", "toy-squares"])
+    via_cli = json.loads(capsys.readouterr().out)["accuracy"]["toy-squares"]
+    results = json.loads((out / "results.json").read_text())
+    assert via_cli == pytest.approx(results["single_task"]["nonlinear"]["toy-squares"])
+    # A vector from another base is refused.
+    lin = out / "vectors" / "toy-squares.linear.safetensors"
+    with pytest.raises(SystemExit):
+        main(["add", str(a), str(lin), "--out", str(tmp_path / "bad.safetensors")])
+    assert "cannot combine a nonlinear task vector with a linear one" in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_finetune_command_matches_pipeline(finished_run, tmp_path):
+    config, out = finished_run
+    target = tmp_path / "v.safetensors"
+    main(["finetune", "--task", "toy-noise", "--mode", "linear", "--config", str(config), "--out", str(target), "--no-progress"])
+    mine, theirs = TaskVector.load(target), TaskVector.load(out / "vectors" / "toy-noise.linear.safetensors")
+    assert all(mine.vector[n].equal(theirs.vector[n]) for n in mine.vector)

@@ -1,0 +1,112 @@
+"""The fast linear sweep against direct evaluation of the edited model, and α selection."""
+import pytest
+import torch
+
+from taskvec.edits import alpha_grid, negation_control, task_addition, task_negation
+from taskvec.errors import TaskvecError
+from taskvec.evaluate import EvalSet, Evaluator, encode
+from taskvec.models import build_backbone
+from taskvec.models.heads import prototype_head
+from taskvec.tasks import load_task_data
+from taskvec.train import TrainConfig, finetune
+
+TASKS = ["toy-squares", "toy-stripes", "toy-noise"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = build_backbone("tiny-cnn")
+    sets, heads, vectors = {}, {}, {"nonlinear": {}, "linear": {}}
+    for name in TASKS:
+        data = load_task_data(name, max_train=96, max_val=40, max_test=40)
+        train = EvalSet(model.prepare(data.train.inputs), torch.as_tensor(data.train.labels))
+        for split in ("val", "test"):
+            raw = data.split(split)
+            sets[(name, split)] = EvalSet(model.prepare(raw.inputs), torch.as_tensor(raw.labels))
+        heads[name] = prototype_head(encode(model, train.inputs), train.labels, data.task.num_classes)
+        for mode in vectors:
+            cfg = TrainConfig(steps=15, batch_size=16, lr=3e-2, warmup_steps=2)
+            vectors[mode][name] = finetune(model, heads[name], train.inputs, train.labels, mode=mode, cfg=cfg, task=name, progress=False)
+    return model, heads, sets, vectors
+
+
+@pytest.mark.parametrize("method", ["posthoc", "linear"])
+def test_fast_sweep_equals_direct_evaluation(setup, method):
+    model, heads, sets, vectors = setup
+    vecs = vectors["linear" if method == "linear" else "nonlinear"]
+    fast = Evaluator(model, heads, sets, vecs, method)
+    for alpha in alpha_grid(0, 1, 0.25) + [-0.75]:
+        coeffs = {t: alpha for t in TASKS}
+        direct_model = fast.edited_model(coeffs)
+        for task in TASKS:
+            inputs = sets[(task, "val")].inputs
+            direct = heads[task](encode(direct_model, inputs))
+            torch.testing.assert_close(fast.logits(task, "val", coeffs), direct, rtol=1e-4, atol=1e-4)
+            assert torch.equal(fast.logits(task, "val", coeffs).argmax(-1), direct.argmax(-1))
+    # one pre-trained encoding per evaluation set (α = 0 came first) and one JVP per
+    # (vector, evaluation set): the other grid points cost no pass through the network
+    assert fast.forward_passes == len(TASKS) + len(TASKS) * len(TASKS)
+
+
+class DirectEvaluator(Evaluator):
+    """Evaluates every edit by building the edited model: the independent reference."""
+
+    def logits(self, task, split, coeffs):
+        return self.heads[task](encode(self.edited_model(coeffs), self._set(task, split).inputs))
+
+
+@pytest.mark.parametrize("method", ["nonlinear", "posthoc", "linear"])
+def test_sweeps_choose_the_same_alpha_as_direct_evaluation(setup, method):
+    model, heads, sets, vectors = setup
+    vecs = vectors["linear" if method == "linear" else "nonlinear"]
+    fast = Evaluator(model, heads, sets, vecs, method)
+    direct = DirectEvaluator(model, heads, sets, vecs, method)
+    alphas = alpha_grid(0, 1, 0.1)
+    finetuned = {s: {t: fast.accuracy(t, s, {t: 1.0}) for t in TASKS} for s in ("val", "test")}
+    a, b = (task_addition(ev, TASKS, finetuned, alphas) for ev in (fast, direct))
+    assert a["alpha"] == b["alpha"]
+    assert a["curve"] == b["curve"]
+    assert a["absolute"] == b["absolute"]
+    control_val = fast.accuracy("toy-noise", "val", {})
+    n1, n2 = (task_negation(ev, "toy-squares", "toy-noise", control_val, alphas) for ev in (fast, direct))
+    assert n1 == n2
+
+
+def test_addition_picks_best_validation_alpha():
+    class Fake:
+        def accuracy(self, task, split, coeffs):
+            alpha = next(iter(coeffs.values()))
+            return 1 - abs(alpha - 0.6) if split == "val" else 0.5
+
+    finetuned = {"val": {"a": 1.0, "b": 1.0}, "test": {"a": 1.0, "b": 0.5}}
+    result = task_addition(Fake(), ["a", "b"], finetuned, alpha_grid())
+    assert result["alpha"] == 0.6
+    assert result["absolute"] == 0.5 and result["normalized"] == 0.75
+
+
+def test_negation_respects_control_threshold():
+    class Fake:
+        def accuracy(self, task, split, coeffs):
+            alpha = -coeffs["t"]
+            return 1 - alpha if task == "t" else 0.8 - 0.2 * alpha  # control falls with α
+
+    result = task_negation(Fake(), "t", "c", control_pretrained_val=0.8, alphas=alpha_grid(), threshold=0.95)
+    # control ≥ 0.76 ⇔ 0.8 − 0.2α ≥ 0.76 ⇔ α ≤ 0.2
+    assert result["alpha"] == 0.2
+    assert result["target"] == pytest.approx(0.8)
+
+
+def test_negation_control_choice():
+    assert negation_control("a", ["a", "b", "c"], "c") == "c"
+    assert negation_control("c", ["a", "b", "c"], "c") == "a"
+    assert negation_control("c", ["a", "b", "c"], None) == "a"
+    assert negation_control("a", ["a", "b", "c"], None) == "b"
+    with pytest.raises(TaskvecError):
+        task_negation(None, "a", "a", 1.0, [0.0])
+
+
+def test_evaluator_refuses_wrong_vector_mode(setup):
+    model, heads, sets, vectors = setup
+    with pytest.raises(TaskvecError, match="needs linear"):
+        Evaluator(model, heads, sets, vectors["nonlinear"], "linear")
