@@ -68,6 +68,29 @@ class NegationConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    """The paper's analyses (Fig. 2, 3, 6, Table 3), run after the edits."""
+
+    disentanglement: bool = True
+    disentanglement_pairs: int = 1  # task pairs, in config order: (t0, t1), (t2, t3), ...
+    disentanglement_min: float = -3.0
+    disentanglement_max: float = 3.0
+    disentanglement_step: float = 0.5
+    disentanglement_examples: int = 200
+    ntk: bool = True
+    ntk_examples: int = 100  # per task (training task and control)
+    ntk_eigenfunctions: int = 20
+    random_init: bool = True
+
+    def __post_init__(self) -> None:
+        if self.disentanglement_step <= 0 or self.disentanglement_max <= self.disentanglement_min:
+            raise TaskvecError("analysis disentanglement grid is empty: check disentanglement_min/max/step")
+        for name in ("disentanglement_examples", "ntk_examples", "ntk_eigenfunctions", "disentanglement_pairs"):
+            if getattr(self, name) <= 0:
+                raise TaskvecError(f"analysis.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class TrainModes:
     nonlinear: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-5))
     linear: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4))
@@ -87,6 +110,7 @@ class RunConfig:
     train: TrainModes = field(default_factory=TrainModes)
     eval: EvalConfig = field(default_factory=EvalConfig)
     negation: NegationConfig = field(default_factory=NegationConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def __post_init__(self) -> None:
         if len(self.tasks) < 2:
