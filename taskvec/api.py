@@ -1,0 +1,53 @@
+"""A few-line Python API over the building blocks (see the README's example)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .config import RunConfig
+from .evaluate import EvalSet, accuracy, encode
+from .models.base import Backbone
+from .models.heads import ClassificationHead, Classifier
+from .pipeline import build_head, prepare_tasks
+from .task_vector import Mode, TaskVector
+from .train import TrainConfig, finetune
+
+
+@dataclass
+class TaskSetup:
+    """A task made ready for one backbone: prepared splits and its frozen head."""
+
+    name: str
+    head: ClassificationHead
+    train: EvalSet
+    val: EvalSet
+    test: EvalSet
+
+    def accuracy(self, encoder: torch.nn.Module, split: str = "test") -> float:
+        """Accuracy of any encoder (plain, linearized or edited) with this task's head."""
+        data = getattr(self, split)
+        return accuracy(self.head(encode(encoder, data.inputs)), data.labels)
+
+
+def setup_task(backbone: Backbone, name: str, *, head: str = "auto", head_scale: float = 30.0, seed: int = 0,
+               max_train: int | None = 2000, max_val: int | None = 300, max_test: int | None = 500) -> TaskSetup:
+    """Load a registered task, split it (seeded), prepare its inputs and build its head on θ0."""
+    defaults = RunConfig()
+    cfg = replace(defaults, head=replace(defaults.head, kind=head, scale=head_scale),
+                  data=replace(defaults.data, seed=seed, max_train=max_train, max_val=max_val, max_test=max_test))
+    prepared = prepare_tasks(backbone, [name], cfg)[name]
+    sets = prepared.sets
+    return TaskSetup(name, build_head(backbone, prepared, cfg), sets["train"], sets["val"], sets["test"])
+
+
+def finetune_task(backbone: Backbone, setup: TaskSetup, mode: Mode = "nonlinear", progress: bool = True, **train_options) -> TaskVector:
+    """Fine-tune `backbone` on the task (mode "nonlinear" or "linear") and return its task vector.
+
+    `train_options` are `TrainConfig` fields: steps, batch_size, lr, weight_decay, warmup_steps, ...
+    """
+    cfg = TrainConfig(**train_options)
+    return finetune(backbone, setup.head, setup.train.inputs, setup.train.labels, mode=mode, cfg=cfg, task=setup.name, progress=progress)
+
+
+__all__ = ["TaskSetup", "setup_task", "finetune_task", "Classifier"]
