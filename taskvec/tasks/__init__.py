@@ -5,5 +5,6 @@ from .registry import available_tasks, get_task, load_task_data, register_task
 # Importing a family registers its tasks.
 from . import image as _image  # noqa: F401,E402
 from . import text as _text  # noqa: F401,E402
+from . import paper as _paper  # noqa: F401,E402
 
 __all__ = ["Split", "Task", "TaskData", "available_tasks", "get_task", "load_task_data", "make_splits", "register_task"]

@@ -47,15 +47,27 @@ class Task:
     `load` returns (train, test) raw splits as the source ships them; when the source has no
     test split, `load` returns (all, None) and a seeded test split is carved here.
     `descriptions` are short sentences per class, used by zero-shot heads of text encoders.
+
+    Additions for datasets read from disk (all optional):
+    - `load` may also return (train, val, test) when the source fixes the validation split
+      (EuroSAT in the task-vector benchmark); validation is then not carved from train.
+    - `templates`: prompt templates with a "{}" for the class name (CLIP zero-shot heads).
+    - `val_split(n, fraction, cap, seed) -> (rest, held_out)` replaces `seeded_split` for
+      carving validation (the paper tasks reproduce torch's `random_split`).
+    - `missing()` lists what is absent from disk (empty when the data are all there), each
+      entry naming the folder expected and how to obtain it; it must not load the data.
     """
 
     name: str
     modality: Modality
     classnames: tuple[str, ...]
-    load: Callable[[], tuple[Split, Split | None]] = field(repr=False, compare=False)
+    load: Callable[[], tuple[Split, Split | None] | tuple[Split, Split, Split]] = field(repr=False, compare=False)
     descriptions: tuple[str, ...] | None = None
     source: str = ""
     notes: str = ""
+    templates: tuple[str, ...] | None = None
+    val_split: Callable[[int, float, int | None, int], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
+    missing: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -94,12 +106,17 @@ def make_splits(
 
     Caps on each split (max_*) subsample with the same seed, for quick runs on small machines.
     """
-    train, test = task.load()
-    if test is None:
-        rest, held = seeded_split(len(train), test_fraction, None, seed + 1)
-        train, test = train.subset(rest), train.subset(held)
-    rest, held = seeded_split(len(train), val_fraction, val_cap, seed)
-    train, val = train.subset(rest), train.subset(held)
+    loaded = task.load()
+    if len(loaded) == 3:  # the source fixes all three splits
+        train, val, test = loaded
+    else:
+        train, test = loaded
+        if test is None:
+            rest, held = seeded_split(len(train), test_fraction, None, seed + 1)
+            train, test = train.subset(rest), train.subset(held)
+        carve = task.val_split or seeded_split
+        rest, held = carve(len(train), val_fraction, val_cap, seed)
+        train, val = train.subset(rest), train.subset(held)
     return TaskData(
         task=task,
         train=seeded_subsample(train, max_train, seed),

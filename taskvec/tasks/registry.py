@@ -1,6 +1,8 @@
 """Tasks by name: `get_task("mnist")`, `load_task_data("mnist", seed=0, max_train=2000)`."""
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
 from typing import Callable
 
 from ..errors import TaskvecError
@@ -10,7 +12,8 @@ _TASKS: dict[str, Callable[[], Task]] = {}
 
 
 def register_task(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
-    """Register a zero-argument factory returning a `Task` (data loads lazily via `Task.load`)."""
+    """Register a factory returning a `Task` (data loads lazily via `Task.load`). Factories take
+    no arguments, or an optional `root` (the data folder) when they read data from disk."""
 
     def decorator(factory: Callable[[], Task]) -> Callable[[], Task]:
         _TASKS[name] = factory
@@ -23,11 +26,16 @@ def available_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, *, root: str | Path | None = None) -> Task:
+    """The task registered under `name`. `root` is the data folder for tasks read from disk
+    (factories with a `root` parameter, e.g. the paper's datasets); other tasks ignore it."""
     if name not in _TASKS:
         raise TaskvecError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
-    return _TASKS[name]()
+    factory = _TASKS[name]
+    if root is not None and "root" in inspect.signature(factory).parameters:
+        return factory(root=root)
+    return factory()
 
 
-def load_task_data(name: str, seed: int = 0, **split_options) -> TaskData:
-    return make_splits(get_task(name), seed=seed, **split_options)
+def load_task_data(name: str, seed: int = 0, root: str | Path | None = None, **split_options) -> TaskData:
+    return make_splits(get_task(name, root=root), seed=seed, **split_options)
