@@ -3,6 +3,7 @@ key or a value of the wrong type or range is a one-line TaskvecError naming it."
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -16,16 +17,28 @@ from .train import TrainConfig
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Splits and caps. `max_*` = "all" (TOML has no null) keeps every example.
+
+    root: folder holding datasets read from disk (the paper's); default $TASKVEC_DATA.
+    cache_dir: folder for caches whose content depends only on their key (zero-shot heads,
+    pre-resized images); shared between runs. None: no disk caches.
+    """
+
     seed: int = 0
     val_fraction: float = 0.1
     val_cap: int = 5000
-    max_train: int | None = 2000
-    max_val: int | None = 300
-    max_test: int | None = 500
+    max_train: int | Literal["all"] | None = 2000
+    max_val: int | Literal["all"] | None = 300
+    max_test: int | Literal["all"] | None = 500
+    root: str | None = None
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
             raise TaskvecError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("max_train", "max_val", "max_test"):
+            if getattr(self, name) == "all":
+                object.__setattr__(self, name, None)
         for name in ("val_cap", "max_train", "max_val", "max_test"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -34,7 +47,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    kind: Literal["auto", "prototype", "probe", "text"] = "auto"
+    kind: Literal["auto", "prototype", "probe", "text", "zeroshot"] = "auto"
     scale: float = 30.0
 
     def __post_init__(self) -> None:
@@ -92,8 +105,48 @@ class AnalysisConfig:
 
 @dataclass(frozen=True)
 class TrainModes:
+    """Fine-tuning settings per mode, and optional per-task lengths shared by both modes.
+
+    epochs: {task: epochs}; a task listed runs epochs × ceil(n_train / batch_size) steps (the
+    paper's protocol: Cars 35, DTD 76, ...). steps: {task: steps}, which wins over epochs.
+    Tasks in neither table run the mode's `steps`.
+    """
+
     nonlinear: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-5))
     linear: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4))
+    epochs: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for table in ("epochs", "steps"):
+            for task, value in getattr(self, table).items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise TaskvecError(f"train.{table}.{task} must be a positive number, got {value!r}")
+                if table == "steps" and not isinstance(value, int):
+                    raise TaskvecError(f"train.steps.{task} must be an integer, got {value!r}")
+
+    def for_task(self, mode: str, task: str, n_train: int) -> TrainConfig:
+        """The TrainConfig of `mode` with this task's length resolved from the tables."""
+        if mode not in ("nonlinear", "linear"):
+            raise TaskvecError(f"unknown fine-tuning mode {mode!r}; expected 'nonlinear' or 'linear'")
+        base: TrainConfig = getattr(self, mode)
+        if task in self.steps:
+            steps = int(self.steps[task])
+        elif task in self.epochs:
+            steps = steps_for_epochs(self.epochs[task], n_train, base.batch_size)
+        else:
+            return base
+        if steps < base.warmup_steps:
+            raise TaskvecError(f"task {task!r} resolves to {steps} {mode} steps, fewer than warmup_steps = {base.warmup_steps}")
+        return dataclasses.replace(base, steps=steps)
+
+
+def steps_for_epochs(epochs: float, n_train: int, batch_size: int) -> int:
+    """Optimizer steps of `epochs` passes over n_train examples in batches of batch_size (the
+    paper's loop: epochs × number of batches, the last batch of an epoch possibly short)."""
+    if n_train <= 0:
+        raise TaskvecError("cannot count epochs of an empty training set")
+    return max(1, int(math.ceil(epochs * math.ceil(n_train / batch_size))))
 
 
 @dataclass(frozen=True)
@@ -117,6 +170,10 @@ class RunConfig:
             raise TaskvecError(f"tasks needs at least two tasks for task arithmetic, got {self.tasks}")
         if len(set(self.tasks)) != len(self.tasks):
             raise TaskvecError(f"tasks has duplicates: {self.tasks}")
+        for table in ("epochs", "steps"):
+            unknown = sorted(set(getattr(self.train, table)) - set(self.tasks))
+            if unknown:
+                raise TaskvecError(f"train.{table} names tasks that are not in tasks: {unknown}")
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -173,7 +230,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         kwargs[key] = _check_type(value, hints[key], f"{where}.{key}" if where else key)
     if cls is TrainModes:  # a mode's table overrides that mode's defaults, not TrainConfig's
         defaults = TrainModes()
-        kwargs = {k: dataclasses.replace(getattr(defaults, k), **{f.name: getattr(v, f.name) for f in dataclasses.fields(v) if f.name in data[k]}) for k, v in kwargs.items()}
+        kwargs = {k: dataclasses.replace(getattr(defaults, k), **{f.name: getattr(v, f.name) for f in dataclasses.fields(v) if f.name in data[k]})
+                  if isinstance(v, TrainConfig) else v for k, v in kwargs.items()}
     return cls(**kwargs)
 
 
@@ -198,7 +256,7 @@ def load_config(path: str | Path | None) -> RunConfig:
 def quick(cfg: RunConfig) -> RunConfig:
     """A smoke-run version of a config: few steps, little data, a coarse α grid (≤ 2 minutes)."""
     def shrink(t: TrainConfig) -> TrainConfig:
-        return dataclasses.replace(t, steps=12, warmup_steps=2, batch_size=min(t.batch_size, 16), checkpoint_every=6)
+        return dataclasses.replace(t, steps=12, warmup_steps=2, batch_size=min(t.batch_size, 16), checkpoint_every=6, grad_accumulation=1)
 
     return dataclasses.replace(
         cfg,

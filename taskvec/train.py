@@ -3,15 +3,26 @@
 AdamW, cosine schedule with linear warm-up, gradient clipping. Batches are a pure function of
 (seed, step), and checkpoints hold θ, the optimizer moments and the step, so a run that is
 interrupted and resumed ends with exactly the task vector of an uninterrupted run.
+
+Scale: under `torchrun` (torch.distributed initialized) each of the W processes takes
+`index[rank::W]` of the step's global batch and DistributedDataParallel averages the
+gradients, so the update equals the single-process one at the same global batch (up to
+floating-point rounding); rank 0 writes checkpoints and every rank returns the same vector.
+`grad_accumulation` splits each process's share into equal micro-batches (same update, less
+memory); `precision = "bf16"` runs forward and backward under CUDA bf16 autocast (weights,
+optimizer state and task vectors stay float32). The next batch is loaded in a background
+thread while the current step runs.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +48,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_every: int = 50
+    grad_accumulation: int = 1  # equal micro-batches per (process's share of a) step
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: CUDA autocast for forward and backward
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every"):
+        if self.precision not in ("fp32", "bf16"):
+            raise TaskvecError(f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        for name in ("steps", "batch_size", "checkpoint_every", "grad_accumulation"):
             if getattr(self, name) <= 0:
                 raise TaskvecError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -70,6 +85,30 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
 
 def take(batch: Batch, index: torch.Tensor, device: torch.device | str = "cpu") -> Batch:
     return {key: value[index].to(device) for key, value in batch.items()}
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    if device.type != "cuda":
+        raise TaskvecError(f"train.precision = {precision!r} needs a CUDA device (device is {device}); use \"fp32\"")
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
 def _trainable(encoder: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -136,6 +175,14 @@ def finetune(
     identity = base_identity(base)
     pretrained = {n: p.detach().clone() for n, p in base.named_parameters()}
 
+    rank, world = _distributed()
+    per_process, rest = divmod(cfg.batch_size, world * cfg.grad_accumulation)
+    if rest or per_process == 0:
+        raise TaskvecError(f"train.batch_size = {cfg.batch_size} must be a multiple of processes × grad_accumulation = "
+                           f"{world} × {cfg.grad_accumulation}")
+    device = torch.device(device)
+    _autocast(device, cfg.precision)  # refuse bf16 off CUDA before any work
+
     encoder: torch.nn.Module = copy.deepcopy(base)
     if mode == "linear":
         encoder = LinearizedBackbone(encoder)
@@ -144,6 +191,12 @@ def finetune(
     params = _trainable(encoder)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     meta = {"mode": mode, "task": task, "base": identity, "config": asdict(cfg)}
+    forward: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+                                          if device.type == "cuda" else None, broadcast_buffers=False)
 
     start = 0
     checkpoint = Path(checkpoint) if checkpoint else None
@@ -151,25 +204,52 @@ def finetune(
         start = load_checkpoint(checkpoint, params, optimizer, meta)
 
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    started = time.perf_counter()
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{mode:>9} {task}", disable=not progress, leave=False)
-    for step in bar:
+
+    def parts(step: int) -> list[torch.Tensor]:
+        """This process's micro-batches of the step's global batch."""
         index = batch_indices(len(labels), cfg.batch_size, step, cfg.seed)
-        batch = take(inputs, index, device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        loss = F.cross_entropy(model(**batch), labels[index].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if on_step is not None:
-            on_step(step, loss.item())
-        done = step + 1
-        if checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == end):
-            save_checkpoint(checkpoint, done, params, optimizer, meta)
+        return list(index[rank::world].chunk(cfg.grad_accumulation))
+
+    def load(step: int) -> list[tuple[Batch, torch.Tensor]]:
+        return [({key: value[part] for key, value in inputs.items()}, labels[part]) for part in parts(step)]
+
+    started = time.perf_counter()
+    loss = torch.zeros(())
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{mode:>9} {task}", disable=not progress or rank != 0, leave=False)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskvec-prefetch") as prefetch:
+        upcoming = prefetch.submit(load, start) if start < end else None
+        for step in bar:
+            micro = upcoming.result()  # type: ignore[union-attr]
+            upcoming = prefetch.submit(load, step + 1) if step + 1 < end else None
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=device)
+            for k, (cpu_batch, part_labels) in enumerate(micro):
+                batch = {key: value.to(device, non_blocking=True) for key, value in cpu_batch.items()}
+                sync = k == len(micro) - 1 or world == 1
+                with (nullcontext() if sync else forward.no_sync()), _autocast(device, cfg.precision):  # type: ignore[operator]
+                    part_loss = F.cross_entropy(forward(**batch).float(), part_labels.to(device)) / len(micro)
+                part_loss.backward()
+                total += part_loss.detach()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+            optimizer.step()
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(total)
+                total /= world
+            loss = total.cpu()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if on_step is not None:
+                on_step(step, loss.item())
+            done = step + 1
+            if checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == end):
+                if rank == 0:
+                    save_checkpoint(checkpoint, done, params, optimizer, meta)
+                _barrier(world)
     bar.close()
     finetuned = {n: p.detach().cpu() for n, p in params.items()}
-    info = {"steps": cfg.steps, "seconds": round(time.perf_counter() - started, 2), "last_loss": round(float(loss.item()), 4) if end > start else None}
+    info = {"steps": cfg.steps, "seconds": round(time.perf_counter() - started, 2),
+            "last_loss": round(float(loss.item()), 4) if end > start else None, "processes": world, "precision": cfg.precision}
     return TaskVector.from_weights(pretrained, finetuned, mode=mode, base=identity, task=task, info=info)

@@ -1,0 +1,101 @@
+"""The paper configs validate; per-task epochs resolve to steps; the dry-run plan lists every
+stage and names what is missing (fake data root with some datasets present, others not)."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import clip_tiny
+import fake_paper_data
+from taskvec.config import RunConfig, TrainModes, from_dict, load_config, quick, steps_for_epochs
+from taskvec.errors import TaskvecError
+from taskvec.plan import check_plan, finetune_units, format_plan, plan_run
+from taskvec.train import TrainConfig
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("paper-vit-*.toml"))
+B32 = Path(__file__).resolve().parents[1] / "configs" / "paper-vit-b-32.toml"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_paper_configs_have_the_papers_protocol(path):
+    assert len(CONFIGS) == 3
+    cfg = load_config(path)
+    assert cfg.tasks == ["Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN"]
+    assert cfg.backbone.startswith("openclip:ViT-") and cfg.backbone.endswith("/openai")
+    assert cfg.negation.control == "ImageNet" and cfg.negation.threshold == 0.95
+    assert cfg.head.kind == "zeroshot" and cfg.device == "cuda"
+    assert (cfg.data.max_train, cfg.data.max_val, cfg.data.max_test) == (None, None, None)
+    assert (cfg.data.val_fraction, cfg.data.val_cap, cfg.data.seed) == (0.1, 5000, 0)
+    for mode in ("nonlinear", "linear"):
+        t = getattr(cfg.train, mode)
+        assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps, t.grad_clip) == (1e-5, 0.1, 128, 500, 1.0)
+    assert cfg.train.epochs == {"Cars": 35, "DTD": 76, "EuroSAT": 12, "GTSRB": 11, "MNIST": 5, "RESISC45": 15, "SUN397": 14, "SVHN": 4}
+    assert (cfg.eval.alpha_start, cfg.eval.alpha_stop, cfg.eval.alpha_step) == (0.0, 1.0, 0.05)
+    assert quick(cfg).train.epochs == {}  # smoke runs use their own short schedule
+
+
+def test_epochs_resolve_to_about_2000_steps_per_task():
+    modes = TrainModes(nonlinear=TrainConfig(batch_size=128, warmup_steps=500, steps=2000), epochs={"MNIST": 5, "Cars": 35},
+                       steps={"Cars": 10_000})
+    assert modes.for_task("nonlinear", "MNIST", 55_000).steps == 5 * 430 == 2150
+    assert modes.for_task("nonlinear", "Cars", 7330).steps == 10_000  # steps win over epochs
+    assert modes.for_task("nonlinear", "SVHN", 10).steps == 2000
+    assert steps_for_epochs(76, 3384, 128) == 76 * 27
+    with pytest.raises(TaskvecError, match="fewer than warmup_steps"):
+        modes.for_task("nonlinear", "MNIST", 100)
+
+
+def test_config_validation_of_the_new_keys():
+    with pytest.raises(TaskvecError, match="train.epochs names tasks that are not in tasks"):
+        from_dict(RunConfig, {"tasks": ["a", "b"], "train": {"epochs": {"c": 3}}})
+    with pytest.raises(TaskvecError, match="train.steps.a must be an integer"):
+        from_dict(RunConfig, {"tasks": ["a", "b"], "train": {"steps": {"a": 2.5}}})
+    with pytest.raises(TaskvecError):
+        from_dict(RunConfig, {"data": {"max_train": "some"}})
+    with pytest.raises(TaskvecError, match="precision"):
+        from_dict(RunConfig, {"train": {"linear": {"precision": "fp16"}}})
+    cfg = from_dict(RunConfig, {"data": {"max_val": "all", "root": "/d"}, "train": {"linear": {"grad_accumulation": 2}}})
+    assert cfg.data.max_val is None and cfg.data.root == "/d" and cfg.train.linear.grad_accumulation == 2
+    assert cfg.train.linear.lr == TrainModes().linear.lr  # mode tables still override the mode's defaults
+
+
+def test_dry_run_plan_lists_every_stage_and_names_what_is_missing(tmp_path):
+    present = ("DTD", "EuroSAT", "MNIST", "SVHN")
+    fake_paper_data.make(tmp_path, present)
+    clip_tiny.register()
+    cfg = dataclasses.replace(load_config(B32), device="cpu", init="random", backbone=f"openclip:{clip_tiny.TINY_CLIP}",
+                              data=dataclasses.replace(load_config(B32).data, root=str(tmp_path)))
+    stages = plan_run(cfg)
+    names = [s.name for s in stages]
+    assert sum(s.kind == "finetune" for s in stages) == 16 == len(finetune_units(cfg))
+    assert "fine-tune DTD (linear)" in names and names[0].startswith("heads (zeroshot)")
+    assert [s.kind for s in stages if s.kind not in ("finetune", "analysis")] == ["heads", "single_task", "addition", "negation"]
+    ready = {s.name for s in stages if s.ready}
+    assert "fine-tune EuroSAT (nonlinear)" in ready and "fine-tune Cars (nonlinear)" not in ready
+    missing = check_plan(stages)
+    assert len(missing) == 5  # Cars, GTSRB, RESISC45, SUN397, ImageNet
+    assert any("stanford_cars" in m for m in missing) and any("imagenet/train" in m for m in missing)
+    assert not any(m.startswith(p) for m in missing for p in present)
+    text = format_plan(cfg, stages)
+    assert "MISSING INPUTS" in text and "missing (5):" in text and "76 epochs" in text
+
+    fake_paper_data.make(tmp_path, ("Cars", "GTSRB", "RESISC45", "SUN397", "ImageNet"))
+    stages = plan_run(cfg, out=tmp_path / "run")
+    assert check_plan(stages) == [] and all(s.ready for s in stages)
+    assert "everything the run needs is present" in format_plan(cfg, stages)
+
+
+def test_plan_names_missing_weights_and_gpu(tmp_path):
+    cfg = dataclasses.replace(load_config(B32), data=dataclasses.replace(load_config(B32).data, root=str(tmp_path)))
+    stages = plan_run(cfg)
+    missing = check_plan(stages)
+    weights = [m for m in missing if m.startswith("weights ViT-B-32/openai")]
+    assert len(weights) == 1 and "open_clip.create_model('ViT-B-32', pretrained='openai')" in weights[0]
+    import torch
+
+    if not torch.cuda.is_available():
+        assert any(m.startswith("CUDA device") for m in missing)
+    run = tmp_path / "run"
+    (run / "vectors").mkdir(parents=True)
+    (run / "vectors" / "DTD.linear.safetensors").write_bytes(b"")
+    assert [s.name for s in plan_run(cfg, out=run) if s.done] == ["fine-tune DTD (linear)"]
