@@ -154,8 +154,10 @@ def plan_run(cfg: RunConfig, out: str | Path | None = None) -> list[Stage]:
                             f"α ∈ [{a.disentanglement_min:g}, {a.disentanglement_max:g}] step {a.disentanglement_step:g}, "
                             f"{a.disentanglement_examples} examples per task"))
     if a.ntk:
-        stages.append(Stage("analysis: NTK eigenfunction localization", "analysis", model + device + [data[n] for n in names[:2]] +
-                            [data[n] for n in extra[:1]], "", f"{a.ntk_examples} examples per task, {a.ntk_eigenfunctions} eigenfunctions"))
+        ntk_control = controls.get(tasks[0]) or tasks[1]
+        stages.append(Stage(f"analysis: NTK eigenfunction localization ({tasks[0]} vs {ntk_control})", "analysis",
+                            model + device + [data[tasks[0]], data[ntk_control]], "",
+                            f"{a.ntk_examples} examples per task, {a.ntk_eigenfunctions} eigenfunctions, pre-trained and random init"))
     if a.random_init:
         stages.append(Stage("analysis: task arithmetic from random initialization (Table 3)", "analysis",
                             device + [data[t] for t in tasks], "", "fine-tunes every task again from a random θ0, both modes"))

@@ -65,6 +65,7 @@ class _Shared:
 
     def __init__(self, model: nn.Module):
         self.model = model
+        self.tokenizer = None  # large BPE tables: shared, like the text tower
 
     def __deepcopy__(self, memo: dict) -> "_Shared":
         return self
@@ -161,7 +162,6 @@ class OpenCLIPVisual(Backbone):
         self.image_size = int(size)
         self.transform = ImageTransform.from_torchvision(preprocess, self.image_size)
         self.pixel_cache = str(Path(pixel_cache).expanduser()) if pixel_cache else None
-        self._tokenizer = None
         self._text_fingerprint: str | None = None
 
     # ----- images -------------------------------------------------------------------------------
@@ -185,9 +185,9 @@ class OpenCLIPVisual(Backbone):
         return float(self._text.model.logit_scale.detach().exp())
 
     def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = _open_clip().get_tokenizer(self.arch)
-        return self._tokenizer
+        if self._text.tokenizer is None:
+            self._text.tokenizer = _open_clip().get_tokenizer(self.arch)
+        return self._text.tokenizer
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], device: str | torch.device | None = None, batch_size: int = 256) -> torch.Tensor:

@@ -234,7 +234,8 @@ class LazyImages:
         s = self.transform.size
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self), s, s, 3))
         try:
-            bar = tqdm(total=len(self), desc=f"caching {len(self)} images at {s}px", disable=not self.progress, leave=False)
+            quiet = not self.progress or len(self) < 1000
+            bar = tqdm(total=len(self), desc=f"caching {len(self)} images at {s}px", disable=True if quiet else None, leave=False)
             for start in range(0, len(self), BUILD_CHUNK):
                 positions = np.arange(start, min(start + BUILD_CHUNK, len(self)))
                 out[start : start + len(positions)] = self._compute(positions)
