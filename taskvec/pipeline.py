@@ -15,7 +15,7 @@ from .edits import alpha_grid, negation_control, task_addition, task_negation
 from .errors import TaskvecError
 from .evaluate import METHODS, EvalSet, Evaluator, encode
 from .io import load_tensors, read_json, save_tensors, write_json
-from .models import Backbone, build_backbone
+from .models import Backbone, Batch, build_backbone
 from .models.heads import ClassificationHead, prototype_head, probe_head, text_head
 from .task_vector import TaskVector, base_identity
 from .tasks import Task, get_task, make_splits
@@ -168,6 +168,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bo
         for m, ev in evaluators.items()})
 
     results = assemble_results(cfg, single, addition, negation, tasks, targets, controls)
+    results.update(run_analyses(run, backbone, heads, prepared, evaluators, controls))
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_json(run.out / "results.json", results)
     write_report(results, run.out)
@@ -204,4 +205,71 @@ def assemble_results(cfg: RunConfig, single: dict, addition: dict, negation: dic
         "single_task_val": {m: {t: single["val"][m][t] for t in tasks} for m in single["val"]},
         "addition": add,
         "negation": neg,
+    }
+
+
+# ----- analyses (the paper's Fig. 3, Fig. 6 and Table 3) -------------------------------------
+
+def run_analyses(run: Run, backbone: Backbone, heads: dict, prepared: dict[str, PreparedTask],
+                 evaluators: dict[str, Evaluator], controls: dict[str, str]) -> dict:
+    """The analyses switched on in cfg.analysis, each a cached stage; results under their keys."""
+    a, tasks, out = run.cfg.analysis, list(run.cfg.tasks), {}
+    if a.disentanglement:
+        pairs = [(tasks[2 * i], tasks[2 * i + 1]) for i in range(min(a.disentanglement_pairs, len(tasks) // 2))]
+        out["disentanglement"] = run.stage("disentanglement", lambda: disentanglement_results(evaluators, pairs, run.cfg, run.progress))
+    if a.ntk:
+        train_task = tasks[0]
+        control = controls.get(train_task) or tasks[1]
+        out["ntk"] = run.stage("ntk", lambda: ntk_results(backbone, heads, prepared, train_task, control, run.cfg))
+    if a.random_init and run.cfg.init == "pretrained":
+        out["random_init"] = run.stage("random_init", lambda: random_init_results(run))
+    return out
+
+
+def disentanglement_results(evaluators: dict[str, Evaluator], pairs: list[tuple[str, str]], cfg: RunConfig, progress: bool) -> dict:
+    from .analysis import disentanglement_error, disentanglement_grid
+
+    a = cfg.analysis
+    grid = disentanglement_grid(a.disentanglement_min, a.disentanglement_max, a.disentanglement_step)
+    return {f"{t1}+{t2}": {m: disentanglement_error(ev, t1, t2, grid, grid, "val", max_examples=a.disentanglement_examples,
+                                                     seed=cfg.data.seed, progress=progress)
+                           for m, ev in evaluators.items()}
+            for t1, t2 in pairs}
+
+
+def _ntk_samples(prepared: PreparedTask, n: int, seed: int) -> Batch:
+    train = prepared.sets["train"]
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+    return {k: v[index] for k, v in train.inputs.items()}
+
+
+def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTask], train_task: str, control: str, cfg: RunConfig) -> dict:
+    """NTK eigenfunction localization (Fig. 6) of the pre-trained and a randomly initialized model,
+    each with a head of the training task built on its own features."""
+    from .analysis.ntk import ntk_localization
+    from .models.heads import Classifier
+
+    a = cfg.analysis
+    batch_t = _ntk_samples(prepared[train_task], a.ntk_examples, cfg.data.seed)
+    batch_c = _ntk_samples(prepared[control], a.ntk_examples, cfg.data.seed)
+    torch.manual_seed(cfg.data.seed)
+    random_backbone = build_backbone(cfg.backbone, init="random", **cfg.backbone_options)
+    models = {"pre-trained": Classifier(backbone, heads[train_task]),
+              "random init": Classifier(random_backbone, build_head(random_backbone, prepared[train_task], cfg))}
+    return {"train_task": train_task, "control_task": control,
+            "models": {label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1)
+                       for label, model in models.items()}}
+
+
+def random_init_results(run: Run) -> dict:
+    """Table 3: the same pipeline from a randomly initialized backbone (no analyses)."""
+    cfg = dataclasses.replace(run.cfg, name=f"{run.cfg.name}-random-init", init="random",
+                              analysis=dataclasses.replace(run.cfg.analysis, disentanglement=False, ntk=False, random_init=False))
+    results = run_pipeline(cfg, run.out / "random_init", log=run.log, progress=run.progress)
+    tasks = results["tasks"]
+    return {
+        "run_dir": "random_init",
+        "single_task": {m: _mean(results["single_task"][m][t] for t in tasks) for m in ("pretrained", "nonlinear", "linear")},
+        "multi_task": {m: results["addition"][m]["absolute"] for m in ("nonlinear", "linear")},
+        "alpha": {m: results["addition"][m]["alpha"] for m in ("nonlinear", "linear")},
     }

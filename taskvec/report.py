@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -77,7 +78,73 @@ def plot_negation_curves(results: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def render_markdown(results: dict) -> str:
+def plot_nonlinear_advantage(results: dict, path: Path) -> None:
+    """Fig. 2: single-task accuracy gained over θ0, per task, for the three ways of fine-tuning."""
+    tasks = results["tasks"]
+    single = results["single_task"]
+    methods = ("nonlinear", "posthoc", "linear")
+    fig, ax = plt.subplots(figsize=(1.8 + 1.3 * len(tasks), 3.4))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        xs = [j + (i - 1) * width for j in range(len(tasks))]
+        ax.bar(xs, [100 * (single[m][t] - single["pretrained"][t]) for t in tasks], width, label=LABELS[m], color=COLORS[m])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("test accuracy − pre-trained (points)")
+    ax.set_title("Non-linear advantage: single-task gains")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def _analysis_sections(results: dict, figures: Path) -> list[str]:
+    """Markdown (and figures) for the analyses present in results."""
+    lines: list[str] = []
+    if "disentanglement" in results:
+        from .analysis import plot_disentanglement
+
+        lines += ["## Weight disentanglement (Fig. 3)", "",
+                  "ξ(α1, α2): fraction of each task's validation inputs whose prediction changes when the other "
+                  "task's vector is added (summed over the two tasks; 0 = disentangled). The box is the α range "
+                  "searched by task addition.", "",
+                  "| pair | method | mean ξ over the grid | mean ξ inside the box [0, 1]² |", "|---|---|---|---|"]
+        for pair, by_method in results["disentanglement"].items():
+            name = pair.replace("+", "_")
+            plot_disentanglement(by_method, figures / f"disentanglement_{name}.png")
+            for m, r in by_method.items():
+                xi = np.asarray(r["xi"])
+                inside = np.ix_([i for i, a in enumerate(r["alphas1"]) if 0 <= a <= 1], [j for j, a in enumerate(r["alphas2"]) if 0 <= a <= 1])
+                lines.append(f"| {pair} | {LABELS[m]} | {xi.mean():.3f} | {xi[inside].mean():.3f} |")
+            lines += ["", f"![disentanglement {pair}](figures/disentanglement_{name}.png)", "",
+                      "*Darker is more disentangled; the paper finds linearized FT darker than non-linear FT over a wider region.*", ""]
+    if "ntk" in results:
+        from .analysis.ntk import plot_ntk_localization
+
+        ntk = results["ntk"]
+        plot_ntk_localization(ntk["models"], figures / "ntk_localization.png", ntk["train_task"], ntk["control_task"])
+        lines += ["## NTK eigenfunction localization (Fig. 6)", "",
+                  f"Empirical NTK of the model with the `{ntk['train_task']}` head on samples of `{ntk['train_task']}` "
+                  f"(training task) and `{ntk['control_task']}` (control); local energy of the top eigenfunctions on each. "
+                  "Localization = mean over eigenfunctions of the larger of the two energies (1 = each lives on one task).", "",
+                  "| model | localization | energy on training task (top 5) |", "|---|---|---|"]
+        for label, r in ntk["models"].items():
+            lines.append(f"| {label} | {r['localization']:.3f} | {', '.join(f'{e:.2f}' for e in r['energy_train'][:5])} |")
+        lines += ["", "![NTK localization](figures/ntk_localization.png)", "",
+                  "*Pre-trained: eigenfunctions should sit on one task each (bars all one colour); random init: mixed.*", ""]
+    if "random_init" in results:
+        r = results["random_init"]
+        lines += ["## From random initialization (Table 3)", "",
+                  "The same pipeline from a randomly initialized backbone (run in `random_init/`): mean single-task and "
+                  "multi-task (addition) test accuracy.", "",
+                  "| method | single-task | multi-task (α) |", "|---|---|---|",
+                  f"| Random init | {pct(r['single_task']['pretrained'])} | – |"]
+        for m in ("nonlinear", "linear"):
+            lines.append(f"| {LABELS[m]} | {pct(r['single_task'][m])} | {pct(r['multi_task'][m])} ({r['alpha'][m]:.2f}) |")
+        lines.append("")
+    return lines
+
+
+def render_markdown(results: dict, figures: Path | None = None) -> str:
     tasks = results["tasks"]
     cfg = results["config"]
     add, neg, single = results["addition"], results["negation"], results["single_task"]
@@ -150,7 +217,13 @@ def render_markdown(results: dict) -> str:
         "",
         "*Target (solid) and control (dashed) validation accuracy of θ0 − α τ_target against α.*",
         "",
+        "![non-linear advantage](figures/nonlinear_advantage.png)",
+        "",
+        "*Fig. 2 analogue: accuracy gained over the pre-trained model by each way of fine-tuning.*",
+        "",
     ]
+    if figures is not None:
+        lines += _analysis_sections(results, figures)
     if "seconds" in results:
         lines.append(f"Run time: {results['seconds']:.0f} s.")
     return "\n".join(lines) + "\n"
@@ -163,5 +236,6 @@ def write_report(results: dict, out: str | Path) -> Path:
     plot_single_task(results, figures / "single_task.png")
     plot_addition_curves(results, figures / "addition_alpha.png")
     plot_negation_curves(results, figures / "negation_alpha.png")
-    write_text(out / "report.md", render_markdown(results))
+    plot_nonlinear_advantage(results, figures / "nonlinear_advantage.png")
+    write_text(out / "report.md", render_markdown(results, figures))
     return out / "report.md"

@@ -28,6 +28,11 @@ lr = 1e-2
 warmup_steps = 1
 [eval]
 alpha_step = 0.25
+[analysis]
+disentanglement_step = 1.5
+disentanglement_examples = 32
+ntk_examples = 12
+ntk_eigenfunctions = 8
 """
 
 
@@ -50,10 +55,18 @@ def test_run_writes_results_report_and_figures(finished_run):
         assert {"alpha", "absolute", "normalized", "per_task"} <= set(results["addition"][method])
         assert {"target", "control", "per_task"} <= set(results["negation"][method])
     report = (out / "report.md").read_text()
-    for row in ("Pre-trained", "Non-linear FT", "Post-hoc linearization", "Linearized FT"):
-        assert report.count(f"| {row} |") == 3  # addition, negation and single-task tables
-    for fig in ("single_task", "addition_alpha", "negation_alpha"):
-        assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    for row in ("Pre-trained", "Post-hoc linearization"):
+        assert report.count(f"| {row} |") >= 3  # addition, negation and single-task tables
+    for section in ("Table 1", "Table 2", "Single-task", "disentanglement (Fig. 3)", "localization (Fig. 6)", "Table 3"):
+        assert section in report
+    for fig in ("single_task", "addition_alpha", "negation_alpha", "nonlinear_advantage",
+                "disentanglement_toy-squares_toy-stripes", "ntk_localization"):
+        assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG", fig
+    xi = results["disentanglement"]["toy-squares+toy-stripes"]
+    assert set(xi) == {"nonlinear", "posthoc", "linear"} and len(xi["linear"]["xi"]) == 5
+    assert set(results["ntk"]["models"]) == {"pre-trained", "random init"}
+    assert set(results["random_init"]["multi_task"]) == {"nonlinear", "linear"}
+    assert (out / "random_init" / "results.json").exists()
     assert len(list((out / "vectors").glob("*.safetensors"))) == 6
     assert not list((out / "checkpoints").glob("*"))
 
