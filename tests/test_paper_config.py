@@ -99,3 +99,17 @@ def test_plan_names_missing_weights_and_gpu(tmp_path):
     (run / "vectors").mkdir(parents=True)
     (run / "vectors" / "DTD.linear.safetensors").write_bytes(b"")
     assert [s.name for s in plan_run(cfg, out=run) if s.done] == ["fine-tune DTD (linear)"]
+
+
+def test_results_table_puts_ours_beside_the_papers():
+    from taskvec.paper_results import comparison_tables, paper_model
+
+    assert paper_model("openclip:ViT-L-14/openai") == "ViT-L-14" and paper_model("openclip:ViT-B-32/laion2b_s34b_b79k") is None
+    results = {"config": {"backbone": "openclip:ViT-B-32/openai"}, "tasks": list(load_config(B32).tasks),
+               "addition": {"pretrained": {"absolute": 0.48, "normalized": None}, "linear": {"absolute": 0.77, "normalized": 0.86}},
+               "negation": {"linear": {"target": 0.1, "control": 0.6}}}
+    table = comparison_tables(results)
+    assert "| linearized FT | 77.0 / 86.0 | 76.5 / 85.4 | +0.5 |" in table
+    assert "| pre-trained | 48.0 / – | 48.4 / – | -0.4 |" in table
+    assert "| linearized FT | 10.0 / 60.0 | 10.9 / 60.8 | -0.9 |" in table
+    assert comparison_tables({"config": {"backbone": "effnet-lite0"}}) == ""
