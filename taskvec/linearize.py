@@ -7,6 +7,7 @@ non-linear model. θ0 is a frozen copy. The head is never linearized (it sits ou
 from __future__ import annotations
 
 import copy
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -18,6 +19,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .models.base import Backbone, Batch
 
 Params = dict[str, torch.Tensor]
+
+# torch's forward-AD path scripts a helper on first use and warns about its own deprecated API.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 @contextmanager
