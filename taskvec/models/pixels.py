@@ -7,9 +7,11 @@ preprocessed float tensor of those images, loading them on demand. Items are fil
 
 Every image goes through the same two steps: the geometric part of the model's own
 preprocessing (resize, crop, RGB) producing uint8 S×S×3, then `(x / 255 - mean) / std`. With
-a cache folder the uint8 images of a whole split are computed once into a memory-mapped
-.npy keyed by the geometric transform and the split's identity (file paths and sizes, or the
-array's bytes), so repeated passes (epochs, α sweeps) only read and normalize. Cached and
+a cache folder the uint8 images of a split of image files are computed once into a
+memory-mapped .npy keyed by the geometric transform and the split's identity (file paths
+and sizes), so repeated passes (epochs, α sweeps) only read and normalize instead of
+decoding. Splits held as arrays in memory (MNIST, SVHN) have nothing to decode and are not
+cached: resizing them is cheap, and caching them at 224 px would take 25 GB. Cached and
 uncached images are bit-identical: the cache holds exactly the intermediate uint8 array.
 """
 from __future__ import annotations
@@ -184,7 +186,7 @@ class LazyImages:
     # ----- uint8 images -----------------------------------------------------------------------
     def uint8(self, positions: np.ndarray) -> np.ndarray:
         """uint8 images (len(positions)×S×S×3) at these positions."""
-        if self.cache_dir is not None:
+        if self.cache_dir is not None and not isinstance(self.items, np.ndarray):
             cached = self._cache()
             return np.asarray(cached[positions])
         return self._compute(positions)
