@@ -177,3 +177,34 @@ def test_finetuning_the_clip_image_encoder(clip, mode):
     assert getattr(edited, "model", edited).text_model is clip.text_model
     with torch.no_grad():
         assert edited(pixels=inputs["pixels"][:2]).shape == (2, 16)
+
+
+def test_pretrained_tag_loads_from_open_clips_cache_offline(tmp_path, monkeypatch):
+    """A pretrained tag resolves through open_clip's Hugging Face cache, with the hub offline."""
+    import huggingface_hub.constants
+    import open_clip
+    import open_clip.pretrained as pretrained
+    from safetensors.torch import save_file
+
+    from taskvec.models.openclip import weights_location
+
+    clip_tiny.register()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setitem(pretrained._PRETRAINED, clip_tiny.TINY_CLIP, {"cached": pretrained._pcfg(hf_hub="taskvec-test/tiny-clip/")})
+    spec = f"openclip:{clip_tiny.TINY_CLIP}/cached"
+    assert weights_location(clip_tiny.TINY_CLIP, "cached", str(tmp_path))[0] is False
+    with pytest.raises(TaskvecError, match="could not load open_clip weights.*Hugging Face cache"):
+        build_backbone(spec, weights_dir=str(tmp_path))
+
+    torch.manual_seed(11)
+    source = open_clip.create_model(clip_tiny.TINY_CLIP, pretrained=None)
+    snapshot = tmp_path / "models--taskvec-test--tiny-clip" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(snapshot / "open_clip_model.safetensors"))
+    (tmp_path / "models--taskvec-test--tiny-clip" / "refs").mkdir()
+    (tmp_path / "models--taskvec-test--tiny-clip" / "refs" / "main").write_text("0" * 40)
+    present, where = weights_location(clip_tiny.TINY_CLIP, "cached", str(tmp_path))
+    assert present and where.endswith("open_clip_model.safetensors")
+    loaded = build_backbone(spec, weights_dir=str(tmp_path))
+    torch.testing.assert_close(loaded.visual.state_dict()["proj"], source.visual.state_dict()["proj"])
+    assert loaded.identity() == {"backbone": spec, "arch": clip_tiny.TINY_CLIP, "pretrained": "cached", "init": "pretrained"}

@@ -129,13 +129,8 @@ def weights_location(arch: str, pretrained: str | None, weights_dir: str | None 
                 found = try_to_load_from_cache(repo, name, cache_dir=weights_dir)
                 if isinstance(found, str) and os.path.isfile(found):
                     return True, found
-        where = f"Hugging Face cache ({weights_dir or '~/.cache/huggingface/hub'}): {repo}"
-        url = cfg.get("url", "")
-        if url:
-            local = Path(weights_dir or "~/.cache/clip").expanduser() / os.path.basename(url)
-            if local.is_file():
-                return True, str(local)
-        return False, where
+        # open_clip prefers the hub copy whenever huggingface_hub is installed (it is, pinned).
+        return False, f"Hugging Face cache ({weights_dir or '~/.cache/huggingface/hub'}): {repo}"
     url = cfg.get("url", "")
     local = Path(weights_dir or "~/.cache/clip").expanduser() / os.path.basename(url)
     return local.is_file(), str(local)
