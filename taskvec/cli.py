@@ -28,14 +28,33 @@ def run(
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run directory; finished stages in it are reused."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: few steps, little data, coarse α grid (≤ 2 minutes)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List every stage and the data it needs; exit 1 naming what is missing."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: fine-tune only the i-th of n shares of the (task, mode) units, then stop."),
 ) -> None:
-    """Fine-tune every task in both modes, evaluate addition and negation, write the report."""
+    """Fine-tune every task in both modes, evaluate addition and negation, write the report.
+
+    Multi-GPU: `torchrun --nproc-per-node N -m taskvec run --config FILE` fine-tunes each task
+    with DistributedDataParallel at the config's global batch size."""
+    from .distributed import parse_shard
     from .pipeline import run_pipeline
 
     cfg = _config(config, quick)
     if quick and out == Path("runs/default"):
         out = Path("runs/quick")
-    results = run_pipeline(cfg, out, log=lambda msg: typer.echo(msg, err=True), progress=progress)
+    if dry_run:
+        from .plan import check_plan, format_plan, plan_run
+
+        stages = plan_run(cfg, out)
+        typer.echo(format_plan(cfg, stages))
+        missing = check_plan(stages)
+        if missing:
+            typer.echo(f"taskvec: cannot run yet, {len(missing)} missing: " + "; ".join(missing), err=True)
+            raise typer.Exit(1)
+        return
+    results = run_pipeline(cfg, out, log=lambda msg: typer.echo(msg, err=True), progress=progress,
+                           shard=parse_shard(shard) if shard else None)
+    if not results:  # a shard, or a non-main rank under torchrun
+        return
     for method in ("pretrained", "nonlinear", "posthoc", "linear"):
         a, n = results["addition"][method], results["negation"][method]
         norm = "–" if a["normalized"] is None else f"{100 * a['normalized']:.1f}"
@@ -63,7 +82,7 @@ def finetune(
     prepared = prepare_tasks(backbone, [task], cfg)[task]
     head = build_head(backbone, prepared, cfg)
     train = prepared.sets["train"]
-    vector = run_finetune(backbone, head, train.inputs, train.labels, mode=mode, cfg=getattr(cfg.train, mode), task=task,
+    vector = run_finetune(backbone, head, train.inputs, train.labels, mode=mode, cfg=cfg.train.for_task(mode, task, len(train)), task=task,
                           checkpoint=checkpoint, device=cfg.device, progress=progress)
     vector.save(out)
     typer.echo(f"wrote {out} ({mode} task vector of {task}, norm {vector.norm():.4f})")
@@ -137,6 +156,19 @@ def info(vector: Path = typer.Argument(...)) -> None:
                            "parameters": len(tv.vector), "norm": tv.norm()}, indent=2))
 
 
+@app.command()
+def download(
+    name: str = typer.Argument(..., help="A paper dataset torchvision can fetch (MNIST, SVHN, GTSRB, DTD, EuroSAT, SUN397)."),
+    root: Path = typer.Option(..., "--root", help="The data root (the config's data.root)."),
+) -> None:
+    """Fetch a paper dataset into the data root (the only command that downloads data)."""
+    from .tasks.paper import DOWNLOADABLE, download_dataset
+
+    if name not in DOWNLOADABLE:
+        raise TaskvecError(f"{name!r} cannot be downloaded automatically; downloadable: {', '.join(DOWNLOADABLE)} (see docs/paper.md for the others)")
+    typer.echo(f"downloaded {name} to {download_dataset(name, root)}")
+
+
 @app.command(name="list")
 def list_names() -> None:
     """List registered backbones and tasks."""
@@ -152,7 +184,7 @@ def list_names() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input ends with a one-line error and exit status 2, never a traceback."""
     try:
-        app(args=argv, prog_name="taskvec", standalone_mode=False)
+        code = app(args=argv, prog_name="taskvec", standalone_mode=False)
     except TaskvecError as exc:
         typer.echo(f"taskvec: error: {exc}", err=True)
         sys.exit(2)
@@ -165,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(130)
         raise
+    if isinstance(code, int) and code:  # typer.Exit(code) returns it in non-standalone mode
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from .config import RunConfig, to_dict
+from .distributed import barrier, cleanup, device_for, init_from_env, is_main, main_first, shard_units
 from .edits import alpha_grid, negation_control, task_addition, task_negation
 from .errors import TaskvecError
 from .evaluate import METHODS, EvalSet, Evaluator, encode
@@ -37,7 +38,7 @@ def prepare_tasks(backbone: Backbone, names: list[str], cfg: RunConfig) -> dict[
     prepared = {}
     d = cfg.data
     for name in names:
-        task = get_task(name)
+        task = get_task(name, root=cfg.data.root)
         if task.modality != backbone.modality:
             raise TaskvecError(f"task {name!r} is {task.modality} data but backbone {backbone.name!r} encodes {backbone.modality}")
         data = make_splits(task, seed=d.seed, val_fraction=d.val_fraction, val_cap=d.val_cap, max_train=d.max_train, max_val=d.max_val, max_test=d.max_test)
@@ -52,8 +53,13 @@ def prepare_tasks(backbone: Backbone, names: list[str], cfg: RunConfig) -> dict[
 def build_head(backbone: Backbone, prepared: PreparedTask, cfg: RunConfig) -> ClassificationHead:
     kind = cfg.head.kind
     if kind == "auto":
-        kind = "text" if backbone.modality == "text" else "prototype"
+        kind = "zeroshot" if hasattr(backbone, "logit_scale") else "text" if backbone.modality == "text" else "prototype"
     task = prepared.task
+    if kind == "zeroshot":
+        from .models.zeroshot import zeroshot_head
+
+        cache = Path(cfg.data.cache_dir) / "heads" if cfg.data.cache_dir else None
+        return zeroshot_head(backbone, task, cache_dir=cache, device=cfg.device)
     if kind == "text":
         descriptions = list(task.descriptions or [f"An example of {c}." for c in task.classnames])
         return text_head(backbone.encode_text(descriptions), cfg.head.scale)
@@ -68,7 +74,9 @@ class Run:
     """A run directory: the config it was made with and one file per finished stage."""
 
     def __init__(self, cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True):
-        self.cfg, self.out, self.log, self.progress = cfg, Path(out), log, progress
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.log: Log = log if is_main() else (lambda message: None)
+        self.device = device_for(cfg.device)  # this rank's GPU under torchrun
         self.out.mkdir(parents=True, exist_ok=True)
 
     def check_config(self) -> None:
@@ -79,7 +87,7 @@ class Run:
             if saved != current:
                 changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
                 raise TaskvecError(f"{self.out} holds a run of a different config (differs in: {', '.join(changed)}); use another --out")
-        else:
+        elif is_main():
             write_json(path, current)
 
     def stage(self, name: str, compute: Callable[[], dict]) -> dict:
@@ -115,11 +123,14 @@ class Run:
             self.log(f"[skip] fine-tune {name} ({mode}): found {path}")
             return vector
         train = prepared.sets["train"]
-        cfg = getattr(self.cfg.train, mode)
+        cfg = self.cfg.train.for_task(mode, name, len(train))
+        checkpoint = self.out / "checkpoints" / f"{name}.{mode}.safetensors"
         vector = finetune(backbone, head, train.inputs, train.labels, mode=mode, cfg=cfg, task=name,
-                          checkpoint=self.out / "checkpoints" / f"{name}.{mode}.safetensors", device=self.cfg.device, progress=self.progress)
-        vector.save(path)
-        (self.out / "checkpoints" / f"{name}.{mode}.safetensors").unlink(missing_ok=True)
+                          checkpoint=checkpoint, device=self.device, progress=self.progress and is_main())
+        if is_main():  # under torchrun every rank holds the same vector; one writes it
+            vector.save(path)
+            checkpoint.unlink(missing_ok=True)
+        barrier()
         self.log(f"[done] fine-tune {name} ({mode}) in {vector.info.get('seconds')}s, last loss {vector.info.get('last_loss')}")
         return vector
 
@@ -134,8 +145,23 @@ def single_task_results(evaluators: dict[str, Evaluator], tasks: list[str], cont
     return result
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True) -> dict:
-    """Every stage of the benchmark; returns the results written to out/results.json."""
+def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True, shard: tuple[int, int] | None = None) -> dict:
+    """Every stage of the benchmark; returns the results written to out/results.json.
+
+    Under torchrun every rank fine-tunes together (DistributedDataParallel over the global
+    batch) and rank 0 alone evaluates and writes. `shard=(i, n)` fine-tunes only the i-th of n
+    shares of the (task, mode) units and stops: several processes (one per GPU) can fill one run
+    directory, and a final unsharded run then skips their vectors and evaluates.
+    """
+    init_from_env()
+    try:
+        return _run_pipeline(cfg, out, log, progress, shard)
+    finally:
+        cleanup()
+
+
+def _run_pipeline(cfg: RunConfig, out: str | Path, log: Log, progress: bool, shard: tuple[int, int] | None) -> dict:
+    from .plan import finetune_units
     from .report import write_report
 
     started = time.perf_counter()
@@ -149,15 +175,23 @@ def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bo
     targets = list(cfg.negation.targets or tasks)
     controls = {t: negation_control(t, tasks, cfg.negation.control) for t in targets}
     names = tasks + sorted(set(controls.values()) - set(tasks))
-    log(f"backbone {cfg.backbone} ({cfg.init}); tasks {tasks}; negation controls {controls}")
+    run.log(f"backbone {cfg.backbone} ({cfg.init}); tasks {tasks}; negation controls {controls}")
 
-    prepared = prepare_tasks(backbone, names, cfg)
-    heads = {name: run.head(backbone, prepared[name]) for name in names}
-    vectors = {mode: {t: run.vector(backbone, heads[t], prepared[t], mode) for t in tasks} for mode in ("nonlinear", "linear")}
+    units = finetune_units(cfg) if shard is None else shard_units(finetune_units(cfg), *shard)
+    needed = names if shard is None else sorted({task for task, _ in units})
+    prepared = prepare_tasks(backbone, needed, cfg)
+    with main_first():  # rank 0 builds and caches the heads, the others read them
+        heads = {name: run.head(backbone, prepared[name]) for name in needed}
+    vectors: dict[str, dict[str, TaskVector]] = {"nonlinear": {}, "linear": {}}
+    for task, mode in units:
+        vectors[mode][task] = run.vector(backbone, heads[task], prepared[task], mode)
+    if shard is not None or not is_main():
+        run.log(f"fine-tuned {len(units)} (task, mode) units" + (f" of shard {shard[0]}/{shard[1]}" if shard else ""))
+        return {}
 
     sets = {(name, split): prepared[name].sets[split] for name in names for split in ("val", "test")}
     shared: dict = {}
-    evaluators = {m: Evaluator(backbone, heads, sets, vectors[VECTOR_MODE[m]], m, chunk=cfg.eval.chunk, device=cfg.device, pretrained_cache=shared) for m in METHODS}
+    evaluators = {m: Evaluator(backbone, heads, sets, vectors[VECTOR_MODE[m]], m, chunk=cfg.eval.chunk, device=run.device, pretrained_cache=shared) for m in METHODS}
     alphas = alpha_grid(cfg.eval.alpha_start, cfg.eval.alpha_stop, cfg.eval.alpha_step)
 
     single = run.stage("single_task", lambda: single_task_results(evaluators, tasks, names[len(tasks):]))
@@ -172,7 +206,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bo
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_json(run.out / "results.json", results)
     write_report(results, run.out)
-    log(f"wrote {run.out / 'results.json'} and {run.out / 'report.md'}")
+    run.log(f"wrote {run.out / 'results.json'} and {run.out / 'report.md'}")
     return results
 
 
@@ -265,7 +299,7 @@ def random_init_results(run: Run) -> dict:
     """Table 3: the same pipeline from a randomly initialized backbone (no analyses)."""
     cfg = dataclasses.replace(run.cfg, name=f"{run.cfg.name}-random-init", init="random",
                               analysis=dataclasses.replace(run.cfg.analysis, disentanglement=False, ntk=False, random_init=False))
-    results = run_pipeline(cfg, run.out / "random_init", log=run.log, progress=run.progress)
+    results = _run_pipeline(cfg, run.out / "random_init", run.log, run.progress, None)
     tasks = results["tasks"]
     return {
         "run_dir": "random_init",

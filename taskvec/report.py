@@ -224,6 +224,11 @@ def render_markdown(results: dict, figures: Path | None = None) -> str:
     ]
     if figures is not None:
         lines += _analysis_sections(results, figures)
+    from .paper_results import comparison_tables
+
+    beside_paper = comparison_tables(results)
+    if beside_paper:
+        lines += ["## Beside the paper", "", beside_paper, ""]
     if "seconds" in results:
         lines.append(f"Run time: {results['seconds']:.0f} s.")
     return "\n".join(lines) + "\n"

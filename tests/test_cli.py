@@ -158,3 +158,38 @@ def test_finetune_command_matches_pipeline(finished_run, tmp_path):
     main(["finetune", "--task", "toy-noise", "--mode", "linear", "--config", str(config), "--out", str(target), "--no-progress"])
     mine, theirs = TaskVector.load(target), TaskVector.load(out / "vectors" / "toy-noise.linear.safetensors")
     assert all(mine.vector[n].equal(theirs.vector[n]) for n in mine.vector)
+
+
+def test_dry_run_of_paper_config_names_what_is_missing(tmp_path, capsys):
+    from pathlib import Path
+
+    config = Path(__file__).parent.parent / "configs" / "paper-vit-b-32.toml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--config", str(config), "--dry-run", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    for stage in ("fine-tune Cars (nonlinear)", "fine-tune SVHN (linear)", "task addition of 8 tasks", "task negation"):
+        assert stage in captured.out
+    assert "missing" in captured.err and "ViT-B-32/openai" in captured.err and "Cars" in captured.err
+    assert not (tmp_path / "o" / "config.json").exists()  # a dry run writes nothing
+
+
+def test_dry_run_of_ready_config_succeeds(finished_run, capsys):
+    config, out = finished_run
+    main(["run", "--config", str(config), "--dry-run", "--out", str(out)])
+    assert "done, skipped" in capsys.readouterr().out
+
+
+def test_sharded_fine_tuning_fills_one_run_directory(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(CONFIG.replace("[analysis]", "[analysis]\ndisentanglement = false\nntk = false\nrandom_init = false"))
+    out = tmp_path / "out"
+    main(["run", "--config", str(config), "--out", str(out), "--no-progress", "--shard", "0/2"])
+    first = sorted(p.name for p in (out / "vectors").iterdir())
+    assert len(first) == 3 and not (out / "results.json").exists()
+    main(["run", "--config", str(config), "--out", str(out), "--no-progress", "--shard", "1/2"])
+    assert len(list((out / "vectors").iterdir())) == 6
+    capsys.readouterr()
+    main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
+    assert capsys.readouterr().err.count("[skip] fine-tune") == 6
+    assert (out / "results.json").exists()
