@@ -1,0 +1,237 @@
+"""Weight disentanglement error ξ(α1, α2) of two task vectors (the paper's Fig. 3).
+
+    ξ(α1, α2) = Σ_{t=1,2} E_{x∼D_t}[ 1( pred_t(x; θ0 + α_t τ_t) ≠ pred_t(x; θ0 + α1 τ1 + α2 τ2) ) ]
+
+where pred_t is the argmax of task t's head on the (edited) features. ξ is 0 when adding the
+other task's vector never changes a task's predictions on its own support (perfect weight
+disentanglement) and at most 2. ξ(0, 0) = 0; ξ(α1, 0) and ξ(0, α2) measure how much one
+vector alone disturbs the other task relative to θ0.
+
+All edits go through an `Evaluator`, so the three methods share one code path:
+
+- "posthoc" / "linear": the evaluator computes f(x; θ0) and one JVP J τ_t per (vector, eval
+  set), i.e. 2 forward passes and 4 JVPs for a pair of tasks, whatever the grid; every grid
+  point is then a few additions. If the evaluator already holds those on the full eval sets
+  (e.g. after the addition sweep), they are sliced and ξ costs no pass through the network.
+- "nonlinear": every distinct (α1, α2) edit is one forward pass of the edited model per eval
+  set, plus building that edited model once (a deep copy and a weight update: for
+  EfficientNet-Lite0 about as costly as a forward pass of 200 images at 32 px). A 13×13 grid
+  is 169 model builds and 2 × 169 forward passes of `max_examples` inputs, minutes on a CPU
+  for EfficientNet-Lite0; keep `max_examples` small (200 by default).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..edits import alpha_grid
+from ..errors import TaskvecError
+from ..evaluate import EvalSet, Evaluator, _key, encode
+
+METHOD_ORDER = ("nonlinear", "posthoc", "linear")
+TITLES = {"nonlinear": "Non-linear FT", "posthoc": "Post-hoc linearization", "linear": "Linearized FT"}
+
+
+def disentanglement_grid(start: float = -3.0, stop: float = 3.0, step: float = 0.5) -> list[float]:
+    """The α values of one axis of the ξ heatmap: [−3, 3] in steps of 0.5 (13 values) by default."""
+    return alpha_grid(start, stop, step)
+
+
+def _subset_index(n: int, limit: int | None, seed: int) -> torch.Tensor | None:
+    """A seeded random subset of `limit` of n rows (sorted), or None to keep them all.
+
+    Random rather than the first rows: an eval set may be ordered by class.
+    """
+    if limit is None or n <= limit:
+        return None
+    if limit <= 0:
+        raise TaskvecError(f"max_examples must be positive, got {limit}")
+    return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(n)[:limit]))
+
+
+def _restricted(evaluator: Evaluator, tasks: tuple[str, str], split: str, max_examples: int | None, seed: int) -> Evaluator:
+    """An evaluator of the two tasks' vectors on at most `max_examples` inputs of each eval set.
+
+    Rows are independent (the encoder runs in eval mode), so anything the given evaluator has
+    already computed on the full sets (θ0 features, JVPs, non-linear logits) is sliced and
+    reused instead of recomputed. Returns the evaluator itself when no set needs cutting.
+    """
+    index = {t: _subset_index(len(evaluator._set(t, split)), max_examples, seed) for t in tasks}
+    if all(i is None for i in index.values()):
+        return evaluator
+
+    def cut(task: str, rows: torch.Tensor) -> torch.Tensor:
+        i = index[task]
+        return rows if i is None else rows[i]
+
+    sets = {}
+    for t in tasks:
+        full = evaluator._set(t, split)
+        i = index[t]
+        sets[(t, split)] = full if i is None else EvalSet({k: v[i] for k, v in full.inputs.items()}, full.labels[i])
+    vectors = {t: evaluator.vectors[t] for t in tasks}
+    pretrained = {(t, split): cut(t, evaluator.pretrained[(t, split)]) for t in tasks if (t, split) in evaluator.pretrained}
+    sub = Evaluator(evaluator.base, evaluator.heads, sets, vectors, evaluator.method,
+                    chunk=evaluator.chunk, device=evaluator.device, pretrained_cache=pretrained)
+    for (vt, t, s), jt in getattr(evaluator, "_jvps", {}).items():
+        if s == split and vt in tasks and t in tasks:
+            sub._jvps[(vt, t, s)] = cut(t, jt)
+    for (key, t, s), logits in getattr(evaluator, "_logits", {}).items():
+        if s == split and t in tasks and all(vt in tasks for vt, _ in key):
+            sub._logits[(key, t, s)] = cut(t, logits)
+    return sub
+
+
+def _encode_joint_edit(ev: Evaluator, tasks: tuple[str, str], split: str, coeffs: Mapping[str, float]) -> None:
+    """Non-linear: build the edited model once for both eval sets and cache its logits the way
+    `Evaluator.logits` does (it would build the model once per eval set, which for
+    EfficientNet-Lite0 costs about as much as the forward pass itself)."""
+    key = _key(coeffs)
+    missing = [t for t in tasks if key and (key, t, split) not in ev._logits]
+    if len(missing) < 2:
+        return  # nothing or one set to encode: Evaluator.logits builds the model at most once
+    edited = ev.edited_model(coeffs)
+    for t in missing:
+        ev._logits[(key, t, split)] = ev.heads[t](encode(edited, ev._set(t, split).inputs, ev.chunk, ev.device))
+        ev.forward_passes += 1
+
+
+def disentanglement_error(
+    evaluator: Evaluator,
+    task1: str,
+    task2: str,
+    alphas1: Sequence[float] | None = None,
+    alphas2: Sequence[float] | None = None,
+    split: str = "val",
+    *,
+    max_examples: int | None = 200,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """ξ(α1, α2) for every α1 in `alphas1` and α2 in `alphas2` (default: [−3, 3], step 0.5).
+
+    `evaluator` must hold task vectors, heads and `split` eval sets for both tasks; its method
+    ("nonlinear", "posthoc" or "linear") decides how the edits are evaluated. Each eval set is
+    cut to a seeded random `max_examples` rows (None: all rows).
+
+    Cost: "posthoc"/"linear" need 2 forward passes and 4 JVPs in all (none if the evaluator
+    already computed them), then additions. "nonlinear" needs one forward pass per distinct
+    edit and eval set: len(alphas1) × len(alphas2) × 2 passes of ≤ max_examples inputs
+    (338 for the default 13×13 grid) — keep the sets small.
+
+    Returns {"task1", "task2", "alphas1", "alphas2", "xi", "method", ...} where xi[i][j] is
+    ξ(alphas1[i], alphas2[j]); "xi_terms" holds the two summands per task (same layout),
+    "examples" the number of inputs per task, "seconds" and "forward_passes" the cost.
+    """
+    if task1 == task2:
+        raise TaskvecError(f"disentanglement needs two different tasks, got {task1!r} twice")
+    alphas1 = [float(a) for a in (disentanglement_grid() if alphas1 is None else alphas1)]
+    alphas2 = [float(a) for a in (disentanglement_grid() if alphas2 is None else alphas2)]
+    if not alphas1 or not alphas2:
+        raise TaskvecError("disentanglement needs at least one α per task")
+    for t in (task1, task2):
+        if t not in evaluator.vectors:
+            raise TaskvecError(f"no task vector for {t!r}")
+        if t not in evaluator.heads:
+            raise TaskvecError(f"no head for task {t!r}")
+
+    started = time.perf_counter()
+    ev = _restricted(evaluator, (task1, task2), split, max_examples, seed)
+    passes_before = ev.forward_passes
+
+    def pred(task: str, coeffs: Mapping[str, float]) -> torch.Tensor:
+        return ev.logits(task, split, coeffs).argmax(-1)
+
+    # Reference predictions: each task under its own edit only.
+    own1 = [pred(task1, {task1: a}) for a in alphas1]
+    own2 = [pred(task2, {task2: b}) for b in alphas2]
+    term1 = np.zeros((len(alphas1), len(alphas2)))
+    term2 = np.zeros_like(term1)
+    cells = [(i, j) for i in range(len(alphas1)) for j in range(len(alphas2))]
+    if progress:
+        from tqdm.auto import tqdm
+
+        cells = tqdm(cells, desc=f"ξ {ev.method} {task1}+{task2}", leave=False)
+    for i, j in cells:
+        both = {task1: alphas1[i], task2: alphas2[j]}
+        if ev.method == "nonlinear":
+            _encode_joint_edit(ev, (task1, task2), split, both)
+        term1[i, j] = float((pred(task1, both) != own1[i]).float().mean())
+        term2[i, j] = float((pred(task2, both) != own2[j]).float().mean())
+    xi = term1 + term2
+    return {
+        "task1": task1,
+        "task2": task2,
+        "alphas1": alphas1,
+        "alphas2": alphas2,
+        "xi": xi.tolist(),
+        "method": ev.method,
+        "split": split,
+        "xi_terms": {task1: term1.tolist(), task2: term2.tolist()},
+        "examples": {task1: len(ev._set(task1, split)), task2: len(ev._set(task2, split))},
+        "seconds": round(time.perf_counter() - started, 3),
+        "forward_passes": ev.forward_passes - passes_before,
+    }
+
+
+def _edges(values: Sequence[float]) -> np.ndarray:
+    """Cell edges around grid values (midpoints; half a step beyond the ends)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return np.array([v[0] - 0.5, v[0] + 0.5])
+    mid = (v[1:] + v[:-1]) / 2
+    return np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]])
+
+
+def plot_disentanglement(results_by_method: Mapping[str, dict], path: str | Path, search_box: tuple[float, float] | None = (0.0, 1.0)) -> Path:
+    """One row of ξ heatmaps (one per method), α1 on x, α2 on y, shared colour scale 0..max.
+
+    `search_box` (lo, hi) draws the α search range of task addition as the square
+    [lo, hi]² (None: no box), as in the paper's Fig. 3. Writes a PNG atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from ..io import atomic_path
+
+    if not results_by_method:
+        raise TaskvecError("plot_disentanglement needs at least one result")
+    methods = [m for m in METHOD_ORDER if m in results_by_method] + [m for m in results_by_method if m not in METHOD_ORDER]
+    first = results_by_method[methods[0]]
+    vmax = max(float(np.max(results_by_method[m]["xi"])) for m in methods)
+    vmax = vmax if vmax > 0 else 1.0  # an all-zero map still gets a readable scale
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 0.9, 3.7), squeeze=False, constrained_layout=True)
+    mesh = None
+    for ax, m in zip(axes[0], methods):
+        r = results_by_method[m]
+        xi = np.asarray(r["xi"], dtype=float)  # [i][j] = (α1_i, α2_j): rows are x, so transpose
+        mesh = ax.pcolormesh(_edges(r["alphas1"]), _edges(r["alphas2"]), xi.T, cmap="viridis", vmin=0.0, vmax=vmax, shading="flat")
+        if search_box is not None:
+            lo, hi = search_box
+            ax.add_patch(Rectangle((lo, lo), hi - lo, hi - lo, fill=False, edgecolor="white", linewidth=1.8, linestyle="--"))
+        ax.axhline(0, color="white", lw=0.5, alpha=0.5)
+        ax.axvline(0, color="white", lw=0.5, alpha=0.5)
+        ax.set_title(TITLES.get(m, m))
+        ax.set_xlabel(f"α1 ({r['task1']})")
+        ax.set_aspect("equal")
+    axes[0][0].set_ylabel(f"α2 ({first['task2']})")
+    for ax in axes[0][1:]:
+        ax.tick_params(labelleft=False)
+    bar = fig.colorbar(mesh, ax=axes[0].tolist(), shrink=0.9, pad=0.02)
+    bar.set_label("disentanglement error ξ")
+    box = "" if search_box is None else f"; dashed box: addition search range [{search_box[0]:g}, {search_box[1]:g}]²"
+    fig.suptitle(f"Weight disentanglement error ξ(α1, α2), {first['task1']} + {first['task2']}{box}", fontsize=10)
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+    return path
