@@ -75,6 +75,10 @@ class Evaluator:
     method "nonlinear": the vectors edit f.  "posthoc": non-linear vectors edit f_lin.
     "linear": vectors from linearized fine-tuning edit f_lin. Pre-trained features are shared
     between evaluators through `pretrained_cache` so θ0 is encoded once per evaluation set.
+
+    For the linearized methods, vectors sharing one α are combined before the product:
+    J (Σ_t τ_t) is one JVP per evaluation set, so a whole addition sweep costs one JVP per set
+    (or none, when the single-vector products are already cached and can simply be summed).
     """
 
     def __init__(
@@ -98,8 +102,8 @@ class Evaluator:
         self.base, self.heads, self.sets, self.vectors = base, heads, sets, vectors
         self.method, self.chunk, self.device = method, chunk, device
         self.pretrained = pretrained_cache if pretrained_cache is not None else {}
-        self._logits: dict[tuple, torch.Tensor] = {}  # (edit key, task, split) -> logits
-        self._jvps: dict[tuple, torch.Tensor] = {}  # (vector task, task, split) -> J τ
+        self._logits: dict[tuple, torch.Tensor] = {}  # (edit key, task, split) -> logits (non-linear)
+        self._jvps: dict[tuple, torch.Tensor] = {}  # (vector tasks (sorted tuple), task, split) -> J Σ τ
         self.forward_passes = 0  # evaluation-set encodings actually computed (for benchmarks)
 
     def _set(self, task: str, split: str) -> EvalSet:
@@ -113,39 +117,83 @@ class Evaluator:
             self.forward_passes += 1
         return self.pretrained[(task, split)]
 
-    def _jvp(self, vector_task: str, task: str, split: str) -> torch.Tensor:
-        key = (vector_task, task, split)
-        if key not in self._jvps:
-            f0, jt = encode_jvp(self.base, self.vectors[vector_task].vector, self._set(task, split).inputs, self.chunk, self.device)
+    def _jvp(self, vector_tasks: tuple[str, ...], task: str, split: str) -> torch.Tensor:
+        """J(x; θ0) Σ_{t ∈ vector_tasks} τ_t on one evaluation set, cached."""
+        key = (vector_tasks, task, split)
+        if key in self._jvps:
+            return self._jvps[key]
+        singles = [((t,), task, split) for t in vector_tasks]
+        if len(vector_tasks) > 1 and all(k in self._jvps for k in singles):
+            product = sum(self._jvps[k] for k in singles)  # linearity: no new pass
+        else:
+            vectors = [self.vectors[t].vector for t in vector_tasks]
+            summed = {n: sum(v[n] for v in vectors) for n in vectors[0]} if len(vectors) > 1 else vectors[0]
+            f0, product = encode_jvp(self.base, summed, self._set(task, split).inputs, self.chunk, self.device)
             self.pretrained.setdefault((task, split), f0)
-            self._jvps[key] = jt
             self.forward_passes += 1
-        return self._jvps[key]
+        self._jvps[key] = product
+        return product
 
-    def logits(self, task: str, split: str, coeffs: Mapping[str, float]) -> torch.Tensor:
-        """Task `task`'s head on the edited features. Non-linear results are cached per edit."""
+    def _check(self, coeffs: Mapping[str, float]) -> tuple:
         unknown = set(coeffs) - set(self.vectors)
         if unknown:
             raise TaskvecError(f"no task vector for {sorted(unknown)}")
-        key = _key(coeffs)
-        head = self.heads[task]
+        return _key(coeffs)
+
+    def logits(self, task: str, split: str, coeffs: Mapping[str, float]) -> torch.Tensor:
+        """Task `task`'s head on the edited features. Non-linear results are cached per edit."""
+        return self.logits_many([task], split, coeffs)[task]
+
+    def logits_many(self, tasks: list[str], split: str, coeffs: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        """Logits of several tasks under one edit; a non-linear edit is built once for all."""
+        key = self._check(coeffs)
         if not key:
-            return head(self.pretrained_features(task, split))
+            return {t: self.heads[t](self.pretrained_features(t, split)) for t in tasks}
         if self.method == "nonlinear":
-            if (key, task, split) not in self._logits:
+            missing = [t for t in tasks if (key, t, split) not in self._logits]
+            if missing:
                 edited = self.edited_model(coeffs)
-                self._logits[(key, task, split)] = head(encode(edited, self._set(task, split).inputs, self.chunk, self.device))
-                self.forward_passes += 1
-            return self._logits[(key, task, split)]
-        features = self.pretrained_features(task, split).clone()
+                for t in missing:
+                    self._logits[(key, t, split)] = self.heads[t](encode(edited, self._set(t, split).inputs, self.chunk, self.device))
+                    self.forward_passes += 1
+            return {t: self._logits[(key, t, split)] for t in tasks}
+        groups: dict[float, list[str]] = {}
         for vector_task, alpha in key:
-            features += alpha * self._jvp(vector_task, task, split)
-        return head(features)
+            groups.setdefault(alpha, []).append(vector_task)
+        out = {}
+        for t in tasks:
+            features = self.pretrained_features(t, split).clone()
+            for alpha, members in groups.items():
+                features += alpha * self._jvp(tuple(sorted(members)), t, split)
+            out[t] = self.heads[t](features)
+        return out
+
+    def restricted(self, rows: Mapping[str, torch.Tensor | None], split: str) -> "Evaluator":
+        """An evaluator of the same edits on a subset of rows of each task's `split` set.
+
+        Rows are independent (encoders run in eval mode), so everything already computed on the
+        full sets (θ0 features, JVPs, non-linear logits) is sliced and reused, not recomputed.
+        `rows[task]` is an index tensor, or None to keep the whole set.
+        """
+        def cut(task: str, values: torch.Tensor) -> torch.Tensor:
+            index = rows.get(task)
+            return values if index is None else values[index]
+
+        sets = {}
+        for t in rows:
+            full = self._set(t, split)
+            sets[(t, split)] = EvalSet({k: cut(t, v) for k, v in full.inputs.items()}, cut(t, full.labels))
+        pretrained = {(t, split): cut(t, self.pretrained[(t, split)]) for t in rows if (t, split) in self.pretrained}
+        sub = Evaluator(self.base, self.heads, sets, self.vectors, self.method, chunk=self.chunk, device=self.device,
+                        pretrained_cache=pretrained)
+        sub._jvps = {k: cut(k[1], v) for k, v in self._jvps.items() if k[2] == split and k[1] in rows}
+        sub._logits = {k: cut(k[1], v) for k, v in self._logits.items() if k[2] == split and k[1] in rows}
+        return sub
 
     def edited_model(self, coeffs: Mapping[str, float]) -> Backbone:
         """The edited encoder itself (direct evaluation; used by the non-linear path and tests)."""
         combined = None
-        for task, alpha in _key(coeffs):
+        for task, alpha in self._check(coeffs):
             scaled = self.vectors[task] * alpha
             combined = scaled if combined is None else combined + scaled
         if combined is None:

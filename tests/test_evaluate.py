@@ -44,9 +44,38 @@ def test_fast_sweep_equals_direct_evaluation(setup, method):
             direct = heads[task](encode(direct_model, inputs))
             torch.testing.assert_close(fast.logits(task, "val", coeffs), direct, rtol=1e-4, atol=1e-4)
             assert torch.equal(fast.logits(task, "val", coeffs).argmax(-1), direct.argmax(-1))
-    # one pre-trained encoding per evaluation set (α = 0 came first) and one JVP per
-    # (vector, evaluation set): the other grid points cost no pass through the network
-    assert fast.forward_passes == len(TASKS) + len(TASKS) * len(TASKS)
+    # one pre-trained encoding per evaluation set (α = 0 came first) and one JVP of the summed
+    # vector per evaluation set: the other grid points cost no pass through the network
+    assert fast.forward_passes == 2 * len(TASKS)
+
+
+def test_single_vector_products_are_reused_for_sums(setup):
+    model, heads, sets, vectors = setup
+    fast = Evaluator(model, heads, sets, vectors["linear"], "linear")
+    for t in TASKS:  # J τ_t on every set: 9 products
+        fast.logits("toy-squares", "val", {t: 0.5})
+    passes = fast.forward_passes
+    combined = fast.logits("toy-squares", "val", {t: 0.3 for t in TASKS})  # summed from cache
+    mixed = fast.logits("toy-squares", "val", {"toy-squares": 0.2, "toy-noise": -0.4})
+    assert fast.forward_passes == passes
+    direct = heads["toy-squares"](encode(fast.edited_model({t: 0.3 for t in TASKS}), sets[("toy-squares", "val")].inputs))
+    torch.testing.assert_close(combined, direct, rtol=1e-4, atol=1e-4)
+    direct = heads["toy-squares"](encode(fast.edited_model({"toy-squares": 0.2, "toy-noise": -0.4}), sets[("toy-squares", "val")].inputs))
+    torch.testing.assert_close(mixed, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_restricted_evaluator_reuses_and_matches(setup):
+    model, heads, sets, vectors = setup
+    for method, mode in (("nonlinear", "nonlinear"), ("linear", "linear")):
+        full = Evaluator(model, heads, sets, vectors[mode], method)
+        coeffs = {"toy-squares": 0.7, "toy-stripes": -0.3}
+        whole = full.logits_many(["toy-squares", "toy-stripes"], "val", coeffs)
+        rows = {"toy-squares": torch.tensor([0, 3, 5]), "toy-stripes": None}
+        sub = full.restricted(rows, "val")
+        part = sub.logits_many(["toy-squares", "toy-stripes"], "val", coeffs)
+        assert sub.forward_passes == 0  # everything was sliced from the full evaluator
+        torch.testing.assert_close(part["toy-squares"], whole["toy-squares"][rows["toy-squares"]])
+        torch.testing.assert_close(part["toy-stripes"], whole["toy-stripes"])
 
 
 class DirectEvaluator(Evaluator):

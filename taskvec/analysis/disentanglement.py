@@ -30,7 +30,7 @@ import torch
 
 from ..edits import alpha_grid
 from ..errors import TaskvecError
-from ..evaluate import EvalSet, Evaluator, _key, encode
+from ..evaluate import Evaluator
 
 METHOD_ORDER = ("nonlinear", "posthoc", "linear")
 TITLES = {"nonlinear": "Non-linear FT", "posthoc": "Post-hoc linearization", "linear": "Linearized FT"}
@@ -51,53 +51,6 @@ def _subset_index(n: int, limit: int | None, seed: int) -> torch.Tensor | None:
     if limit <= 0:
         raise TaskvecError(f"max_examples must be positive, got {limit}")
     return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(n)[:limit]))
-
-
-def _restricted(evaluator: Evaluator, tasks: tuple[str, str], split: str, max_examples: int | None, seed: int) -> Evaluator:
-    """An evaluator of the two tasks' vectors on at most `max_examples` inputs of each eval set.
-
-    Rows are independent (the encoder runs in eval mode), so anything the given evaluator has
-    already computed on the full sets (θ0 features, JVPs, non-linear logits) is sliced and
-    reused instead of recomputed. Returns the evaluator itself when no set needs cutting.
-    """
-    index = {t: _subset_index(len(evaluator._set(t, split)), max_examples, seed) for t in tasks}
-    if all(i is None for i in index.values()):
-        return evaluator
-
-    def cut(task: str, rows: torch.Tensor) -> torch.Tensor:
-        i = index[task]
-        return rows if i is None else rows[i]
-
-    sets = {}
-    for t in tasks:
-        full = evaluator._set(t, split)
-        i = index[t]
-        sets[(t, split)] = full if i is None else EvalSet({k: v[i] for k, v in full.inputs.items()}, full.labels[i])
-    vectors = {t: evaluator.vectors[t] for t in tasks}
-    pretrained = {(t, split): cut(t, evaluator.pretrained[(t, split)]) for t in tasks if (t, split) in evaluator.pretrained}
-    sub = Evaluator(evaluator.base, evaluator.heads, sets, vectors, evaluator.method,
-                    chunk=evaluator.chunk, device=evaluator.device, pretrained_cache=pretrained)
-    for (vt, t, s), jt in getattr(evaluator, "_jvps", {}).items():
-        if s == split and vt in tasks and t in tasks:
-            sub._jvps[(vt, t, s)] = cut(t, jt)
-    for (key, t, s), logits in getattr(evaluator, "_logits", {}).items():
-        if s == split and t in tasks and all(vt in tasks for vt, _ in key):
-            sub._logits[(key, t, s)] = cut(t, logits)
-    return sub
-
-
-def _encode_joint_edit(ev: Evaluator, tasks: tuple[str, str], split: str, coeffs: Mapping[str, float]) -> None:
-    """Non-linear: build the edited model once for both eval sets and cache its logits the way
-    `Evaluator.logits` does (it would build the model once per eval set, which for
-    EfficientNet-Lite0 costs about as much as the forward pass itself)."""
-    key = _key(coeffs)
-    missing = [t for t in tasks if key and (key, t, split) not in ev._logits]
-    if len(missing) < 2:
-        return  # nothing or one set to encode: Evaluator.logits builds the model at most once
-    edited = ev.edited_model(coeffs)
-    for t in missing:
-        ev._logits[(key, t, split)] = ev.heads[t](encode(edited, ev._set(t, split).inputs, ev.chunk, ev.device))
-        ev.forward_passes += 1
 
 
 def disentanglement_error(
@@ -140,7 +93,8 @@ def disentanglement_error(
             raise TaskvecError(f"no head for task {t!r}")
 
     started = time.perf_counter()
-    ev = _restricted(evaluator, (task1, task2), split, max_examples, seed)
+    rows = {t: _subset_index(len(evaluator._set(t, split)), max_examples, seed) for t in (task1, task2)}
+    ev = evaluator if all(r is None for r in rows.values()) else evaluator.restricted(rows, split)
     passes_before = ev.forward_passes
 
     def pred(task: str, coeffs: Mapping[str, float]) -> torch.Tensor:
@@ -151,17 +105,17 @@ def disentanglement_error(
     own2 = [pred(task2, {task2: b}) for b in alphas2]
     term1 = np.zeros((len(alphas1), len(alphas2)))
     term2 = np.zeros_like(term1)
-    cells = [(i, j) for i in range(len(alphas1)) for j in range(len(alphas2))]
+    # Cells with α1 ≠ α2 first: they need J τ1 and J τ2 on both sets, from which the linearized
+    # evaluator then sums the α1 = α2 cells instead of computing J (τ1 + τ2) anew.
+    cells = sorted(((i, j) for i in range(len(alphas1)) for j in range(len(alphas2))), key=lambda c: alphas1[c[0]] == alphas2[c[1]])
     if progress:
         from tqdm.auto import tqdm
 
         cells = tqdm(cells, desc=f"ξ {ev.method} {task1}+{task2}", leave=False)
     for i, j in cells:
-        both = {task1: alphas1[i], task2: alphas2[j]}
-        if ev.method == "nonlinear":
-            _encode_joint_edit(ev, (task1, task2), split, both)
-        term1[i, j] = float((pred(task1, both) != own1[i]).float().mean())
-        term2[i, j] = float((pred(task2, both) != own2[j]).float().mean())
+        both = ev.logits_many([task1, task2], split, {task1: alphas1[i], task2: alphas2[j]})  # one edit for both sets
+        term1[i, j] = float((both[task1].argmax(-1) != own1[i]).float().mean())
+        term2[i, j] = float((both[task2].argmax(-1) != own2[j]).float().mean())
     xi = term1 + term2
     return {
         "task1": task1,
