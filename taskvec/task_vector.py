@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
@@ -34,13 +35,25 @@ def fingerprint(params: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
 def base_identity(backbone: Backbone) -> dict[str, str]:
-    """The backbone's own identity plus a fingerprint of its current (θ0) weights."""
+    """The backbone's own identity plus a fingerprint of its current (θ0) weights.
+
+    The hash is remembered per module until a parameter is replaced or modified in place
+    (tensor version counters), so sweeps that apply many edits to one base hash it once.
+    """
     if isinstance(backbone, LinearizedBackbone):
         params = backbone.params0
     else:
         params = dict(backbone.named_parameters())
-    return {**backbone.identity(), "fingerprint": fingerprint(params)}
+    state = tuple((name, p.data_ptr(), p._version) for name, p in params.items())
+    cached = _FINGERPRINTS.get(backbone)
+    if cached is None or cached[0] != state:
+        cached = (state, fingerprint(params))
+        _FINGERPRINTS[backbone] = cached
+    return {**backbone.identity(), "fingerprint": cached[1]}
 
 
 @dataclass

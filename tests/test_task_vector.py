@@ -98,3 +98,11 @@ def test_failed_save_keeps_previous_file(tiny, tmp_path, monkeypatch):
         _vector(tiny, 2).save(path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_identity_follows_in_place_changes_of_the_base(tiny):
+    before = base_identity(tiny)
+    assert base_identity(tiny) == before
+    with torch.no_grad():
+        tiny.fc.bias.add_(1.0)
+    assert base_identity(tiny)["fingerprint"] != before["fingerprint"]
