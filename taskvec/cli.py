@@ -15,10 +15,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task arithme
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config (default: the built-in image benchmark).")
 
 
-def _config(path: Optional[Path], quick: bool = False):
-    from .config import load_config, quick as make_quick
+def _config(path: Optional[Path], quick: bool = False, analyses: bool = False):
+    from .config import load_config, quick as make_quick, with_analyses
 
     cfg = load_config(path)
+    cfg = with_analyses(cfg) if analyses else cfg
     return make_quick(cfg) if quick else cfg
 
 
@@ -30,6 +31,7 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List every stage and the data it needs; exit 1 naming what is missing."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: fine-tune only the i-th of n shares of the (task, mode) units, then stop."),
+    analyses: bool = typer.Option(False, "--analyses", help="Also run the paper's analyses: disentanglement heatmaps, NTK localization, random-init ablation."),
 ) -> None:
     """Fine-tune every task in both modes, evaluate addition and negation, write the report.
 
@@ -38,7 +40,7 @@ def run(
     from .distributed import parse_shard
     from .pipeline import run_pipeline
 
-    cfg = _config(config, quick)
+    cfg = _config(config, quick, analyses)
     if quick and out == Path("runs/default"):
         out = Path("runs/quick")
     if dry_run:

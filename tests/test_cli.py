@@ -29,6 +29,9 @@ warmup_steps = 1
 [eval]
 alpha_step = 0.25
 [analysis]
+disentanglement = true
+ntk = true
+random_init = true
 disentanglement_step = 1.5
 disentanglement_examples = 32
 ntk_examples = 12
@@ -182,7 +185,7 @@ def test_dry_run_of_ready_config_succeeds(finished_run, capsys):
 
 def test_sharded_fine_tuning_fills_one_run_directory(tmp_path, capsys):
     config = tmp_path / "tiny.toml"
-    config.write_text(CONFIG.replace("[analysis]", "[analysis]\ndisentanglement = false\nntk = false\nrandom_init = false"))
+    config.write_text(CONFIG.replace("disentanglement = true\nntk = true\nrandom_init = true", ""))
     out = tmp_path / "out"
     main(["run", "--config", str(config), "--out", str(out), "--no-progress", "--shard", "0/2"])
     first = sorted(p.name for p in (out / "vectors").iterdir())
@@ -193,3 +196,12 @@ def test_sharded_fine_tuning_fills_one_run_directory(tmp_path, capsys):
     main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
     assert capsys.readouterr().err.count("[skip] fine-tune") == 6
     assert (out / "results.json").exists()
+
+
+def test_analyses_flag_adds_the_analysis_stages(capsys, tmp_path):
+    main(["run", "--dry-run", "--out", str(tmp_path / "a")])
+    plain = capsys.readouterr().out
+    main(["run", "--dry-run", "--analyses", "--out", str(tmp_path / "b")])
+    full = capsys.readouterr().out
+    for stage in ("weight disentanglement", "NTK eigenfunction localization", "random initialization"):
+        assert stage not in plain and stage in full

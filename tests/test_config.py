@@ -54,3 +54,12 @@ def test_bundled_configs_validate():
     assert configs, "no configs shipped"
     for path in configs:
         load_config(path)
+
+
+def test_analyses_are_opt_in():
+    from taskvec.config import with_analyses
+
+    a = RunConfig().analysis
+    assert not (a.disentanglement or a.ntk or a.random_init)
+    b = with_analyses(RunConfig()).analysis
+    assert b.disentanglement and b.ntk and b.random_init
