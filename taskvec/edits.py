@@ -40,7 +40,7 @@ def task_addition(
     curve = []
     for alpha in alphas:
         coeffs = {t: alpha for t in tasks}
-        val = {t: evaluator.accuracy(t, "val", coeffs) for t in tasks}
+        val = evaluator.accuracies(list(tasks), "val", coeffs)
         curve.append({
             "alpha": alpha,
             "val_per_task": val,
@@ -49,7 +49,7 @@ def task_addition(
         })
     best = max(curve, key=lambda point: (point["val_normalized"], -point["alpha"]))
     alpha = best["alpha"]
-    test = {t: evaluator.accuracy(t, "test", {s: alpha for s in tasks}) for t in tasks}
+    test = evaluator.accuracies(list(tasks), "test", {s: alpha for s in tasks})
     normalized = {t: test[t] / max(finetuned["test"][t], 1e-12) for t in tasks}
     return {
         "alpha": alpha,
@@ -78,22 +78,13 @@ def task_negation(
         raise TaskvecError(f"negation control must differ from the target ({target!r})")
     curve = []
     for alpha in alphas:
-        coeffs = {target: -alpha}
-        curve.append({
-            "alpha": alpha,
-            "target_val": evaluator.accuracy(target, "val", coeffs),
-            "control_val": evaluator.accuracy(control, "val", coeffs),
-        })
+        val = evaluator.accuracies([target, control], "val", {target: -alpha})
+        curve.append({"alpha": alpha, "target_val": val[target], "control_val": val[control]})
     allowed = [p for p in curve if p["control_val"] >= threshold * control_pretrained_val - 1e-12] or [curve[0]]
     best = min(allowed, key=lambda p: (p["target_val"], p["alpha"]))
     alpha = best["alpha"]
-    return {
-        "alpha": alpha,
-        "control_task": control,
-        "target": evaluator.accuracy(target, "test", {target: -alpha}),
-        "control": evaluator.accuracy(control, "test", {target: -alpha}),
-        "curve": curve,
-    }
+    test = evaluator.accuracies([target, control], "test", {target: -alpha})
+    return {"alpha": alpha, "control_task": control, "target": test[target], "control": test[control], "curve": curve}
 
 
 def negation_control(target: str, tasks: Sequence[str], control: str | None) -> str:

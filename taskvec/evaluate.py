@@ -202,3 +202,8 @@ class Evaluator:
 
     def accuracy(self, task: str, split: str, coeffs: Mapping[str, float]) -> float:
         return accuracy(self.logits(task, split, coeffs), self._set(task, split).labels)
+
+    def accuracies(self, tasks: list[str], split: str, coeffs: Mapping[str, float]) -> dict[str, float]:
+        """Accuracy of several tasks under one edit (a non-linear edit is built once)."""
+        logits = self.logits_many(list(tasks), split, coeffs)
+        return {t: accuracy(logits[t], self._set(t, split).labels) for t in tasks}

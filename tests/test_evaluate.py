@@ -81,8 +81,10 @@ def test_restricted_evaluator_reuses_and_matches(setup):
 class DirectEvaluator(Evaluator):
     """Evaluates every edit by building the edited model: the independent reference."""
 
-    def logits(self, task, split, coeffs):
-        return self.heads[task](encode(self.edited_model(coeffs), self._set(task, split).inputs))
+    def logits_many(self, tasks, split, coeffs):
+        model = self.edited_model(coeffs)
+        self.forward_passes += len(tasks)
+        return {t: self.heads[t](encode(model, self._set(t, split).inputs)) for t in tasks}
 
 
 @pytest.mark.parametrize("method", ["nonlinear", "posthoc", "linear"])
@@ -94,6 +96,7 @@ def test_sweeps_choose_the_same_alpha_as_direct_evaluation(setup, method):
     alphas = alpha_grid(0, 1, 0.1)
     finetuned = {s: {t: fast.accuracy(t, s, {t: 1.0}) for t in TASKS} for s in ("val", "test")}
     a, b = (task_addition(ev, TASKS, finetuned, alphas) for ev in (fast, direct))
+    assert direct.forward_passes >= len(alphas) * len(TASKS)  # really evaluated directly
     assert a["alpha"] == b["alpha"]
     assert a["curve"] == b["curve"]
     assert a["absolute"] == b["absolute"]
@@ -104,9 +107,9 @@ def test_sweeps_choose_the_same_alpha_as_direct_evaluation(setup, method):
 
 def test_addition_picks_best_validation_alpha():
     class Fake:
-        def accuracy(self, task, split, coeffs):
+        def accuracies(self, tasks, split, coeffs):
             alpha = next(iter(coeffs.values()))
-            return 1 - abs(alpha - 0.6) if split == "val" else 0.5
+            return {t: 1 - abs(alpha - 0.6) if split == "val" else 0.5 for t in tasks}
 
     finetuned = {"val": {"a": 1.0, "b": 1.0}, "test": {"a": 1.0, "b": 0.5}}
     result = task_addition(Fake(), ["a", "b"], finetuned, alpha_grid())
@@ -116,9 +119,9 @@ def test_addition_picks_best_validation_alpha():
 
 def test_negation_respects_control_threshold():
     class Fake:
-        def accuracy(self, task, split, coeffs):
+        def accuracies(self, tasks, split, coeffs):
             alpha = -coeffs["t"]
-            return 1 - alpha if task == "t" else 0.8 - 0.2 * alpha  # control falls with α
+            return {task: 1 - alpha if task == "t" else 0.8 - 0.2 * alpha for task in tasks}  # control falls with α
 
     result = task_negation(Fake(), "t", "c", control_pretrained_val=0.8, alphas=alpha_grid(), threshold=0.95)
     # control ≥ 0.76 ⇔ 0.8 − 0.2α ≥ 0.76 ⇔ α ≤ 0.2
