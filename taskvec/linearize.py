@@ -3,18 +3,46 @@
 `linearize(backbone)` returns a `LinearizedBackbone` whose trainable parameters θ have the
 same names as the backbone's, start at θ0, and can be fine-tuned with the same loop as the
 non-linear model. θ0 is a frozen copy. The head is never linearized (it sits outside).
+
+Speed (benchmarks/bench_linearized_step.py, docs/benchmarks.md). A linearized training step
+runs the forward pass with dual numbers (primal and tangent) and back-propagates through the
+tangent computation. Two things in `jvp` make that cheaper without changing what is computed:
+
+* Normalization layers get hand-written tangent rules (`_NormalizationTangents`). PyTorch's
+  built-in forward-AD formulas for `layer_norm` and `batch_norm` are generic, and autograd
+  then back-propagates through each of their element-wise operations. The tangent of a
+  normalization is linear in the tangents of (input, weight, bias), and its adjoint is exactly
+  the layer's ordinary backward at the primal point, so here the tangent is computed in a few
+  fused passes and differentiated by the single fused `native_layer_norm_backward` /
+  `native_batch_norm_backward` kernel. BatchNorm is covered in inference mode only (running
+  statistics, as `Backbone.train()` keeps it); anything else uses PyTorch's own formulas.
+  Measured on CPU: a LayerNorm of MiniLM's size, 14 ms -> 5.5 ms for tangent + its backward;
+  an EfficientNet-Lite0 step at 224 px, about 12% less time.
+* On CPU, 4-D floating inputs of a module that has `Conv2d` layers are passed in the
+  channels-last memory format (same values, other strides): oneDNN's convolutions, the
+  depthwise ones above all, are faster in that layout, for the three convolutions (primal and
+  two tangent terms) and their backward. EfficientNet-Lite0 step at 32 px: about 15% less time.
+
+An alternative that was measured and dropped: a custom autograd.Function computing f_lin's
+gradient as the VJP J(θ0)ᵀg from the primal graph instead of through the tangent operations.
+It needs either a dual pass with the primal graph recorded (autograd then also records every
+tangent operation, for higher-order derivatives) or a second primal pass; both were 5-15%
+slower than back-propagating through the tangents. `torch.func.jvp` (see `func_jvp`) computes
+the same dual numbers with an extra layer of wrapping per operation, and is not faster.
 """
 from __future__ import annotations
 
 import copy
 import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from .models.base import Backbone, Batch
 
@@ -40,15 +68,149 @@ def jvp(module: torch.nn.Module, primals: Params, tangents: Params, batch: Batch
 
     Uses `torch.autograd.forward_ad` directly rather than `torch.func.jvp`: same maths, fewer
     layers of wrapping per operation, and autograd can differentiate the tangent with respect
-    to `tangents` (that is how the linearized model is trained).
+    to `tangents` (that is how the linearized model is trained). Normalization layers use the
+    fused tangent rules of `_NormalizationTangents`, and on CPU image inputs of convolutional
+    modules are passed channels-last (see the module docstring): both change speed, not values
+    beyond floating-point rounding.
     """
-    with forward_ad_safe_attention(), fwAD.dual_level():
+    batch = _preferred_layout(module, batch)
+    with forward_ad_safe_attention(), fwAD.dual_level(), _NormalizationTangents():
         duals = {name: fwAD.make_dual(primals[name], tangents[name]) for name in primals}
         out = functional_call(module, duals, args=(), kwargs=batch, strict=False)
         primal, tangent = fwAD.unpack_dual(out)
     if tangent is None:  # output independent of the parameters
         tangent = torch.zeros_like(primal)
     return primal, tangent
+
+
+def _preferred_layout(module: torch.nn.Module, batch: Batch) -> Batch:
+    """Channels-last copies of the 4-D floating CPU inputs of a module with Conv2d layers.
+
+    Values are unchanged; only strides differ. oneDNN's CPU convolutions (depthwise above all)
+    run faster on channels-last activations, and the layout propagates through the network.
+    Other devices, modules without convolutions and non-image inputs are left as given.
+    """
+    if not any(isinstance(m, torch.nn.Conv2d) for m in module.modules()):
+        return batch
+    out = dict(batch)
+    for key, value in batch.items():
+        if (isinstance(value, torch.Tensor) and value.ndim == 4 and value.is_floating_point()
+                and value.device.type == "cpu" and not value.is_contiguous(memory_format=torch.channels_last)):
+            out[key] = value.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+# --- fused tangent rules for normalization layers ---------------------------------------------
+#
+# For y = N(x; w, b) the tangent ẏ = ∂N/∂x·ẋ + ∂N/∂w·ẇ + ∂N/∂b·ḃ is linear in (ẋ, ẇ, ḃ). Its
+# adjoint, which back-propagation through the tangent needs, is the ordinary VJP of N at the
+# primal point: one call of the fused backward kernel. Each rule computes the primal output
+# with the ordinary kernel, the tangent with an autograd.Function whose backward is that
+# kernel, and returns the dual of the two. Only float32/float64 are covered.
+
+_EXACT_DTYPES = (torch.float32, torch.float64)
+
+
+def _split(value: Any) -> tuple[Any, torch.Tensor | None]:
+    """(primal, tangent or None) of a possibly dual tensor; non-tensors pass through."""
+    if isinstance(value, torch.Tensor):
+        primal, tangent = fwAD.unpack_dual(value)
+        return primal, tangent
+    return value, None
+
+
+class _LayerNormTangent(torch.autograd.Function):
+    """ẏ = w·rstd·(ẋ − mean(ẋ) − x̂·mean(ẋ·x̂)) + x̂·ẇ + ḃ, x̂ = (x − μ)·rstd; adjoint = LN backward."""
+
+    @staticmethod
+    def forward(ctx, x_t, w_t, b_t, x, shape, mean, rstd, w, b):  # type: ignore[override]
+        dims = tuple(range(-len(shape), 0))
+        xhat = (x - mean) * rstd
+        out = None
+        if x_t is not None:
+            out = (x_t - x_t.mean(dims, keepdim=True)).sub_(xhat * (x_t * xhat).mean(dims, keepdim=True)).mul_(rstd)
+            if w is not None:
+                out = out.mul_(w)
+        if w_t is not None:
+            out = xhat * w_t if out is None else out.addcmul_(xhat, w_t)
+        if b_t is not None:
+            out = b_t.expand_as(xhat).clone() if out is None else out.add_(b_t)
+        ctx.save_for_backward(x, mean, rstd, w, b)
+        ctx.shape = shape
+        ctx.mask = [x_t is not None, w_t is not None, b_t is not None]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, mean, rstd, w, b = ctx.saved_tensors
+        gx, gw, gb = torch.ops.aten.native_layer_norm_backward(grad, x, ctx.shape, mean, rstd, w, b, ctx.mask)
+        return gx, gw, gb, None, None, None, None, None, None
+
+
+class _BatchNormTangent(torch.autograd.Function):
+    """Inference-mode BatchNorm, y = (x − m)·rstd·w + b with running m, v:
+    ẏ = ẋ·(w·rstd) + x·(ẇ·rstd) + (ḃ − m·ẇ·rstd); adjoint = BN backward (train=False)."""
+
+    @staticmethod
+    def forward(ctx, x_t, w_t, b_t, x, mean, var, w, eps):  # type: ignore[override]
+        view = (1, -1) + (1,) * (x.ndim - 2)
+        rstd = torch.rsqrt(var + eps)
+        shift = torch.zeros_like(mean) if b_t is None else b_t.clone()
+        out = None
+        if w_t is not None:
+            a = w_t * rstd
+            shift.sub_(mean * a)
+            out = torch.addcmul(shift.view(view), x, a.view(view))
+        if x_t is not None:
+            scale = (rstd if w is None else w * rstd).view(view)
+            out = torch.addcmul(shift.view(view), x_t, scale) if out is None else out.addcmul_(x_t, scale)
+        if out is None:
+            out = shift.view(view).expand_as(x).clone()
+        ctx.save_for_backward(x, mean, var, w)
+        ctx.eps = eps
+        ctx.mask = [x_t is not None, w_t is not None, b_t is not None]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, mean, var, w = ctx.saved_tensors
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad, x, w, mean, var, None, None, False, ctx.eps, ctx.mask)
+        return gx, gw, gb, None, None, None, None, None
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    (x, x_t), (w, w_t), (b, b_t) = _split(input), _split(weight), _split(bias)
+    if (x_t is None and w_t is None and b_t is None) or x.dtype not in _EXACT_DTYPES:
+        return None
+    shape = list(normalized_shape)
+    y, mean, rstd = torch.native_layer_norm(x, shape, w, b, eps)
+    return fwAD.make_dual(y, _LayerNormTangent.apply(x_t, w_t, b_t, x, shape, mean, rstd, w, b))
+
+
+def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    (x, x_t), (w, w_t), (b, b_t) = _split(input), _split(weight), _split(bias)
+    (mean, mean_t), (var, var_t) = _split(running_mean), _split(running_var)
+    if (training or mean is None or var is None or mean_t is not None or var_t is not None
+            or (x_t is None and w_t is None and b_t is None) or x.dtype not in _EXACT_DTYPES):
+        return None
+    y = F.batch_norm(x, mean, var, w, b, False, momentum, eps)
+    return fwAD.make_dual(y, _BatchNormTangent.apply(x_t, w_t, b_t, x, mean, var, w, eps))
+
+
+class _NormalizationTangents(TorchFunctionMode):
+    """Route F.layer_norm and inference-mode F.batch_norm on dual tensors to the fused rules."""
+
+    _RULES = {F.layer_norm: _layer_norm, F.batch_norm: _batch_norm}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        rule = self._RULES.get(func)
+        if rule is not None:
+            out = rule(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
 
 
 def func_jvp(module: torch.nn.Module, primals: Params, tangents: Params, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
