@@ -70,6 +70,9 @@ def build_head(backbone: Backbone, prepared: PreparedTask, cfg: RunConfig) -> Cl
     return probe_head(features, train.labels, task.num_classes, seed=cfg.data.seed)
 
 
+CHANGEABLE_SETTINGS = {"analysis", "threads"}  # config keys that leave fine-tuning and edits unchanged
+
+
 class Run:
     """A run directory: the config it was made with and one file per finished stage."""
 
@@ -80,24 +83,35 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
 
     def check_config(self) -> None:
+        """Refuse a run directory made with settings that change its results. The analyses and the
+        thread count may change: `taskvec run --analyses` on a finished run adds the analyses."""
         path = self.out / "config.json"
         current = to_dict(self.cfg)
         if path.exists():
             saved = read_json(path)
-            if saved != current:
-                changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            if set(changed) - CHANGEABLE_SETTINGS:
                 raise TaskvecError(f"{self.out} holds a run of a different config (differs in: {', '.join(changed)}); use another --out")
+            if changed and is_main():
+                write_json(path, current)
         elif is_main():
             write_json(path, current)
 
-    def stage(self, name: str, compute: Callable[[], dict]) -> dict:
+    def stage(self, name: str, compute: Callable[[], dict], settings: dict | None = None) -> dict:
+        """Compute a stage once; its file is reused unless the `settings` it was made with changed."""
         path = self.out / "stages" / f"{name}.json"
         if path.exists():
-            self.log(f"[skip] {name}: found {path}")
-            return read_json(path)
+            saved = read_json(path)
+            if settings is None:
+                self.log(f"[skip] {name}: found {path}")
+                return saved
+            if saved.get("settings") == settings:
+                self.log(f"[skip] {name}: found {path}")
+                return saved["result"]
+            self.log(f"[redo] {name}: its settings changed since {path}")
         started = time.perf_counter()
         result = compute()
-        write_json(path, result)
+        write_json(path, result if settings is None else {"settings": settings, "result": result})
         self.log(f"[done] {name} in {time.perf_counter() - started:.1f}s")
         return result
 
@@ -250,14 +264,19 @@ def run_analyses(run: Run, backbone: Backbone, heads: dict, prepared: dict[str, 
     a, tasks, out = run.cfg.analysis, list(run.cfg.tasks), {}
     if a.disentanglement:
         pairs = [(tasks[2 * i], tasks[2 * i + 1]) for i in range(min(a.disentanglement_pairs, len(tasks) // 2))]
-        out["disentanglement"] = run.stage("disentanglement", lambda: disentanglement_results(evaluators, pairs, run.cfg, run.progress))
+        settings = {"pairs": [list(p) for p in pairs], **{k: getattr(a, k) for k in DISENTANGLEMENT_SETTINGS}}
+        out["disentanglement"] = run.stage("disentanglement", lambda: disentanglement_results(evaluators, pairs, run.cfg, run.progress), settings)
     if a.ntk:
         train_task = tasks[0]
         control = controls.get(train_task) or tasks[1]
-        out["ntk"] = run.stage("ntk", lambda: ntk_results(backbone, heads, prepared, train_task, control, run.cfg))
+        settings = {"train_task": train_task, "control_task": control, "examples": a.ntk_examples, "eigenfunctions": a.ntk_eigenfunctions}
+        out["ntk"] = run.stage("ntk", lambda: ntk_results(backbone, heads, prepared, train_task, control, run.cfg), settings)
     if a.random_init and run.cfg.init == "pretrained":
         out["random_init"] = run.stage("random_init", lambda: random_init_results(run))
     return out
+
+
+DISENTANGLEMENT_SETTINGS = ("disentanglement_min", "disentanglement_max", "disentanglement_step", "disentanglement_examples")
 
 
 def disentanglement_results(evaluators: dict[str, Evaluator], pairs: list[tuple[str, str]], cfg: RunConfig, progress: bool) -> dict:

@@ -95,6 +95,39 @@ def test_run_with_changed_config_refuses_and_keeps_results(finished_run, tmp_pat
     assert (out / "results.json").read_bytes() == results
 
 
+def test_changed_analysis_settings_redo_only_that_analysis(finished_run, tmp_path, capsys):
+    import shutil
+
+    config, out = finished_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    changed = tmp_path / "coarser.toml"
+    changed.write_text(CONFIG.replace("disentanglement_step = 1.5", "disentanglement_step = 3.0"))
+    vectors = {p.name: p.stat().st_mtime_ns for p in (copy / "vectors").iterdir()}
+    main(["run", "--config", str(changed), "--out", str(copy), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "[redo] disentanglement" in err and "[skip] ntk" in err and "[skip] random_init" in err
+    assert "[skip] addition" in err and err.count("[skip] fine-tune") == 6
+    assert {p.name: p.stat().st_mtime_ns for p in (copy / "vectors").iterdir()} == vectors
+    xi = json.loads((copy / "results.json").read_text())["disentanglement"]["toy-squares+toy-stripes"]
+    assert xi["linear"]["alphas1"] == [-3.0, 0.0, 3.0]
+    assert json.loads((copy / "config.json").read_text())["analysis"]["disentanglement_step"] == 3.0
+
+
+def test_analyses_can_be_switched_off_on_a_finished_run(finished_run, tmp_path, capsys):
+    import shutil
+
+    config, out = finished_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    plain = tmp_path / "plain.toml"
+    plain.write_text(CONFIG.split("[analysis]")[0])
+    main(["run", "--config", str(plain), "--out", str(copy), "--no-progress"])
+    results = json.loads((copy / "results.json").read_text())
+    assert "disentanglement" not in results and "[skip] negation" in capsys.readouterr().err
+    assert "Table 1" in (copy / "report.md").read_text()
+
+
 def test_corrupt_vector_is_a_one_line_error_and_nothing_is_lost(finished_run, tmp_path, capsys):
     config, out = finished_run
     copy = tmp_path / "out"

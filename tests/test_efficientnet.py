@@ -92,6 +92,19 @@ def test_random_init_has_same_names_and_shapes_but_other_values(pretrained):
     assert all(torch.equal(p, q) for p, q in zip(again.parameters(), random.parameters()))
 
 
+def test_random_init_keeps_the_signal_alive():
+    """With BatchNorm frozen at its initial statistics, PyTorch's default conv init gives ~1e-8
+    features (the network cannot learn); EfficientNet's own init keeps them O(1) and input-dependent."""
+    torch.manual_seed(0)
+    random = build_backbone("effnet-lite0", init="random")
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        features = random(**random.prepare(images))
+    norms = features.norm(dim=-1)
+    assert 0.1 < norms.mean().item() < 100.0
+    assert features.std(0).mean().item() > 1e-3 * features.abs().mean().item()
+
+
 # --- the weights and the preprocessing are right -------------------------------------------
 
 

@@ -163,7 +163,24 @@ class EfficientNetLite0(Backbone):
         self._conv_head = nn.Conv2d(STAGES[-1][-1], HEAD_CHANNELS, 1, bias=False)
         self._bn1 = _batch_norm(HEAD_CHANNELS)
         self.imagenet_head = ImageNetHead.random()
+        self.reset_parameters()
         self.train()  # a fresh nn.Module has BatchNorm in training mode; freeze it from birth
+
+    def reset_parameters(self) -> None:
+        """EfficientNet's own initializer (convolutions ~ N(0, 2 / fan_out), as in Google's TF code).
+
+        PyTorch's default convolution init shrinks the signal at every layer; with BatchNorm frozen
+        on its initial statistics nothing rescales it, and the features of a random EfficientNet
+        come out ~1e-8 in norm, an untrainable network rather than an untrained one.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
 
     # --- weights -------------------------------------------------------------------------
 
