@@ -80,6 +80,7 @@ class Run:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.log: Log = log if is_main() else (lambda message: None)
         self.device = device_for(cfg.device)  # this rank's GPU under torchrun
+        self.stage_seconds: dict[str, float | None] = {}
         self.out.mkdir(parents=True, exist_ok=True)
 
     def check_config(self) -> None:
@@ -98,21 +99,27 @@ class Run:
             write_json(path, current)
 
     def stage(self, name: str, compute: Callable[[], dict], settings: dict | None = None) -> dict:
-        """Compute a stage once; its file is reused unless the `settings` it was made with changed."""
+        """Compute a stage once; its file is reused unless the `settings` it was made with changed.
+
+        The file keeps the result with the settings and the seconds it took, so that a resumed
+        run still reports where its time went (`stage_seconds`).
+        """
         path = self.out / "stages" / f"{name}.json"
         if path.exists():
             saved = read_json(path)
-            if settings is None:
+            if saved.get("stage") != name:  # written before stage files carried settings and times
+                saved = {"stage": name, "settings": None, "seconds": None, "result": saved}
+            if saved["settings"] == settings:
                 self.log(f"[skip] {name}: found {path}")
-                return saved
-            if saved.get("settings") == settings:
-                self.log(f"[skip] {name}: found {path}")
+                self.stage_seconds[name] = saved["seconds"]
                 return saved["result"]
             self.log(f"[redo] {name}: its settings changed since {path}")
         started = time.perf_counter()
         result = compute()
-        write_json(path, result if settings is None else {"settings": settings, "result": result})
-        self.log(f"[done] {name} in {time.perf_counter() - started:.1f}s")
+        seconds = round(time.perf_counter() - started, 1)
+        write_json(path, {"stage": name, "settings": settings, "seconds": seconds, "result": result})
+        self.stage_seconds[name] = seconds
+        self.log(f"[done] {name} in {seconds:.1f}s")
         return result
 
     def head(self, backbone: Backbone, prepared: PreparedTask) -> ClassificationHead:
@@ -218,6 +225,11 @@ def _run_pipeline(cfg: RunConfig, out: str | Path, log: Log, progress: bool, sha
     results = assemble_results(cfg, single, addition, negation, tasks, targets, controls)
     results.update(run_analyses(run, backbone, heads, prepared, evaluators, controls))
     results["seconds"] = round(time.perf_counter() - started, 1)
+    results["timing"] = {
+        "this_run": results["seconds"],
+        "finetune": {f"{task}.{mode}": vectors[mode][task].info.get("seconds") for task, mode in units},
+        "stages": dict(run.stage_seconds),
+    }
     write_json(run.out / "results.json", results)
     write_report(results, run.out)
     run.log(f"wrote {run.out / 'results.json'} and {run.out / 'report.md'}")

@@ -26,6 +26,11 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _legend_outside(ax) -> None:
+    """Right of the axes, so that it never hides a bar."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def plot_single_task(results: dict, path: Path) -> None:
     tasks = results["tasks"]
     methods = [m for m in METHOD_ORDER if m in results["single_task"]]
@@ -38,7 +43,7 @@ def plot_single_task(results: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Single-task accuracy")
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_outside(ax)
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 
@@ -92,7 +97,7 @@ def plot_nonlinear_advantage(results: dict, path: Path) -> None:
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("test accuracy − pre-trained (points)")
     ax.set_title("Non-linear advantage: single-task gains")
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 
@@ -229,9 +234,26 @@ def render_markdown(results: dict, figures: Path | None = None) -> str:
     beside_paper = comparison_tables(results)
     if beside_paper:
         lines += ["## Beside the paper", "", beside_paper, ""]
-    if "seconds" in results:
-        lines.append(f"Run time: {results['seconds']:.0f} s.")
+    lines += _timing_section(results)
     return "\n".join(lines) + "\n"
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def _timing_section(results: dict) -> list[str]:
+    """Where the time went: each stage as it was computed (possibly by an earlier, resumed run)."""
+    timing = results.get("timing")
+    if not timing:
+        return [f"Run time: {results['seconds']:.0f} s.", ""] if "seconds" in results else []
+    lines = ["## Time", "",
+             f"This invocation: {timing['this_run']:.0f} s. Seconds each part took when it was computed "
+             "(a resumed run reuses earlier parts; – = not recorded):", "",
+             "| part | seconds |", "|---|---|"]
+    lines += [f"| fine-tune {unit} | {_seconds(s)} |" for unit, s in timing["finetune"].items()]
+    lines += [f"| {stage} | {_seconds(s)} |" for stage, s in timing["stages"].items()]
+    return lines + [""]
 
 
 def write_report(results: dict, out: str | Path) -> Path:

@@ -77,10 +77,16 @@ def test_run_writes_results_report_and_figures(finished_run):
 def test_second_run_reuses_every_stage(finished_run, capsys):
     config, out = finished_run
     before = {p: p.stat().st_mtime_ns for p in (out / "vectors").iterdir()}
+    first = json.loads((out / "results.json").read_text())["timing"]
     main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert err.count("[skip] fine-tune") == 6 and "[skip] addition" in err
     assert {p: p.stat().st_mtime_ns for p in (out / "vectors").iterdir()} == before
+    again = json.loads((out / "results.json").read_text())["timing"]
+    stages = ["single_task", "addition", "negation", "disentanglement", "ntk", "random_init"]
+    assert list(first["stages"]) == stages and all(first["stages"][s] >= 0 for s in stages)
+    assert again["stages"] == first["stages"] and again["finetune"] == first["finetune"]  # the times of the run that did the work
+    assert len(first["finetune"]) == 6 and "| random_init |" in (out / "report.md").read_text()
 
 
 def test_run_with_changed_config_refuses_and_keeps_results(finished_run, tmp_path, capsys):
