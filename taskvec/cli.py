@@ -32,6 +32,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="List every stage and the data it needs; exit 1 naming what is missing."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: fine-tune only the i-th of n shares of the (task, mode) units, then stop."),
     analyses: bool = typer.Option(False, "--analyses", help="Also run the paper's analyses: disentanglement heatmaps, NTK localization, random-init ablation."),
+    init: Optional[str] = typer.Option(None, "--init", help="pretrained or random: override the config's init (random: Table 3's ablation alone)."),
 ) -> None:
     """Fine-tune every task in both modes, evaluate addition and negation, write the report.
 
@@ -41,6 +42,12 @@ def run(
     from .pipeline import run_pipeline
 
     cfg = _config(config, quick, analyses)
+    if init is not None:
+        import dataclasses
+
+        if init not in ("pretrained", "random"):
+            raise TaskvecError(f"unknown init {init!r}; expected 'pretrained' or 'random'")
+        cfg = dataclasses.replace(cfg, init=init)
     if quick and out == Path("runs/default"):
         out = Path("runs/quick")
     if dry_run:
@@ -146,6 +153,89 @@ def evaluate(
     ev = Evaluator(backbone, heads, sets, vectors, method, chunk=cfg.eval.chunk, device=cfg.device)
     result = {n: ev.accuracy(n, split, coeffs) for n in names}
     typer.echo(json.dumps({"method": method, "alpha": alpha if vector else 0.0, "split": split, "accuracy": result}, indent=2))
+
+
+@app.command()
+def disentanglement(
+    vectors: List[Path] = typer.Argument(..., help="Task vectors of two tasks: non-linear ones, linearized ones, or both."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for disentanglement.json and the heatmap."),
+    posthoc: bool = typer.Option(False, "--posthoc", help="Also apply the non-linear vectors to the linearized model."),
+    alpha_min: float = typer.Option(-3.0, "--alpha-min"),
+    alpha_max: float = typer.Option(3.0, "--alpha-max"),
+    alpha_step: float = typer.Option(0.5, "--alpha-step"),
+    examples: int = typer.Option(200, "--examples", help="Evaluation inputs per task (a seeded random subset)."),
+    split: str = typer.Option("val", "--split"),
+    config: Optional[Path] = ConfigOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Weight disentanglement error ξ(α1, α2) of two tasks (the paper's Fig. 3), per fine-tuning method."""
+    import dataclasses
+
+    from .analysis import plot_disentanglement
+    from .io import write_json
+    from .pipeline import disentanglement_of_vectors
+    from .task_vector import TaskVector
+
+    if split not in ("val", "test"):
+        raise TaskvecError(f"unknown split {split!r}; expected 'val' or 'test'")
+    cfg = _config(config)
+    cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(
+        cfg.analysis, disentanglement_min=alpha_min, disentanglement_max=alpha_max, disentanglement_step=alpha_step,
+        disentanglement_examples=examples))
+    results = disentanglement_of_vectors(cfg, [TaskVector.load(p) for p in vectors], posthoc=posthoc, split=split, progress=progress)
+    first = next(iter(results.values()))
+    figure = out / f"disentanglement_{first['task1']}_{first['task2']}.png"
+    write_json(out / "disentanglement.json", results)
+    plot_disentanglement(results, figure)
+    for method, r in results.items():
+        mean = sum(map(sum, r["xi"])) / (len(r["alphas1"]) * len(r["alphas2"]))
+        typer.echo(f"{method:>10}: mean ξ {mean:.3f} over {len(r['alphas1'])}×{len(r['alphas2'])} grid ({r['seconds']:.0f} s)")
+    typer.echo(f"wrote {out / 'disentanglement.json'} and {figure}")
+
+
+@app.command()
+def ntk(
+    task: str = typer.Option(..., "--task", "-t", help="Training task D_t (its head is used)."),
+    control: str = typer.Option(..., "--control", help="Control task D_c."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for ntk.json and the figure."),
+    examples: int = typer.Option(100, "--examples", help="Training inputs per task."),
+    eigenfunctions: int = typer.Option(20, "--eigenfunctions", help="Top eigenfunctions to report."),
+    random_init: bool = typer.Option(True, "--random-init/--no-random-init", help="Also compute it for a randomly initialized model."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """NTK eigenfunction localization on a training task and a control task (the paper's Fig. 6)."""
+    import dataclasses
+
+    from .analysis import plot_ntk_localization
+    from .io import write_json
+    from .models import build_backbone
+    from .pipeline import build_head, ntk_results, prepare_tasks
+
+    if task == control:
+        raise TaskvecError(f"the control task must differ from the training task, got {task!r} twice")
+    cfg = _config(config)
+    cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, ntk_examples=examples, ntk_eigenfunctions=eigenfunctions))
+    backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+    prepared = prepare_tasks(backbone, [task, control], cfg)
+    heads = {task: build_head(backbone, prepared[task], cfg)}
+    result = ntk_results(backbone, heads, prepared, task, control, cfg, random_init=random_init)
+    write_json(out / "ntk.json", result)
+    plot_ntk_localization(result["models"], out / "ntk_localization.png", task, control)
+    for label, r in result["models"].items():
+        typer.echo(f"{label:>12}: localization {r['localization']:.3f} over the top {len(r['eigenvalues'])} eigenfunctions")
+    typer.echo(f"wrote {out / 'ntk.json'} and {out / 'ntk_localization.png'}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory holding results.json.")) -> None:
+    """Redraw report.md and every figure (Fig. 2 and the analyses included) from results.json."""
+    from .io import read_json
+    from .report import write_report
+
+    path = run_dir / "results.json"
+    if not path.exists():
+        raise TaskvecError(f"no results.json in {run_dir}: run `taskvec run --out {run_dir}` first")
+    typer.echo(f"wrote {write_report(read_json(path), run_dir)}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ from .errors import TaskvecError
 from .linearize import jvp
 from .models.base import Backbone, Batch
 from .models.heads import ClassificationHead
-from .task_vector import TaskVector
+from .task_vector import TaskVector, base_identity
 
 Method = Literal["pretrained", "nonlinear", "posthoc", "linear"]
 METHODS: tuple[str, ...] = ("nonlinear", "posthoc", "linear")
@@ -96,9 +96,12 @@ class Evaluator:
         if method not in METHODS:
             raise TaskvecError(f"unknown method {method!r}; expected one of {METHODS}")
         expected_mode = "linear" if method == "linear" else "nonlinear"
+        identity = base_identity(base) if vectors else None
         for task, vector in vectors.items():
             if vector.mode != expected_mode:
                 raise TaskvecError(f"method {method} needs {expected_mode} task vectors; {task!r} is {vector.mode}")
+            if vector.base != identity:  # the JVP path never builds an edited model, so check here
+                raise TaskvecError(f"task vector {task!r} was made from base {vector.base}, not from this model {identity}")
         self.base, self.heads, self.sets, self.vectors = base, heads, sets, vectors
         self.method, self.chunk, self.device = method, chunk, device
         self.pretrained = pretrained_cache if pretrained_cache is not None else {}

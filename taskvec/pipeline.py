@@ -302,25 +302,71 @@ def disentanglement_results(evaluators: dict[str, Evaluator], pairs: list[tuple[
             for t1, t2 in pairs}
 
 
+def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, posthoc: bool = False, split: str = "val",
+                               progress: bool = True) -> dict[str, dict]:
+    """ξ heatmaps for the task vectors of two tasks, on the config's backbone and data.
+
+    Non-linear vectors give the "nonlinear" method (and "posthoc" if asked), linearized ones the
+    "linear" method; each mode present must hold one vector for each of the same two tasks.
+    Grid and example count come from cfg.analysis. Returns {method: disentanglement_error(...)}.
+    """
+    from .analysis import disentanglement_error, disentanglement_grid
+
+    by_mode: dict[str, dict[str, TaskVector]] = {}
+    for vector in vectors:
+        if len(vector.tasks) != 1:
+            raise TaskvecError(f"disentanglement needs single-task vectors; got one of {list(vector.tasks)}")
+        (task,) = vector.tasks
+        if task in by_mode.setdefault(vector.mode, {}):
+            raise TaskvecError(f"two {vector.mode} task vectors for task {task!r}")
+        by_mode[vector.mode][task] = vector
+    pairs = {mode: sorted(group) for mode, group in by_mode.items()}
+    for mode, tasks in pairs.items():
+        if len(tasks) != 2:
+            raise TaskvecError(f"disentanglement needs the vectors of exactly two tasks per mode; {mode} vectors are for {tasks}")
+    if len(set(map(tuple, pairs.values()))) > 1:
+        raise TaskvecError(f"non-linear and linear vectors are for different tasks: {pairs}")
+    if posthoc and "nonlinear" not in by_mode:
+        raise TaskvecError("--posthoc needs non-linear task vectors")
+    tasks = list(dict.fromkeys(v.tasks[0] for v in vectors))  # α1 is the first vector's task
+    backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+    prepared = prepare_tasks(backbone, tasks, cfg)
+    heads = {t: build_head(backbone, prepared[t], cfg) for t in tasks}
+    sets = {(t, split): prepared[t].sets[split] for t in tasks}
+    methods = [m for m in METHODS if VECTOR_MODE[m] in by_mode and (m != "posthoc" or posthoc)]
+    shared: dict = {}
+    a = cfg.analysis
+    grid = disentanglement_grid(a.disentanglement_min, a.disentanglement_max, a.disentanglement_step)
+    results = {}
+    for method in methods:
+        ev = Evaluator(backbone, heads, sets, by_mode[VECTOR_MODE[method]], method, chunk=cfg.eval.chunk, device=cfg.device, pretrained_cache=shared)
+        results[method] = disentanglement_error(ev, tasks[0], tasks[1], grid, grid, split, max_examples=a.disentanglement_examples,
+                                                seed=cfg.data.seed, progress=progress)
+    return results
+
+
 def _ntk_samples(prepared: PreparedTask, n: int, seed: int) -> Batch:
     train = prepared.sets["train"]
     index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
     return {k: v[index] for k, v in train.inputs.items()}
 
 
-def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTask], train_task: str, control: str, cfg: RunConfig) -> dict:
-    """NTK eigenfunction localization (Fig. 6) of the pre-trained and a randomly initialized model,
-    each with a head of the training task built on its own features."""
+def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTask], train_task: str, control: str, cfg: RunConfig,
+                random_init: bool = True) -> dict:
+    """NTK eigenfunction localization (Fig. 6) of the given model and (if `random_init`) a randomly
+    initialized one of the same architecture, each with a head of the training task built on its
+    own features."""
     from .analysis.ntk import ntk_localization
     from .models.heads import Classifier
 
     a = cfg.analysis
     batch_t = _ntk_samples(prepared[train_task], a.ntk_examples, cfg.data.seed)
     batch_c = _ntk_samples(prepared[control], a.ntk_examples, cfg.data.seed)
-    torch.manual_seed(cfg.data.seed)
-    random_backbone = build_backbone(cfg.backbone, init="random", **cfg.backbone_options)
-    models = {"pre-trained": Classifier(backbone, heads[train_task]),
-              "random init": Classifier(random_backbone, build_head(random_backbone, prepared[train_task], cfg))}
+    models = {"pre-trained" if cfg.init == "pretrained" else "random init": Classifier(backbone, heads[train_task])}
+    if random_init and cfg.init == "pretrained":
+        torch.manual_seed(cfg.data.seed)
+        random_backbone = build_backbone(cfg.backbone, init="random", **cfg.backbone_options)
+        models["random init"] = Classifier(random_backbone, build_head(random_backbone, prepared[train_task], cfg))
     return {"train_task": train_task, "control_task": control,
             "models": {label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1)
                        for label, model in models.items()}}

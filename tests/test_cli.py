@@ -244,3 +244,97 @@ def test_analyses_flag_adds_the_analysis_stages(capsys, tmp_path):
     full = capsys.readouterr().out
     for stage in ("weight disentanglement", "NTK eigenfunction localization", "random initialization"):
         assert stage not in plain and stage in full
+
+
+# --- the analyses as their own commands --------------------------------------------------------
+
+def _vectors(out, mode):
+    return [str(out / "vectors" / f"{t}.{mode}.safetensors") for t in ("toy-squares", "toy-stripes")]
+
+
+def test_disentanglement_command_matches_the_pipeline(finished_run, tmp_path, capsys):
+    config, out = finished_run
+    dest = tmp_path / "xi"
+    main(["disentanglement", *_vectors(out, "nonlinear"), *_vectors(out, "linear"), "--posthoc", "--alpha-step", "1.5",
+          "--examples", "32", "--config", str(config), "--out", str(dest), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "nonlinear: mean ξ" in printed and "posthoc: mean ξ" in printed and "linear: mean ξ" in printed
+    results = json.loads((dest / "disentanglement.json").read_text())
+    pipeline = json.loads((out / "results.json").read_text())["disentanglement"]["toy-squares+toy-stripes"]
+    assert set(results) == {"nonlinear", "posthoc", "linear"}
+    for method in results:  # same grid, same seeded examples: the same numbers as `taskvec run`
+        assert results[method]["xi"] == pipeline[method]["xi"]
+    assert (dest / "disentanglement_toy-squares_toy-stripes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("pick, message", [
+    (lambda out: _vectors(out, "linear")[:1], "exactly two tasks per mode"),
+    (lambda out: _vectors(out, "linear") + [str(out / "vectors" / "toy-noise.linear.safetensors")], "exactly two tasks per mode"),
+    (lambda out: _vectors(out, "linear") + [str(out / "vectors" / "toy-squares.nonlinear.safetensors"),
+                                            str(out / "vectors" / "toy-noise.nonlinear.safetensors")], "different tasks"),
+    (lambda out: [str(out / "random_init" / "vectors" / p.split("/")[-1]) for p in _vectors(out, "linear")], "was made from base"),
+])
+def test_disentanglement_command_bad_vectors(finished_run, tmp_path, capsys, pick, message):
+    config, out = finished_run
+    with pytest.raises(SystemExit) as exit_info:
+        main(["disentanglement", *pick(out), "--config", str(config), "--out", str(tmp_path / "xi"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "xi").exists()
+
+
+def test_ntk_command_matches_the_pipeline(finished_run, tmp_path, capsys):
+    config, out = finished_run
+    pipeline = json.loads((out / "results.json").read_text())["ntk"]
+    dest = tmp_path / "ntk"
+    main(["ntk", "--task", pipeline["train_task"], "--control", pipeline["control_task"], "--examples", "12",
+          "--eigenfunctions", "8", "--config", str(config), "--out", str(dest)])
+    assert "random init: localization" in capsys.readouterr().out
+    result = json.loads((dest / "ntk.json").read_text())
+    for model in ("pre-trained", "random init"):
+        assert result["models"][model]["eigenvalues"] == pytest.approx(pipeline["models"][model]["eigenvalues"], rel=1e-5)
+    assert (dest / "ntk_localization.png").read_bytes()[:4] == b"\x89PNG"
+    main(["ntk", "--task", "toy-squares", "--control", "toy-noise", "--examples", "6", "--eigenfunctions", "3",
+          "--no-random-init", "--config", str(config), "--out", str(dest)])
+    alone = json.loads((dest / "ntk.json").read_text())
+    assert list(alone["models"]) == ["pre-trained"] and len(alone["models"]["pre-trained"]["energy_train"]) == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ntk", "--task", "toy-squares", "--control", "toy-squares", "--config", str(config), "--out", str(dest)])
+    assert exit_info.value.code == 2 and "must differ" in capsys.readouterr().err
+
+
+def test_report_command_redraws_report_and_figures(finished_run, tmp_path, capsys):
+    import shutil
+
+    _, out = finished_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "figures")
+    (copy / "report.md").unlink()
+    main(["report", str(copy)])
+    assert (copy / "report.md").read_text() == (out / "report.md").read_text()
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(p.name for p in (out / "figures").iterdir())
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "nothing")])
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_linear_vector_of_another_base_is_refused_by_evaluate(finished_run, capsys):
+    config, out = finished_run
+    foreign = out / "random_init" / "vectors" / "toy-squares.linear.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(foreign), "--config", str(config)])
+    assert exit_info.value.code == 2 and "was made from base" in capsys.readouterr().err
+
+
+def test_run_init_option(finished_run, tmp_path, capsys):
+    config, out = finished_run
+    plain = tmp_path / "plain.toml"
+    plain.write_text(CONFIG.split("[analysis]")[0])
+    main(["run", "--config", str(plain), "--init", "random", "--out", str(tmp_path / "r"), "--no-progress"])
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["config"]["init"] == "random"
+    assert results["single_task"] == json.loads((out / "random_init" / "results.json").read_text())["single_task"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--init", "imagenet", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "unknown init 'imagenet'" in capsys.readouterr().err
