@@ -131,11 +131,14 @@ def _analysis_sections(results: dict, figures: Path) -> list[str]:
                   f"Empirical NTK of the model with the `{ntk['train_task']}` head on samples of `{ntk['train_task']}` "
                   f"(training task) and `{ntk['control_task']}` (control); local energy of the top eigenfunctions on each. "
                   "Localization = mean over eigenfunctions of the larger of the two energies (1 = each lives on one task).", "",
-                  "| model | localization | energy on training task (top 5) |", "|---|---|---|"]
+                  "| model | localization | energy on training task (top 5) | training task's share of trace K |", "|---|---|---|---|"]
         for label, r in ntk["models"].items():
-            lines.append(f"| {label} | {r['localization']:.3f} | {', '.join(f'{e:.2f}' for e in r['energy_train'][:5])} |")
+            share = f"{r['trace_share_train']:.2f}" if "trace_share_train" in r else "–"
+            lines.append(f"| {label} | {r['localization']:.3f} | {', '.join(f'{e:.2f}' for e in r['energy_train'][:5])} | {share} |")
         lines += ["", "![NTK localization](figures/ntk_localization.png)", "",
-                  "*Pre-trained: eigenfunctions should sit on one task each (bars all one colour); random init: mixed.*", ""]
+                  "*Pre-trained: eigenfunctions should sit on one task each (bars all one colour); random init: mixed. "
+                  "A trace share far from the tasks' share of the samples means the kernel is simply larger on one task, "
+                  "which tilts the top eigenfunctions towards it whatever their localization.*", ""]
     if "random_init" in results:
         r = results["random_init"]
         lines += ["## From random initialization (Table 3)", "",

@@ -108,7 +108,8 @@ def ntk_localization(
     descending). For each of the top_k unit eigenvectors v: energy_train = Σ_{i∈D_t} v_i²,
     energy_control = Σ_{i∈D_c} v_i² (the two sum to 1). Returns plain JSON-able values:
     eigenvalues, eigenvalue_share (eigenvalue / trace K), energy_train, energy_control
-    (lists of length min(top_k, N)), n_train, n_control, and localization = the mean over
+    (lists of length min(top_k, N)), n_train, n_control, trace_share_train (D_t's share of
+    trace K: the kernel's scale on each task), and localization = the mean over
     those eigenfunctions of max(energy_train, energy_control): 1 when each one lives on one
     task only; ≈0.5 for eigenvectors spread evenly over two equal-sized sets.
     """
@@ -124,6 +125,9 @@ def ntk_localization(
     energy_control = energy[n_train:].sum(0)
     trace = float(gram.diagonal().sum())
     return {
+        # D_t's share of trace K: far from its share of the samples, the kernel's scale alone
+        # (e.g. larger gradients on one task's inputs) tilts the eigenvectors towards one task.
+        "trace_share_train": float(gram.diagonal()[:n_train].sum()) / trace if trace > 0 else 0.0,
         "eigenvalues": values.tolist(),
         "eigenvalue_share": (values / trace).tolist() if trace > 0 else [0.0] * len(values),
         "energy_train": energy_train.tolist(),
