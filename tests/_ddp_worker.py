@@ -10,22 +10,12 @@ import os
 import torch
 
 import conftest  # noqa: F401  (registers tiny-cnn and the toy tasks)
-from taskvec.evaluate import encode
-from taskvec.models import build_backbone
-from taskvec.models.heads import prototype_head
-from taskvec.tasks import load_task_data
 from taskvec.train import TrainConfig, finetune
 
 CFG = TrainConfig(steps=6, batch_size=16, lr=1e-2, warmup_steps=2, checkpoint_every=3)
 
 
-def setup():
-    model = build_backbone("tiny-cnn")
-    data = load_task_data("toy-squares", max_train=96)
-    inputs = model.prepare(data.train.inputs)
-    labels = torch.as_tensor(data.train.labels)
-    head = prototype_head(encode(model, inputs), labels, 2)
-    return model, head, inputs, labels
+setup = conftest.tiny_training_setup
 
 
 def run(rank: int, world: int, port: int, out: str) -> None:

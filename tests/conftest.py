@@ -109,4 +109,19 @@ def tiny():
     return build_tiny_cnn()
 
 
+def tiny_training_setup():
+    """tiny-cnn, a prototype head and 96 prepared toy-squares images: what training tests fine-tune."""
+    from taskvec.evaluate import encode
+    from taskvec.models import build_backbone
+    from taskvec.models.heads import prototype_head
+    from taskvec.tasks import load_task_data
+
+    model = build_backbone("tiny-cnn")
+    data = load_task_data("toy-squares", max_train=96)
+    inputs = model.prepare(data.train.inputs)
+    labels = torch.as_tensor(data.train.labels)
+    head = prototype_head(encode(model, inputs), labels, 2)
+    return model, head, inputs, labels
+
+
 __all__ = ["TaskvecError"]

@@ -3,22 +3,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_training_setup as _setup
 
 from taskvec.errors import TaskvecError
-from taskvec.evaluate import encode
-from taskvec.models import build_backbone
-from taskvec.models.heads import Classifier, prototype_head
-from taskvec.tasks import load_task_data
+from taskvec.models.heads import Classifier
 from taskvec.train import TrainConfig, batch_indices, finetune, learning_rate
-
-
-def _setup():
-    model = build_backbone("tiny-cnn")
-    data = load_task_data("toy-squares", max_train=96)
-    inputs = model.prepare(data.train.inputs)
-    labels = torch.as_tensor(data.train.labels)
-    head = prototype_head(encode(model, inputs), labels, 2)
-    return model, head, inputs, labels
 
 
 def test_schedule_warmup_then_cosine():
