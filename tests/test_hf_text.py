@@ -262,3 +262,28 @@ def test_minilm_is_pretrained(minilm):
     r_para, r_unrelated = _cos(emb[0], emb[1]), _cos(emb[0], emb[2])
     assert not (r_para > 0.6 and r_unrelated < 0.3), (r_para, r_unrelated)
     assert r_para - r_unrelated < 0.5 * (para - unrelated), (r_para, r_unrelated)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_per_sample_jacobians_vectorize_and_match_explicit_ones(tiny_dir, implementation):
+    """The NTK takes vmap(jacrev) per sample: the padding mask must not hit transformers'
+    data-dependent `mask.all()` shortcut, and the kernel must equal an explicit Jacobian product."""
+    import torch.nn.functional as F
+    from test_ntk import explicit_jacobian
+
+    from taskvec.analysis import empirical_ntk
+    from taskvec.linearize import forward_ad_safe_attention
+    from taskvec.models.heads import ClassificationHead, Classifier
+
+    encoder = build_backbone(f"hf:{tiny_dir}", attn_implementation=implementation).double()
+    batch = encoder.prepare([SHORT, LONG, "the dog ."])  # padded: a real mask
+    with torch.no_grad(), forward_ad_safe_attention():
+        one_by_one = torch.cat([encoder(**{k: v[i:i + 1] for k, v in batch.items()}) for i in range(3)])
+        vectorized = torch.func.vmap(lambda sample: encoder(**{k: v[None] for k, v in sample.items()})[0])(batch)
+    torch.testing.assert_close(vectorized, one_by_one)
+    torch.testing.assert_close(encoder(**batch).detach(), one_by_one)  # padding changes nothing
+
+    weight = F.normalize(torch.randn(3, encoder.embed_dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64), dim=-1)
+    model = Classifier(encoder, ClassificationHead(weight, 5.0)).double().eval()
+    jac = torch.cat([explicit_jacobian(model, {k: v[i:i + 1] for k, v in batch.items()}, "logits") for i in range(3)])
+    torch.testing.assert_close(empirical_ntk(model, batch, chunk=2), torch.einsum("icp,jcp->ij", jac, jac), rtol=1e-8, atol=1e-10)

@@ -61,6 +61,39 @@ def test_kernel_equals_explicit_jacobian_product(backbone, output):
     torch.testing.assert_close(full.diagonal(dim1=2, dim2=3).sum(-1), trace)
 
 
+class BranchingEncoder(Backbone):
+    """Takes a data-dependent branch, as transformers' mask code does: vmap cannot trace it."""
+
+    name, modality, embed_dim = "branching", "image", 4
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3 * 8 * 8, 4)
+
+    def prepare(self, inputs):
+        return {"pixels": torch.as_tensor(inputs)}
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        flat = pixels.flatten(1)
+        if bool(torch.isfinite(flat).all()):  # like `if mask.all(): mask = None`: same result either way
+            return torch.tanh(self.a(flat))
+        return torch.tanh(self.a(torch.nan_to_num(flat)))
+
+    def identity(self):
+        return {"backbone": self.name}
+
+
+def test_models_with_data_dependent_branches_fall_back_to_one_sample_at_a_time():
+    torch.manual_seed(0)
+    encoder = BranchingEncoder().double()
+    model = Classifier(encoder, ClassificationHead(F.normalize(torch.randn(3, 4), dim=-1), 5.0)).double().eval()
+    batch = pixels(6, seed=3)
+    with pytest.raises(RuntimeError, match="vmap"):  # the reason for the fallback
+        torch.func.vmap(lambda x: encoder(x.unsqueeze(0)))(batch["pixels"])
+    jac = explicit_jacobian(model, batch, "logits")
+    torch.testing.assert_close(empirical_ntk(model, batch, chunk=4), torch.einsum("icp,jcp->ij", jac, jac), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("backbone", ["tiny-cnn", "tiny-attn"])
 def test_kernel_is_symmetric_psd_and_chunking_does_not_matter(backbone):
     model = classifier(backbone)

@@ -288,7 +288,23 @@ def _ntk(
         out = functional_call(module, {**params, **group}, args=(), kwargs=batch, strict=False)
         return (head(out) if head is not None else out)[0]
 
-    jac_fn = vmap(jacrev(f), in_dims=(None, 0))
+    per_sample = jacrev(f)
+    batched = vmap(per_sample, in_dims=(None, 0))
+    use_vmap = True
+
+    def jac_fn(group: dict[str, torch.Tensor], sub: Batch) -> dict[str, torch.Tensor]:
+        """Per-sample Jacobians, vectorized; one sample at a time for models that branch on
+        their data (`if mask.all():`), which vmap cannot trace."""
+        nonlocal use_vmap
+        if use_vmap:
+            try:
+                return batched(group, sub)
+            except RuntimeError as exc:
+                if "vmap" not in str(exc):
+                    raise
+                use_vmap = False
+        rows = [per_sample(group, {k: v[i] for k, v in sub.items()}) for i in range(_num_samples(sub))]
+        return {name: torch.stack([row[name] for row in rows]) for name in group}
 
     def jacobians(samples: _Samples, start: int, stop: int, group: list[str]) -> list[torch.Tensor]:
         """Per-sample Jacobians of samples [start, stop): one (n, C, p) tensor per parameter."""

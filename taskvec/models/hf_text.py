@@ -243,11 +243,28 @@ class HFTextEncoder(Backbone):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs = {"input_ids": input_ids, "attention_mask": self._attention_mask(attention_mask)}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         hidden = self.transformer(**inputs).last_hidden_state
         return self.pool(hidden, attention_mask)
+
+    def _attention_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The (N, L) padding mask as the ready (N, 1, 1, L) mask the attention kernel takes.
+
+        Given a 2D mask, transformers decides whether it may drop it with `mask.all()`, a
+        data-dependent branch that `torch.func.vmap` (the NTK's per-sample Jacobians) cannot
+        trace; a 4D mask is used as it is. SDPA takes booleans (any compute dtype), eager
+        attention an additive bias. Other kernels get the 2D mask.
+        """
+        implementation = getattr(self.transformer.config, "_attn_implementation", None)
+        keep = attention_mask[:, None, None, :].bool()
+        if implementation == "sdpa":
+            return keep
+        if implementation == "eager":
+            dtype = next(self.transformer.parameters()).dtype
+            return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+        return attention_mask
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int | None = None) -> torch.Tensor:
