@@ -68,6 +68,21 @@ def run(
         a, n = results["addition"][method], results["negation"][method]
         norm = "–" if a["normalized"] is None else f"{100 * a['normalized']:.1f}"
         typer.echo(f"{method:>10}: addition {100 * a['absolute']:.1f} / {norm} (α={a['alpha']:.2f})   negation target {100 * n['target']:.1f} / control {100 * n['control']:.1f}")
+    _echo_analyses(results)
+
+
+def _echo_analyses(results: dict) -> None:
+    """One line per analysis that ran: the numbers to look at first."""
+    for pair, by_method in results.get("disentanglement", {}).items():
+        means = (f"{m} {sum(map(sum, r['xi'])) / (len(r['alphas1']) * len(r['alphas2'])):.3f}" for m, r in by_method.items())
+        typer.echo(f"  ξ {pair} (mean over the grid): " + ", ".join(means))
+    if "ntk" in results:
+        typer.echo("  NTK localization: " + ", ".join(f"{label} {r['localization']:.3f}" for label, r in results["ntk"]["models"].items()))
+    if "random_init" in results:
+        r = results["random_init"]
+        typer.echo(f"  from random init: single-task non-linear {100 * r['single_task']['nonlinear']:.1f} / linearized "
+                   f"{100 * r['single_task']['linear']:.1f}, multi-task non-linear {100 * r['multi_task']['nonlinear']:.1f} / "
+                   f"linearized {100 * r['multi_task']['linear']:.1f} (random model {100 * r['single_task']['pretrained']:.1f})")
 
 
 @app.command()
@@ -202,6 +217,7 @@ def ntk(
     eigenfunctions: int = typer.Option(20, "--eigenfunctions", help="Top eigenfunctions to report."),
     random_init: bool = typer.Option(True, "--random-init/--no-random-init", help="Also compute it for a randomly initialized model."),
     config: Optional[Path] = ConfigOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """NTK eigenfunction localization on a training task and a control task (the paper's Fig. 6)."""
     import dataclasses
@@ -218,7 +234,7 @@ def ntk(
     backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
     prepared = prepare_tasks(backbone, [task, control], cfg)
     heads = {task: build_head(backbone, prepared[task], cfg)}
-    result = ntk_results(backbone, heads, prepared, task, control, cfg, random_init=random_init)
+    result = ntk_results(backbone, heads, prepared, task, control, cfg, random_init=random_init, progress=progress)
     write_json(out / "ntk.json", result)
     plot_ntk_localization(result["models"], out / "ntk_localization.png", task, control)
     for label, r in result["models"].items():

@@ -282,7 +282,7 @@ def run_analyses(run: Run, backbone: Backbone, heads: dict, prepared: dict[str, 
         train_task = tasks[0]
         control = controls.get(train_task) or tasks[1]
         settings = {"train_task": train_task, "control_task": control, "examples": a.ntk_examples, "eigenfunctions": a.ntk_eigenfunctions}
-        out["ntk"] = run.stage("ntk", lambda: ntk_results(backbone, heads, prepared, train_task, control, run.cfg), settings)
+        out["ntk"] = run.stage("ntk", lambda: ntk_results(backbone, heads, prepared, train_task, control, run.cfg, progress=run.progress), settings)
     if a.random_init and run.cfg.init == "pretrained":
         out["random_init"] = run.stage("random_init", lambda: random_init_results(run))
     return out
@@ -352,7 +352,7 @@ def _ntk_samples(prepared: PreparedTask, n: int, seed: int) -> Batch:
 
 
 def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTask], train_task: str, control: str, cfg: RunConfig,
-                random_init: bool = True) -> dict:
+                random_init: bool = True, progress: bool = False) -> dict:
     """NTK eigenfunction localization (Fig. 6) of the given model and (if `random_init`) a randomly
     initialized one of the same architecture, each with a head of the training task built on its
     own features."""
@@ -368,7 +368,8 @@ def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTas
         random_backbone = build_backbone(cfg.backbone, init="random", **cfg.backbone_options)
         models["random init"] = Classifier(random_backbone, build_head(random_backbone, prepared[train_task], cfg))
     return {"train_task": train_task, "control_task": control,
-            "models": {label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1)
+            "models": {label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1,
+                                                      progress=progress)
                        for label, model in models.items()}}
 
 

@@ -79,9 +79,11 @@ def test_second_run_reuses_every_stage(finished_run, capsys):
     before = {p: p.stat().st_mtime_ns for p in (out / "vectors").iterdir()}
     first = json.loads((out / "results.json").read_text())["timing"]
     main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
-    err = capsys.readouterr().err
+    printed, err = capsys.readouterr()
     assert err.count("[skip] fine-tune") == 6 and "[skip] addition" in err
     assert {p: p.stat().st_mtime_ns for p in (out / "vectors").iterdir()} == before
+    for line in ("ξ toy-squares+toy-stripes (mean over the grid): nonlinear", "NTK localization: pre-trained", "from random init: single-task"):
+        assert line in printed
     again = json.loads((out / "results.json").read_text())["timing"]
     stages = ["single_task", "addition", "negation", "disentanglement", "ntk", "random_init"]
     assert list(first["stages"]) == stages and all(first["stages"][s] >= 0 for s in stages)

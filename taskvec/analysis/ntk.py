@@ -70,6 +70,7 @@ def empirical_ntk(
     chunk: int = 32,
     kernel: Kernel = "trace",
     max_memory: int | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Empirical NTK Gram matrix of `model` between the samples of `batch_a` and `batch_b`.
 
@@ -86,10 +87,12 @@ def empirical_ntk(
     kernel: "trace" -> float64 tensor (Na, Nb); "full" -> float64 tensor (Na, Nb, C, C).
     max_memory: bytes of Jacobians held at once; None: `default_max_memory()` (a third of
         the available memory, at most 4 GiB). Results do not depend on it beyond rounding.
+    progress: a progress bar over the parameter groups (one pass over the samples each).
 
     The model is evaluated in eval mode (frozen BatchNorm) and its train/eval mode restored.
     """
-    return _ntk(model, [batch_a], None if batch_b is None else [batch_b], output=output, chunk=chunk, kernel=kernel, max_memory=max_memory)
+    return _ntk(model, [batch_a], None if batch_b is None else [batch_b], output=output, chunk=chunk, kernel=kernel,
+                max_memory=max_memory, progress=progress)
 
 
 def ntk_localization(
@@ -101,6 +104,7 @@ def ntk_localization(
     output: Output = "logits",
     chunk: int = 32,
     max_memory: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Local energy of the NTK's top eigenfunctions on a training task D_t and a control D_c.
 
@@ -116,7 +120,8 @@ def ntk_localization(
     if top_k < 1:
         raise TaskvecError(f"top_k must be at least 1, got {top_k}")
     n_train, n_control = _num_samples(batch_train), _num_samples(batch_control)
-    gram = _ntk(model, [batch_train, batch_control], None, output=output, chunk=chunk, kernel="trace", max_memory=max_memory)
+    gram = _ntk(model, [batch_train, batch_control], None, output=output, chunk=chunk, kernel="trace", max_memory=max_memory,
+                progress=progress)
     values, vectors = torch.linalg.eigh(gram.double())
     order = torch.argsort(values, descending=True)[: min(top_k, len(values))]
     values, vectors = values[order], vectors[:, order]
@@ -271,6 +276,7 @@ def _ntk(
     chunk: int,
     kernel: Kernel,
     max_memory: int | None,
+    progress: bool = False,
 ) -> torch.Tensor:
     if kernel not in ("trace", "full"):
         raise TaskvecError(f"unknown kernel {kernel!r}; expected 'trace' or 'full'")
@@ -334,6 +340,10 @@ def _ntk(
         groups = _groups(names, params, held * num_out * itemsize, max_memory)
         shape = (A.n, B.n) if kernel == "trace" else (A.n, B.n, num_out, num_out)
         gram = torch.zeros(shape, dtype=torch.float64)
+        if progress:
+            from tqdm.auto import tqdm
+
+            groups = tqdm(groups, desc=f"NTK of {A.n + (0 if symmetric else B.n)} samples, parameter groups", leave=False)
         with forward_ad_safe_attention():
             for group in groups:
                 group_size = sum(params[n].numel() for n in group)
