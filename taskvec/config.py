@@ -260,7 +260,8 @@ def with_analyses(cfg: RunConfig) -> RunConfig:
 
 
 def quick(cfg: RunConfig) -> RunConfig:
-    """A smoke-run version of a config: few steps, little data, a coarse α grid (≤ 2 minutes)."""
+    """A smoke-run version of a config: few steps, little data, a coarse α grid, small analyses
+    (≤ 1 minute for the default benchmark; about 1 more with --analyses)."""
     def shrink(t: TrainConfig) -> TrainConfig:
         return dataclasses.replace(t, steps=12, warmup_steps=2, batch_size=min(t.batch_size, 16), checkpoint_every=6, grad_accumulation=1)
 
@@ -270,4 +271,7 @@ def quick(cfg: RunConfig) -> RunConfig:
         data=dataclasses.replace(cfg.data, max_train=128, max_val=48, max_test=64),
         train=TrainModes(nonlinear=shrink(cfg.train.nonlinear), linear=shrink(cfg.train.linear)),
         eval=dataclasses.replace(cfg.eval, alpha_step=0.25),
+        # analyses stay as switched on or off, only smaller: the NTK is the costly one
+        analysis=dataclasses.replace(cfg.analysis, disentanglement_step=1.5, disentanglement_examples=48,
+                                     ntk_examples=24, ntk_eigenfunctions=10),
     )

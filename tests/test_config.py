@@ -42,9 +42,16 @@ def test_missing_file(tmp_path):
 
 
 def test_quick_shrinks_everything():
+    from taskvec.config import with_analyses
+
     q = quick(RunConfig())
     assert q.train.nonlinear.steps < RunConfig().train.nonlinear.steps
     assert q.data.max_train <= 128 and q.eval.alpha_step > RunConfig().eval.alpha_step
+    full, small = with_analyses(RunConfig()).analysis, quick(with_analyses(RunConfig())).analysis
+    assert small.ntk and small.disentanglement and small.random_init  # still on, only smaller
+    assert small.ntk_examples < full.ntk_examples and small.disentanglement_examples < full.disentanglement_examples
+    assert small.disentanglement_step > full.disentanglement_step
+    assert not quick(RunConfig()).analysis.ntk  # and still off when off
 
 
 def test_bundled_configs_validate():
