@@ -73,8 +73,10 @@ def run(
 
 def _echo_analyses(results: dict) -> None:
     """One line per analysis that ran: the numbers to look at first."""
+    from .analysis import mean_xi
+
     for pair, by_method in results.get("disentanglement", {}).items():
-        means = (f"{m} {sum(map(sum, r['xi'])) / (len(r['alphas1']) * len(r['alphas2'])):.3f}" for m, r in by_method.items())
+        means = (f"{m} {mean_xi(r):.3f}" for m, r in by_method.items())
         typer.echo(f"  ξ {pair} (mean over the grid): " + ", ".join(means))
     if "ntk" in results:
         typer.echo("  NTK localization: " + ", ".join(f"{label} {r['localization']:.3f}" for label, r in results["ntk"]["models"].items()))
@@ -186,7 +188,7 @@ def disentanglement(
     """Weight disentanglement error ξ(α1, α2) of two tasks (the paper's Fig. 3), per fine-tuning method."""
     import dataclasses
 
-    from .analysis import plot_disentanglement
+    from .analysis import mean_xi, plot_disentanglement
     from .io import write_json
     from .pipeline import disentanglement_of_vectors
     from .task_vector import TaskVector
@@ -203,8 +205,7 @@ def disentanglement(
     write_json(out / "disentanglement.json", results)
     plot_disentanglement(results, figure)
     for method, r in results.items():
-        mean = sum(map(sum, r["xi"])) / (len(r["alphas1"]) * len(r["alphas2"]))
-        typer.echo(f"{method:>10}: mean ξ {mean:.3f} over {len(r['alphas1'])}×{len(r['alphas2'])} grid ({r['seconds']:.0f} s)")
+        typer.echo(f"{method:>10}: mean ξ {mean_xi(r):.3f} over {len(r['alphas1'])}×{len(r['alphas2'])} grid ({r['seconds']:.0f} s)")
     typer.echo(f"wrote {out / 'disentanglement.json'} and {figure}")
 
 

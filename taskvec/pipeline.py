@@ -291,14 +291,18 @@ def run_analyses(run: Run, backbone: Backbone, heads: dict, prepared: dict[str, 
 DISENTANGLEMENT_SETTINGS = ("disentanglement_min", "disentanglement_max", "disentanglement_step", "disentanglement_examples")
 
 
-def disentanglement_results(evaluators: dict[str, Evaluator], pairs: list[tuple[str, str]], cfg: RunConfig, progress: bool) -> dict:
+def _disentanglement(ev: Evaluator, task1: str, task2: str, cfg: RunConfig, split: str, progress: bool) -> dict:
+    """ξ on the grid and example count of cfg.analysis."""
     from .analysis import disentanglement_error, disentanglement_grid
 
     a = cfg.analysis
     grid = disentanglement_grid(a.disentanglement_min, a.disentanglement_max, a.disentanglement_step)
-    return {f"{t1}+{t2}": {m: disentanglement_error(ev, t1, t2, grid, grid, "val", max_examples=a.disentanglement_examples,
-                                                     seed=cfg.data.seed, progress=progress)
-                           for m, ev in evaluators.items()}
+    return disentanglement_error(ev, task1, task2, grid, grid, split, max_examples=a.disentanglement_examples,
+                                 seed=cfg.data.seed, progress=progress)
+
+
+def disentanglement_results(evaluators: dict[str, Evaluator], pairs: list[tuple[str, str]], cfg: RunConfig, progress: bool) -> dict:
+    return {f"{t1}+{t2}": {m: _disentanglement(ev, t1, t2, cfg, "val", progress) for m, ev in evaluators.items()}
             for t1, t2 in pairs}
 
 
@@ -310,8 +314,6 @@ def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, pos
     "linear" method; each mode present must hold one vector for each of the same two tasks.
     Grid and example count come from cfg.analysis. Returns {method: disentanglement_error(...)}.
     """
-    from .analysis import disentanglement_error, disentanglement_grid
-
     by_mode: dict[str, dict[str, TaskVector]] = {}
     for vector in vectors:
         if len(vector.tasks) != 1:
@@ -335,13 +337,10 @@ def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, pos
     sets = {(t, split): prepared[t].sets[split] for t in tasks}
     methods = [m for m in METHODS if VECTOR_MODE[m] in by_mode and (m != "posthoc" or posthoc)]
     shared: dict = {}
-    a = cfg.analysis
-    grid = disentanglement_grid(a.disentanglement_min, a.disentanglement_max, a.disentanglement_step)
     results = {}
     for method in methods:
         ev = Evaluator(backbone, heads, sets, by_mode[VECTOR_MODE[method]], method, chunk=cfg.eval.chunk, device=cfg.device, pretrained_cache=shared)
-        results[method] = disentanglement_error(ev, tasks[0], tasks[1], grid, grid, split, max_examples=a.disentanglement_examples,
-                                                seed=cfg.data.seed, progress=progress)
+        results[method] = _disentanglement(ev, tasks[0], tasks[1], cfg, split, progress)
     return results
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -106,7 +105,7 @@ def _analysis_sections(results: dict, figures: Path) -> list[str]:
     """Markdown (and figures) for the analyses present in results."""
     lines: list[str] = []
     if "disentanglement" in results:
-        from .analysis import plot_disentanglement
+        from .analysis import mean_xi, plot_disentanglement
 
         lines += ["## Weight disentanglement (Fig. 3)", "",
                   "ξ(α1, α2): fraction of each task's validation inputs whose prediction changes when the other "
@@ -117,9 +116,7 @@ def _analysis_sections(results: dict, figures: Path) -> list[str]:
             name = pair.replace("+", "_")
             plot_disentanglement(by_method, figures / f"disentanglement_{name}.png")
             for m, r in by_method.items():
-                xi = np.asarray(r["xi"])
-                inside = np.ix_([i for i, a in enumerate(r["alphas1"]) if 0 <= a <= 1], [j for j, a in enumerate(r["alphas2"]) if 0 <= a <= 1])
-                lines.append(f"| {pair} | {LABELS[m]} | {xi.mean():.3f} | {xi[inside].mean():.3f} |")
+                lines.append(f"| {pair} | {LABELS[m]} | {mean_xi(r):.3f} | {mean_xi(r, box=(0.0, 1.0)):.3f} |")
             lines += ["", f"![disentanglement {pair}](figures/disentanglement_{name}.png)", "",
                       "*Darker is more disentangled; the paper finds linearized FT darker than non-linear FT over a wider region.*", ""]
     if "ntk" in results:

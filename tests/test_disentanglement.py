@@ -144,3 +144,11 @@ def test_plot_is_a_png(setup, tmp_path):
     zero = {"linear": {**results["linear"], "xi": np.zeros((4, 3)).tolist()}}
     plot_disentanglement(zero, tmp_path / "zero.png", search_box=None)  # all-zero map, no box
     assert (tmp_path / "zero.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mean_xi_over_the_grid_and_inside_the_box():
+    from taskvec.analysis import mean_xi
+
+    result = {"alphas1": [-1.0, 0.0, 1.0], "alphas2": [0.0, 2.0], "xi": [[0.9, 0.8], [0.0, 0.6], [0.2, 0.4]]}
+    assert mean_xi(result) == pytest.approx(2.9 / 6)
+    assert mean_xi(result, box=(0.0, 1.0)) == pytest.approx(0.1)  # cells (0, 0) and (1, 0)

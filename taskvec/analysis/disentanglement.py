@@ -132,6 +132,18 @@ def disentanglement_error(
     }
 
 
+def mean_xi(result: Mapping, box: tuple[float, float] | None = None) -> float:
+    """Mean ξ of a `disentanglement_error` result over its grid, or over the cells whose α1 and α2
+    both lie in `box` (lo, hi), e.g. the addition search range (0, 1)."""
+    xi = np.asarray(result["xi"], dtype=float)
+    if box is None:
+        return float(xi.mean())
+    lo, hi = box
+    rows = [i for i, a in enumerate(result["alphas1"]) if lo <= a <= hi]
+    cols = [j for j, a in enumerate(result["alphas2"]) if lo <= a <= hi]
+    return float(xi[np.ix_(rows, cols)].mean())
+
+
 def _edges(values: Sequence[float]) -> np.ndarray:
     """Cell edges around grid values (midpoints; half a step beyond the ends)."""
     v = np.asarray(values, dtype=float)
