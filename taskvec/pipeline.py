@@ -226,7 +226,6 @@ def _run_pipeline(cfg: RunConfig, out: str | Path, log: Log, progress: bool, sha
     results.update(run_analyses(run, backbone, heads, prepared, evaluators, controls))
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["timing"] = {
-        "this_run": results["seconds"],
         "finetune": {f"{task}.{mode}": vectors[mode][task].info.get("seconds") for task, mode in units},
         "stages": dict(run.stage_seconds),
     }

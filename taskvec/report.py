@@ -248,7 +248,7 @@ def _timing_section(results: dict) -> list[str]:
     if not timing:
         return [f"Run time: {results['seconds']:.0f} s.", ""] if "seconds" in results else []
     lines = ["## Time", "",
-             f"This invocation: {timing['this_run']:.0f} s. Seconds each part took when it was computed "
+             f"This invocation: {results['seconds']:.0f} s. Seconds each part took when it was computed "
              "(a resumed run reuses earlier parts; – = not recorded):", "",
              "| part | seconds |", "|---|---|"]
     lines += [f"| fine-tune {unit} | {_seconds(s)} |" for unit, s in timing["finetune"].items()]
