@@ -7,10 +7,11 @@ import torch
 
 from .config import RunConfig
 from .evaluate import EvalSet, accuracy, encode
+from .kinds import FINETUNE_MODES, NONLINEAR, FinetuneMode
 from .models.base import Backbone
 from .models.heads import ClassificationHead, Classifier
 from .pipeline import build_head, prepare_tasks
-from .task_vector import Mode, TaskVector
+from .task_vector import TaskVector
 from .train import TrainConfig, finetune
 
 
@@ -41,12 +42,16 @@ def setup_task(backbone: Backbone, name: str, *, head: str = "auto", head_scale:
     return TaskSetup(name, build_head(backbone, prepared, cfg), sets["train"], sets["val"], sets["test"])
 
 
-def finetune_task(backbone: Backbone, setup: TaskSetup, mode: Mode = "nonlinear", progress: bool = True, **train_options) -> TaskVector:
-    """Fine-tune `backbone` on the task (mode "nonlinear" or "linear") and return its task vector.
+def finetune_task(backbone: Backbone, setup: TaskSetup, mode: FinetuneMode | str = NONLINEAR, progress: bool = True,
+                  **train_options) -> TaskVector:
+    """Fine-tune `backbone` on the task in a registered mode (`taskvec list`) and return its task
+    vector.
 
     `train_options` are `TrainConfig` fields: steps, batch_size, lr, weight_decay, warmup_steps, ...
+    The learning rate defaults to the mode's own.
     """
-    cfg = TrainConfig(**train_options)
+    mode = FINETUNE_MODES.get(mode)
+    cfg = TrainConfig(**{"lr": mode.lr, **train_options})
     return finetune(backbone, setup.head, setup.train.inputs, setup.train.labels, mode=mode, cfg=cfg, task=setup.name, progress=progress)
 
 

@@ -1,6 +1,7 @@
 """The `taskvec` command: thin wrappers over the Python API."""
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .errors import TaskvecError
+from .kinds import FINETUNE_MODES, NONLINEAR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task arithmetic in weight space and in the tangent space.")
 
@@ -62,35 +64,55 @@ def run(
         return
     results = run_pipeline(cfg, out, log=lambda msg: typer.echo(msg, err=True), progress=progress,
                            shard=parse_shard(shard) if shard else None)
-    if not results:  # a shard, or a non-main rank under torchrun
-        return
-    for method in ("pretrained", "nonlinear", "posthoc", "linear"):
-        a, n = results["addition"][method], results["negation"][method]
-        norm = "–" if a["normalized"] is None else f"{100 * a['normalized']:.1f}"
-        typer.echo(f"{method:>10}: addition {100 * a['absolute']:.1f} / {norm} (α={a['alpha']:.2f})   negation target {100 * n['target']:.1f} / control {100 * n['control']:.1f}")
-    _echo_analyses(results)
+    if results is not None:  # None: a shard, or a non-main rank under torchrun
+        _echo_summary(results)
 
 
-def _echo_analyses(results: dict) -> None:
-    """One line per analysis that ran: the numbers to look at first."""
-    from .analysis import mean_xi
+def _echo_summary(results) -> None:
+    """The numbers to look at first: per evaluation method its task addition and negation, per
+    merge method its best result, and one line per analysis that ran."""
+    from .kinds import EVAL_METHODS
+    from .merging import MERGE_METHODS
+    from .merging import TASK_ARITHMETIC
 
-    for pair, by_method in results.get("disentanglement", {}).items():
-        means = (f"{m} {mean_xi(r):.3f}" for m, r in by_method.items())
-        typer.echo(f"  ξ {pair} (mean over the grid): " + ", ".join(means))
-    if "ntk" in results:
-        typer.echo("  NTK localization: " + ", ".join(f"{label} {r['localization']:.3f}" for label, r in results["ntk"]["models"].items()))
-    if "random_init" in results:
-        r = results["random_init"]
-        typer.echo(f"  from random init: single-task non-linear {100 * r['single_task']['nonlinear']:.1f} / linearized "
-                   f"{100 * r['single_task']['linear']:.1f}, multi-task non-linear {100 * r['multi_task']['nonlinear']:.1f} / "
-                   f"linearized {100 * r['multi_task']['linear']:.1f} (random model {100 * r['single_task']['pretrained']:.1f})")
+    def pct(value) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    addition = results.merge.get(TASK_ARITHMETIC.name, {})
+    for m in EVAL_METHODS:
+        if m.name not in results.negation:
+            continue
+        a = results.pretrained_addition() if not m.edits else addition.get(m.name)
+        add = "" if a is None else (f"addition {pct(a.accuracy)} / –" if not m.edits else
+                                    f"addition {pct(a.absolute)} / {pct(a.normalized)} (α={a.alpha:.2f})")
+        n = results.negation[m.name]
+        typer.echo(f"{m.label:>24}: {add:<34} negation target {pct(n.target)} / control {pct(n.control)}")
+    for name, by_method in results.merge.items():
+        cells = ", ".join(f"{EVAL_METHODS.get(k).label} {pct(r.absolute)} / {pct(r.normalized)}" for k, r in by_method.items())
+        typer.echo(f"  merge {MERGE_METHODS.get(name).label}: {cells}")
+    for pair, by_method in (results.disentanglement or {}).items():
+        typer.echo(f"  ξ {pair} (mean over the grid): " + ", ".join(f"{EVAL_METHODS.get(k).label} {r.mean():.3f}" for k, r in by_method.items()))
+    if results.ntk is not None:
+        typer.echo("  NTK localization: " + ", ".join(f"{label} {r.localization:.3f}" for label, r in results.ntk.models.items()))
+    if results.random_init is not None:
+        r = results.random_init
+        single = ", ".join(f"{EVAL_METHODS.get(k).label} {pct(v)}" for k, v in r.single_task.items())
+        multi = ", ".join(f"{EVAL_METHODS.get(k).label} {pct(v)}" for k, v in r.multi_task.items())
+        typer.echo(f"  from random init: single-task {single}; multi-task {multi}")
+
+
+def _choices(name: str, registry) -> type[enum.Enum]:
+    """A str Enum of a registry's names: typer shows them in --help and refuses others."""
+    return enum.Enum(name, {n: n for n in registry.names()}, type=str)  # type: ignore[return-value]
+
+
+ModeChoice = _choices("ModeChoice", FINETUNE_MODES)
 
 
 @app.command()
 def finetune(
     task: str = typer.Option(..., "--task", "-t", help="Task name (see `taskvec list`)."),
-    mode: str = typer.Option("nonlinear", "--mode", "-m", help="nonlinear or linear."),
+    mode: ModeChoice = typer.Option(NONLINEAR.name, "--mode", "-m", help="Fine-tuning mode (see `taskvec list`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the task vector (.safetensors)."),
     config: Optional[Path] = ConfigOpt,
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Resumable checkpoint file."),
@@ -102,16 +124,14 @@ def finetune(
     from .train import finetune as run_finetune
 
     cfg = _config(config)
-    if mode not in ("nonlinear", "linear"):
-        raise TaskvecError(f"unknown mode {mode!r}; expected 'nonlinear' or 'linear'")
     backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
     prepared = prepare_tasks(backbone, [task], cfg)[task]
     head = build_head(backbone, prepared, cfg)
     train = prepared.sets["train"]
-    vector = run_finetune(backbone, head, train.inputs, train.labels, mode=mode, cfg=cfg.train.for_task(mode, task, len(train)), task=task,
+    vector = run_finetune(backbone, head, train.inputs, train.labels, mode=mode.value, cfg=cfg.train.for_task(mode.value, task, len(train)), task=task,
                           checkpoint=checkpoint, device=cfg.device, progress=progress)
     vector.save(out)
-    typer.echo(f"wrote {out} ({mode} task vector of {task}, norm {vector.norm():.4f})")
+    typer.echo(f"wrote {out} ({mode.value} task vector of {task}, norm {vector.norm():.4f})")
 
 
 @app.command()
@@ -126,6 +146,45 @@ def add(
     total = alpha * sum_vectors(TaskVector.load(p) for p in vectors)
     total.save(out)
     typer.echo(f"wrote {out}: {alpha} × ({' + '.join(total.tasks)})")
+
+
+@app.command()
+def merge(
+    vectors: List[Path] = typer.Argument(..., help="Task vectors to merge (one base, one mode)."),
+    method: str = typer.Option(..., "--method", "-m", help="Merge method (see `taskvec list`)."),
+    settings: List[str] = typer.Option([], "--set", "-s", help="A setting of the method, name=value (repeatable)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the merged direction (.safetensors)."),
+    alpha: float = typer.Option(1.0, "--alpha", "-a", help="Scale of the merged direction (θ0 + α·d)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Merge task vectors with a registered merge method; write the direction d (scaled by α)
+    with the method, settings and inputs in its metadata."""
+    import math
+
+    from .merging import MERGE_METHODS
+    from .task_vector import TaskVector
+
+    kind = MERGE_METHODS.get(method)
+    declared = {s.name: s for s in kind.settings}
+    given = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise TaskvecError(f"--set takes name=value, got {item!r}")
+        if name not in declared:
+            raise TaskvecError(f"merge method {kind.name} has no setting {name!r}; its settings: {', '.join(declared) or 'none'}")
+        given[name] = declared[name].parse(text, kind.name)
+    if not math.isfinite(alpha):
+        raise TaskvecError(f"--alpha must be a finite number, got {alpha}")
+    if out.exists() and not force:
+        raise TaskvecError(f"{out} exists; pass --force to overwrite it")
+    merged = kind([TaskVector.load(p) for p in vectors], **given)
+    record = {**merged.info["merge"], "alpha": alpha, "files": [str(p) for p in vectors]}
+    merged = merged * alpha
+    merged.info = {"merge": record}
+    merged.save(out)
+    typer.echo(f"wrote {out}: {kind.label} of {' + '.join(merged.tasks)} ({merged.mode.name}), "
+               f"settings {json.dumps(merged.info['merge']['settings'])}, α = {alpha:g}")
 
 
 @app.command()
@@ -149,6 +208,7 @@ def evaluate(
 ) -> None:
     """Accuracy of θ0 + α τ on each task (JSON on stdout)."""
     from .evaluate import EvalSet, Evaluator
+    from .kinds import PRETRAINED, method_for_vector
     from .models import build_backbone
     from .pipeline import build_head, prepare_tasks
     from .task_vector import TaskVector
@@ -162,14 +222,14 @@ def evaluate(
     heads = {n: build_head(backbone, prepared[n], cfg) for n in names}
     sets: dict[tuple[str, str], EvalSet] = {(n, split): prepared[n].sets[split] for n in names}
     if vector is None:
-        vectors, coeffs, method = {}, {}, "nonlinear"
+        vectors, coeffs, method = {}, {}, PRETRAINED
     else:
         tv = TaskVector.load(vector)
-        method = "linear" if tv.mode == "linear" else ("posthoc" if posthoc else "nonlinear")
+        method = method_for_vector(tv.mode, linearized=posthoc)
         vectors, coeffs = {"edit": tv}, {"edit": alpha}
     ev = Evaluator(backbone, heads, sets, vectors, method, chunk=cfg.eval.chunk, device=cfg.device)
     result = {n: ev.accuracy(n, split, coeffs) for n in names}
-    typer.echo(json.dumps({"method": method, "alpha": alpha if vector else 0.0, "split": split, "accuracy": result}, indent=2))
+    typer.echo(json.dumps({"method": method.name, "alpha": alpha if vector else 0.0, "split": split, "accuracy": result}, indent=2))
 
 
 @app.command()
@@ -188,9 +248,10 @@ def disentanglement(
     """Weight disentanglement error ξ(α1, α2) of two tasks (the paper's Fig. 3), per fine-tuning method."""
     import dataclasses
 
-    from .analysis import mean_xi, plot_disentanglement
+    from .analysis import plot_disentanglement
     from .io import write_json
     from .pipeline import disentanglement_of_vectors
+    from .typed import to_data
     from .task_vector import TaskVector
 
     if split not in ("val", "test"):
@@ -201,11 +262,11 @@ def disentanglement(
         disentanglement_examples=examples))
     results = disentanglement_of_vectors(cfg, [TaskVector.load(p) for p in vectors], posthoc=posthoc, split=split, progress=progress)
     first = next(iter(results.values()))
-    figure = out / f"disentanglement_{first['task1']}_{first['task2']}.png"
-    write_json(out / "disentanglement.json", results)
+    figure = out / f"disentanglement_{first.task1}_{first.task2}.png"
+    write_json(out / "disentanglement.json", to_data(results))
     plot_disentanglement(results, figure)
     for method, r in results.items():
-        typer.echo(f"{method:>10}: mean ξ {mean_xi(r):.3f} over {len(r['alphas1'])}×{len(r['alphas2'])} grid ({r['seconds']:.0f} s)")
+        typer.echo(f"{method:>10}: mean ξ {r.mean():.3f} over {len(r.alphas1)}×{len(r.alphas2)} grid ({r.seconds:.0f} s)")
     typer.echo(f"wrote {out / 'disentanglement.json'} and {figure}")
 
 
@@ -227,6 +288,7 @@ def ntk(
     from .io import write_json
     from .models import build_backbone
     from .pipeline import build_head, ntk_results, prepare_tasks
+    from .typed import to_data
 
     if task == control:
         raise TaskvecError(f"the control task must differ from the training task, got {task!r} twice")
@@ -236,23 +298,23 @@ def ntk(
     prepared = prepare_tasks(backbone, [task, control], cfg)
     heads = {task: build_head(backbone, prepared[task], cfg)}
     result = ntk_results(backbone, heads, prepared, task, control, cfg, random_init=random_init, progress=progress)
-    write_json(out / "ntk.json", result)
-    plot_ntk_localization(result["models"], out / "ntk_localization.png", task, control)
-    for label, r in result["models"].items():
-        typer.echo(f"{label:>12}: localization {r['localization']:.3f} over the top {len(r['eigenvalues'])} eigenfunctions")
+    write_json(out / "ntk.json", to_data(result))
+    plot_ntk_localization(result.models, out / "ntk_localization.png", task, control)
+    for label, r in result.models.items():
+        typer.echo(f"{label:>12}: localization {r.localization:.3f} over the top {len(r.eigenvalues)} eigenfunctions")
     typer.echo(f"wrote {out / 'ntk.json'} and {out / 'ntk_localization.png'}")
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory holding results.json.")) -> None:
     """Redraw report.md and every figure (Fig. 2 and the analyses included) from results.json."""
-    from .io import read_json
     from .report import write_report
+    from .results import RunResults
 
     path = run_dir / "results.json"
     if not path.exists():
         raise TaskvecError(f"no results.json in {run_dir}: run `taskvec run --out {run_dir}` first")
-    typer.echo(f"wrote {write_report(read_json(path), run_dir)}")
+    typer.echo(f"wrote {write_report(RunResults.load(path), run_dir)}")
 
 
 @app.command()
@@ -261,7 +323,7 @@ def info(vector: Path = typer.Argument(...)) -> None:
     from .task_vector import TaskVector
 
     tv = TaskVector.load(vector)
-    typer.echo(json.dumps({"mode": tv.mode, "tasks": list(tv.tasks), "base": tv.base, "info": tv.info,
+    typer.echo(json.dumps({"mode": tv.mode.name, "tasks": list(tv.tasks), "base": tv.base, "info": tv.info,
                            "parameters": len(tv.vector), "norm": tv.norm()}, indent=2))
 
 
@@ -280,10 +342,25 @@ def download(
 
 @app.command(name="list")
 def list_names() -> None:
-    """List registered backbones and tasks."""
+    """List the registered fine-tuning modes, evaluation and merge methods (with their settings),
+    backbones and tasks."""
+    from .kinds import EVAL_METHODS
+    from .merging import MERGE_METHODS
     from .models import available_backbones
     from .tasks import available_tasks, get_task
 
+    typer.echo("fine-tuning modes ([train.<mode>] in configs, --mode):")
+    for mode in FINETUNE_MODES:
+        typer.echo(f"  {mode.name:<18} {mode.label}: {mode.description} (default lr {mode.lr:g})")
+    typer.echo("evaluation methods:")
+    for m in EVAL_METHODS:
+        typer.echo(f"  {m.name:<18} {m.label}: {m.description}")
+    typer.echo("merge methods ([merge] in configs, taskvec merge --method; settings: default (type, range; validation grid)):")
+    for g in MERGE_METHODS:
+        alphas = f"α grid {', '.join(f'{a:g}' for a in g.alphas)}" if g.alphas else "α grid: the run's (eval.alpha_*)"
+        typer.echo(f"  {g.name:<18} {g.label}: {g.description} [{g.reference}]; {alphas}")
+        for setting in g.settings:
+            typer.echo(f"  {'':<20}{setting.describe()}")
     typer.echo("backbones: " + ", ".join(available_backbones()))
     for name in available_tasks():
         task = get_task(name)

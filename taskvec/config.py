@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
+from .edits import alpha_grid
 from .errors import TaskvecError
+from .kinds import FINETUNE_MODES, FinetuneMode
+from .merging import MERGE_METHODS, MergeMethod
+from .registry import settings_grid
 from .train import TrainConfig
+from .typed import check_value, from_data, to_data
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class EvalConfig:
         if self.chunk <= 0:
             raise TaskvecError(f"eval.chunk must be positive, got {self.chunk}")
 
+    def alphas(self) -> list[float]:
+        """The α grid of task addition and negation (the paper's {0, 0.05, …, 1} by default)."""
+        return alpha_grid(self.alpha_start, self.alpha_stop, self.alpha_step)
+
 
 @dataclass(frozen=True)
 class NegationConfig:
@@ -106,19 +113,24 @@ class AnalysisConfig:
 
 @dataclass(frozen=True)
 class TrainModes:
-    """Fine-tuning settings per mode, and optional per-task lengths shared by both modes.
+    """Fine-tuning settings per registered mode, and optional per-task lengths shared by all modes.
 
+    TOML: one `[train.<mode>]` table per mode (see `taskvec list`), each overriding that mode's
+    defaults (its registered learning rate and TrainConfig's other defaults).
     epochs: {task: epochs}; a task listed runs epochs × ceil(n_train / batch_size) steps (the
     paper's protocol: Cars 35, DTD 76, ...). steps: {task: steps}, which wins over epochs.
     Tasks in neither table run the mode's `steps`.
     """
 
-    nonlinear: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-5))
-    linear: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4))
+    modes: dict[str, TrainConfig] = field(default_factory=dict)
     epochs: dict[str, float] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        filled = {m.name: self.modes.get(m.name) or TrainConfig(lr=m.lr) for m in FINETUNE_MODES}
+        for name in self.modes:
+            FINETUNE_MODES.get(name)
+        object.__setattr__(self, "modes", filled)
         for table in ("epochs", "steps"):
             for task, value in getattr(self, table).items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -126,11 +138,39 @@ class TrainModes:
                 if table == "steps" and not isinstance(value, int):
                     raise TaskvecError(f"train.steps.{task} must be an integer, got {value!r}")
 
-    def for_task(self, mode: str, task: str, n_train: int) -> TrainConfig:
+    def __getitem__(self, mode: str | FinetuneMode) -> TrainConfig:
+        return self.modes[FINETUNE_MODES.get(mode).name]
+
+    def replace_each(self, change: Callable[[TrainConfig], TrainConfig]) -> "TrainModes":
+        """The same tables with `change` applied to every mode's TrainConfig."""
+        return dataclasses.replace(self, modes={name: change(t) for name, t in self.modes.items()})
+
+    @classmethod
+    def from_table(cls, data: Any, where: str) -> "TrainModes":
+        if not isinstance(data, dict):
+            raise TaskvecError(f"{where}: expected a table, got {data!r}")
+        allowed = FINETUNE_MODES.names() + ["epochs", "steps"]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise TaskvecError(f"unknown key '{where}.{unknown[0]}'; allowed: {', '.join(allowed)}")
+        modes = {}
+        for mode in FINETUNE_MODES:
+            if mode.name in data:
+                table = data[mode.name]
+                if not isinstance(table, dict):
+                    raise TaskvecError(f"{where}.{mode.name}: expected a table, got {table!r}")
+                modes[mode.name] = from_data(TrainConfig, {"lr": mode.lr, **table}, f"{where}.{mode.name}")
+        lengths = {k: check_value(data.get(k, {}), dict[str, float] if k == "epochs" else dict[str, int | float], f"{where}.{k}")
+                   for k in ("epochs", "steps")}
+        return cls(modes=modes, **lengths)
+
+    def to_table(self) -> dict:
+        return {**{name: to_data(t) for name, t in self.modes.items()}, "epochs": dict(self.epochs), "steps": dict(self.steps)}
+
+    def for_task(self, mode: str | FinetuneMode, task: str, n_train: int) -> TrainConfig:
         """The TrainConfig of `mode` with this task's length resolved from the tables."""
-        if mode not in ("nonlinear", "linear"):
-            raise TaskvecError(f"unknown fine-tuning mode {mode!r}; expected 'nonlinear' or 'linear'")
-        base: TrainConfig = getattr(self, mode)
+        mode = FINETUNE_MODES.get(mode)
+        base = self[mode]
         if task in self.steps:
             steps = int(self.steps[task])
         elif task in self.epochs:
@@ -138,8 +178,70 @@ class TrainModes:
         else:
             return base
         if steps < base.warmup_steps:
-            raise TaskvecError(f"task {task!r} resolves to {steps} {mode} steps, fewer than warmup_steps = {base.warmup_steps}")
+            raise TaskvecError(f"task {task!r} resolves to {steps} {mode.name} steps, fewer than warmup_steps = {base.warmup_steps}")
         return dataclasses.replace(base, steps=steps)
+
+
+ALPHAS = "alphas"  # the key of a [merge.<method>] table that overrides the method's α grid
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Which merge methods a run compares and the grids it searches on validation.
+
+    TOML: `[merge] methods = [...]` (default: every registered method, `taskvec list`), and per
+    method an optional `[merge.<method>]` table: `<setting> = value or [values]` replaces that
+    setting's declared grid, `alphas = [...]` the method's α grid.
+    """
+
+    methods: tuple[str, ...] = field(default_factory=lambda: tuple(MERGE_METHODS.names()))
+    grids: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise TaskvecError("merge.methods is empty: name at least one merge method")
+        if len(set(self.methods)) != len(self.methods):
+            raise TaskvecError(f"merge.methods has duplicates: {list(self.methods)}")
+        for name in self.methods:
+            MERGE_METHODS.get(name)
+        for name, grid in self.grids.items():
+            method = MERGE_METHODS.get(name)
+            if name not in self.methods:
+                raise TaskvecError(f"[merge.{name}] sets a grid for a method that merge.methods leaves out")
+            self.settings_grid(method)
+            self.alphas(method, [0.0])
+
+    def settings_grid(self, method: MergeMethod) -> list[dict[str, Any]]:
+        """Every combination of the method's settings to try on validation."""
+        grid = {k: v for k, v in self.grids.get(method.name, {}).items() if k != ALPHAS}
+        return settings_grid(method.settings, grid, f"merge.{method.name}")
+
+    def alphas(self, method: MergeMethod, default: list[float]) -> list[float]:
+        """The α grid of `method`: the config's, else the method's own, else `default` (the run's)."""
+        values = self.grids.get(method.name, {}).get(ALPHAS) or list(method.alphas) or list(default)
+        for a in values:
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+                raise TaskvecError(f"merge.{method.name}.{ALPHAS} must be finite numbers, got {a!r}")
+        return [round(float(a), 6) for a in values]
+
+    @classmethod
+    def from_table(cls, data: Any, where: str) -> "MergeConfig":
+        if not isinstance(data, dict):
+            raise TaskvecError(f"{where}: expected a table, got {data!r}")
+        methods = check_value(data["methods"], tuple[str, ...], f"{where}.methods") if "methods" in data else None
+        grids = {}
+        for name, table in data.items():
+            if name == "methods":
+                continue
+            if name not in MERGE_METHODS:
+                raise TaskvecError(f"unknown key '{where}.{name}'; allowed: methods, {', '.join(MERGE_METHODS.names())}")
+            if not isinstance(table, dict):
+                raise TaskvecError(f"{where}.{name}: expected a table of settings, got {table!r}")
+            grids[name] = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in table.items()}
+        return cls(grids=grids) if methods is None else cls(methods=methods, grids=grids)
+
+    def to_table(self) -> dict:
+        return {"methods": list(self.methods), **{name: {k: list(v) for k, v in g.items()} for name, g in self.grids.items()}}
 
 
 def steps_for_epochs(epochs: float, n_train: int, batch_size: int) -> int:
@@ -165,6 +267,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     negation: NegationConfig = field(default_factory=NegationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
 
     def __post_init__(self) -> None:
         if len(self.tasks) < 2:
@@ -177,67 +280,19 @@ class RunConfig:
                 raise TaskvecError(f"train.{table} names tasks that are not in tasks: {unknown}")
 
 
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    """Check a TOML value against a field annotation; ints are accepted where floats are."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return value
-    if origin is Literal:
-        if value not in typing.get_args(annotation):
-            raise TaskvecError(f"config {where}: {value!r} is not one of {list(typing.get_args(annotation))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(annotation):
-            if option is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _check_type(value, option, where)
-            except TaskvecError as exc:
-                errors.append(str(exc))
-        raise TaskvecError(errors[0] if errors else f"config {where}: bad value {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise TaskvecError(f"config {where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(annotation)
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TaskvecError(f"config {where}: expected a table, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(annotation):
-        return from_dict(annotation, value, where)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float, str, bool) and (not isinstance(value, annotation) or (annotation is int and isinstance(value, bool))):
-        raise TaskvecError(f"config {where}: expected {annotation.__name__}, got {value!r}")
-    return value
+# Config keys a finished run directory may change: the stages they feed record them and are
+# redone when they differ; fine-tuning and the other stages are unaffected.
+CHANGEABLE_SETTINGS = {"analysis", "threads", "merge"}
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass `cls` from a dict, refusing unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise TaskvecError(f"config {where or 'file'}: expected a table, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        name = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise TaskvecError(f"unknown config key {name!r}; allowed: {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _check_type(value, hints[key], f"{where}.{key}" if where else key)
-    if cls is TrainModes:  # a mode's table overrides that mode's defaults, not TrainConfig's
-        defaults = TrainModes()
-        kwargs = {k: dataclasses.replace(getattr(defaults, k), **{f.name: getattr(v, f.name) for f in dataclasses.fields(v) if f.name in data[k]})
-                  if isinstance(v, TrainConfig) else v for k, v in kwargs.items()}
-    return cls(**kwargs)
+    """Build config dataclass `cls` from parsed TOML (or a saved config.json), validated."""
+    return from_data(cls, data, where)
 
 
 def to_dict(cfg: Any) -> Any:
-    return dataclasses.asdict(cfg)
+    """The config as plain data (config.json); `from_dict` reads it back."""
+    return to_data(cfg)
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -251,7 +306,10 @@ def load_config(path: str | Path | None) -> RunConfig:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise TaskvecError(f"config file {path} is not valid TOML: {exc}") from None
-    return from_dict(RunConfig, data)
+    try:
+        return from_dict(RunConfig, data)
+    except TaskvecError as exc:
+        raise TaskvecError(f"config {path.name}: {exc}") from None
 
 
 def with_analyses(cfg: RunConfig) -> RunConfig:
@@ -265,11 +323,17 @@ def quick(cfg: RunConfig) -> RunConfig:
     def shrink(t: TrainConfig) -> TrainConfig:
         return dataclasses.replace(t, steps=12, warmup_steps=2, batch_size=min(t.batch_size, 16), checkpoint_every=6, grad_accumulation=1)
 
+    def defaults_only(method: MergeMethod) -> dict[str, list]:
+        """Each setting at its default and every fourth α of the method's grid."""
+        alphas = cfg.merge.alphas(method, alpha_grid(cfg.eval.alpha_start, cfg.eval.alpha_stop, 0.25))
+        return {**{s.name: [s.default] for s in method.settings}, ALPHAS: alphas[::4] if len(alphas) > 6 else alphas}
+
     return dataclasses.replace(
         cfg,
         name=f"{cfg.name}-quick",
         data=dataclasses.replace(cfg.data, max_train=128, max_val=48, max_test=64),
-        train=TrainModes(nonlinear=shrink(cfg.train.nonlinear), linear=shrink(cfg.train.linear)),
+        train=TrainModes(modes={name: shrink(t) for name, t in cfg.train.modes.items()}),
+        merge=dataclasses.replace(cfg.merge, grids={m: defaults_only(MERGE_METHODS.get(m)) for m in cfg.merge.methods}),
         eval=dataclasses.replace(cfg.eval, alpha_step=0.25),
         # analyses stay as switched on or off, only smaller: the NTK is the costly one
         analysis=dataclasses.replace(cfg.analysis, disentanglement_step=1.5, disentanglement_examples=48,

@@ -1,17 +1,27 @@
-"""Task addition and task negation with α chosen on validation data, as in the paper.
+"""Task addition, merges and task negation with α chosen on validation data, as in the paper.
 
 Addition: one α for all tasks, chosen to maximize mean normalized validation accuracy, then
-reported on test. Negation: for each target, the α that minimizes the target's validation
+reported on test. A merge method is chosen the same way, over its settings grid and its α
+grid (plain addition is the task-arithmetic merge). Negation: for each target, the α that minimizes the target's validation
 accuracy while the control keeps ≥ threshold × its pre-trained validation accuracy.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import TaskvecError
 from .evaluate import Evaluator
+from .kinds import EvalMethod, FinetuneMode
+from .registry import format_settings
+from .results import AlphaPoint, MergeResult, NegationPoint, NegationTarget, SearchPoint, TaskScore
+from .task_vector import TaskVector
+
+if TYPE_CHECKING:
+    from .merging import MergeMethod
 
 
 def alpha_grid(start: float = 0.0, stop: float = 1.0, step: float = 0.05) -> list[float]:
@@ -26,38 +36,115 @@ def _mean(values) -> float:
     return float(np.mean(list(values)))
 
 
+Edit = Callable[[float], Mapping[str, float]]  # α -> coefficients of the evaluator's vectors
+
+
+def sweep(evaluator: Evaluator, edit: Edit, tasks: Sequence[str], finetuned_val: Mapping[str, float],
+          alphas: Sequence[float]) -> list[AlphaPoint]:
+    """Validation accuracy of each task under `edit(α)` for every α, normalized by `finetuned_val`
+    (each task's single-task accuracy of the same method)."""
+    curve = []
+    for alpha in alphas:
+        val = evaluator.accuracies(list(tasks), "val", edit(alpha))
+        curve.append(AlphaPoint(alpha=alpha, val_per_task=val, val_absolute=_mean(val.values()),
+                                val_normalized=_mean(val[t] / max(finetuned_val[t], 1e-12) for t in tasks)))
+    return curve
+
+
+def best_point(curve: Sequence[AlphaPoint]) -> AlphaPoint:
+    """The highest mean normalized validation accuracy; on a tie, the smaller α."""
+    return max(curve, key=lambda point: (point.val_normalized, -point.alpha))
+
+
+def _on_test(evaluator: Evaluator, coeffs: Mapping[str, float], tasks: Sequence[str],
+             finetuned_test: Mapping[str, float]) -> tuple[float, float, dict[str, TaskScore]]:
+    test = evaluator.accuracies(list(tasks), "test", coeffs)
+    per_task = {t: TaskScore(test[t], test[t] / max(finetuned_test[t], 1e-12)) for t in tasks}
+    return _mean(test.values()), _mean(s.normalized for s in per_task.values()), per_task
+
+
 def task_addition(
     evaluator: Evaluator,
     tasks: Sequence[str],
     finetuned: Mapping[str, Mapping[str, float]],
     alphas: Sequence[float],
-) -> dict:
-    """Sweep θ0 + α Σ_t τ_t; choose α on validation by mean normalized accuracy.
+) -> MergeResult:
+    """Sweep θ0 + α Σ_t τ_t over the evaluator's task vectors; choose α on validation by mean
+    normalized accuracy and report it on test. `finetuned[split][task]` is the single-task
+    accuracy of the same method (the normalizer)."""
+    started = time.perf_counter()
+    curve = sweep(evaluator, lambda a: {t: a for t in tasks}, tasks, finetuned["val"], alphas)
+    alpha = best_point(curve).alpha
+    absolute, normalized, per_task = _on_test(evaluator, {t: alpha for t in tasks}, tasks, finetuned["test"])
+    return MergeResult(alpha=alpha, absolute=absolute, normalized=normalized, per_task=per_task, settings={},
+                       seconds=round(time.perf_counter() - started, 2), curve=curve)
 
-    `finetuned[split][task]` is the single-task accuracy of the same method (the normalizer).
-    Returns the chosen α, absolute and normalized test accuracy, per-task numbers and the curve.
+
+@dataclass
+class _Candidate:
+    """The best merged direction so far for one evaluation method."""
+
+    key: str
+    settings: dict[str, Any]
+    curve: list[AlphaPoint]
+    best: AlphaPoint
+
+
+def select_merge(
+    evaluators: Mapping[EvalMethod, Evaluator],
+    vectors: Mapping[FinetuneMode, Sequence[TaskVector]],
+    method: MergeMethod,
+    grid: Sequence[Mapping[str, Any]],
+    alphas: Sequence[float],
+    tasks: Sequence[str],
+    finetuned: Mapping[str, Mapping[str, Mapping[str, float]]],
+) -> dict[str, MergeResult]:
+    """Merge the task vectors of each mode with `method` at every setting combination in `grid`,
+    sweep θ0 + α·d on validation with every evaluation method that takes that mode's vectors,
+    and report each method's best (settings, α) on test.
+
+    One merge per (mode, settings) serves all the methods of that mode (non-linear FT and
+    post-hoc linearization share the merged non-linear vector). On f_lin a whole α sweep costs
+    one Jacobian-vector product per evaluation set. `finetuned[split][method][task]` holds the
+    normalizers. Returns {evaluation method name: MergeResult}.
     """
-    curve = []
-    for alpha in alphas:
-        coeffs = {t: alpha for t in tasks}
-        val = evaluator.accuracies(list(tasks), "val", coeffs)
-        curve.append({
-            "alpha": alpha,
-            "val_per_task": val,
-            "val_absolute": _mean(val.values()),
-            "val_normalized": _mean(val[t] / max(finetuned["val"][t], 1e-12) for t in tasks),
-        })
-    best = max(curve, key=lambda point: (point["val_normalized"], -point["alpha"]))
-    alpha = best["alpha"]
-    test = evaluator.accuracies(list(tasks), "test", {s: alpha for s in tasks})
-    normalized = {t: test[t] / max(finetuned["test"][t], 1e-12) for t in tasks}
-    return {
-        "alpha": alpha,
-        "absolute": _mean(test.values()),
-        "normalized": _mean(normalized.values()),
-        "per_task": {t: {"accuracy": test[t], "normalized": normalized[t]} for t in tasks},
-        "curve": curve,
-    }
+    seconds = {m: 0.0 for m in evaluators}
+    search: dict[EvalMethod, list[SearchPoint]] = {m: [] for m in evaluators}
+    best: dict[EvalMethod, _Candidate] = {}
+    for settings in grid:
+        key = f"{method.name}({format_settings(settings)})"
+        for mode, group in vectors.items():
+            users = [m for m in evaluators if m.vectors == mode]
+            if not users:
+                continue
+            started = time.perf_counter()
+            merged = method(list(group), **settings)
+            merge_seconds = time.perf_counter() - started
+            for m in users:
+                started = time.perf_counter()
+                ev = evaluators[m]
+                ev.add_vector(key, merged)
+                curve = sweep(ev, lambda a: {key: a}, tasks, finetuned["val"][m.name], alphas)
+                point = best_point(curve)
+                search[m].append(SearchPoint(settings=dict(settings), alpha=point.alpha, val_normalized=point.val_normalized,
+                                             merge_seconds=round(merge_seconds, 3)))
+                if m not in best or point.val_normalized > best[m].best.val_normalized:
+                    if m in best:
+                        ev.drop_vector(best[m].key)
+                    best[m] = _Candidate(key, dict(settings), curve, point)
+                else:
+                    ev.drop_vector(key)
+                seconds[m] += merge_seconds + time.perf_counter() - started
+    results = {}
+    for m, chosen in best.items():
+        started = time.perf_counter()
+        ev = evaluators[m]
+        absolute, normalized, per_task = _on_test(ev, {chosen.key: chosen.best.alpha}, tasks, finetuned["test"][m.name])
+        ev.drop_vector(chosen.key)
+        seconds[m] += time.perf_counter() - started
+        results[m.name] = MergeResult(alpha=chosen.best.alpha, absolute=absolute, normalized=normalized, per_task=per_task,
+                                      settings=chosen.settings, seconds=round(seconds[m], 2), curve=chosen.curve, search=search[m])
+    return results
 
 
 def task_negation(
@@ -67,24 +154,23 @@ def task_negation(
     control_pretrained_val: float,
     alphas: Sequence[float],
     threshold: float = 0.95,
-) -> dict:
+) -> NegationTarget:
     """Sweep θ0 − α τ_target; pick the α minimizing target validation accuracy subject to
     control validation accuracy ≥ threshold × pre-trained control validation accuracy.
 
-    The control is evaluated with its own (pre-trained) head; α = 0 always satisfies the
-    constraint, so a choice always exists. Reported on test.
+    The control is evaluated with its own (pre-trained) head; when no α of the grid meets the
+    constraint the first one is taken. Reported on test.
     """
     if target == control:
         raise TaskvecError(f"negation control must differ from the target ({target!r})")
     curve = []
     for alpha in alphas:
         val = evaluator.accuracies([target, control], "val", {target: -alpha})
-        curve.append({"alpha": alpha, "target_val": val[target], "control_val": val[control]})
-    allowed = [p for p in curve if p["control_val"] >= threshold * control_pretrained_val - 1e-12] or [curve[0]]
-    best = min(allowed, key=lambda p: (p["target_val"], p["alpha"]))
-    alpha = best["alpha"]
+        curve.append(NegationPoint(alpha=alpha, target_val=val[target], control_val=val[control]))
+    allowed = [p for p in curve if p.control_val >= threshold * control_pretrained_val - 1e-12] or [curve[0]]
+    alpha = min(allowed, key=lambda p: (p.target_val, p.alpha)).alpha
     test = evaluator.accuracies([target, control], "test", {target: -alpha})
-    return {"alpha": alpha, "control_task": control, "target": test[target], "control": test[control], "curve": curve}
+    return NegationTarget(alpha=alpha, control_task=control, target=test[target], control=test[control], curve=curve)
 
 
 def negation_control(target: str, tasks: Sequence[str], control: str | None) -> str:

@@ -9,18 +9,16 @@ its features are cached so that a sweep never recomputes an edit it has seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Mapping
 
 import torch
 
 from .errors import TaskvecError
+from .kinds import EVAL_METHODS, EvalMethod
 from .linearize import jvp
 from .models.base import Backbone, Batch
 from .models.heads import ClassificationHead
 from .task_vector import TaskVector, base_identity
-
-Method = Literal["pretrained", "nonlinear", "posthoc", "linear"]
-METHODS: tuple[str, ...] = ("nonlinear", "posthoc", "linear")
 
 
 @dataclass
@@ -70,11 +68,13 @@ def _key(coeffs: Mapping[str, float]) -> tuple:
 
 
 class Evaluator:
-    """Accuracy of θ0 + Σ α_t τ_t on any (task, split), for one method.
+    """Accuracy of θ0 + Σ α_t τ_t on any (task, split), for one evaluation method.
 
-    method "nonlinear": the vectors edit f.  "posthoc": non-linear vectors edit f_lin.
-    "linear": vectors from linearized fine-tuning edit f_lin. Pre-trained features are shared
-    between evaluators through `pretrained_cache` so θ0 is encoded once per evaluation set.
+    The method (a registered `EvalMethod` or its name) says which mode's vectors it takes and
+    whether they edit f or f_lin (non-linear FT, post-hoc linearization, linearized FT). The
+    vectors are keyed by name: a task, or any direction added later (`add_vector`), such as a
+    merged vector. Pre-trained features are shared between evaluators through
+    `pretrained_cache` so θ0 is encoded once per evaluation set.
 
     For the linearized methods, vectors sharing one α are combined before the product:
     J (Σ_t τ_t) is one JVP per evaluation set, so a whole addition sweep costs one JVP per set
@@ -87,27 +87,44 @@ class Evaluator:
         heads: Mapping[str, ClassificationHead],
         sets: Mapping[tuple[str, str], EvalSet],
         vectors: Mapping[str, TaskVector],
-        method: Method,
+        method: EvalMethod | str,
         *,
         chunk: int = 256,
         device: str | torch.device = "cpu",
         pretrained_cache: dict | None = None,
     ):
-        if method not in METHODS:
-            raise TaskvecError(f"unknown method {method!r}; expected one of {METHODS}")
-        expected_mode = "linear" if method == "linear" else "nonlinear"
-        identity = base_identity(base) if vectors else None
-        for task, vector in vectors.items():
-            if vector.mode != expected_mode:
-                raise TaskvecError(f"method {method} needs {expected_mode} task vectors; {task!r} is {vector.mode}")
-            if vector.base != identity:  # the JVP path never builds an edited model, so check here
-                raise TaskvecError(f"task vector {task!r} was made from base {vector.base}, not from this model {identity}")
-        self.base, self.heads, self.sets, self.vectors = base, heads, sets, vectors
-        self.method, self.chunk, self.device = method, chunk, device
+        self.method = EVAL_METHODS.get(method)
+        self.base, self.heads, self.sets, self.vectors = base, heads, sets, dict(vectors)
+        self.chunk, self.device = chunk, device
+        for key, vector in self.vectors.items():
+            self._check_vector(key, vector)
         self.pretrained = pretrained_cache if pretrained_cache is not None else {}
         self._logits: dict[tuple, torch.Tensor] = {}  # (edit key, task, split) -> logits (non-linear)
         self._jvps: dict[tuple, torch.Tensor] = {}  # (vector tasks (sorted tuple), task, split) -> J Σ τ
         self.forward_passes = 0  # evaluation-set encodings actually computed (for benchmarks)
+
+    def _check_vector(self, key: str, vector: TaskVector) -> None:
+        method = self.method
+        if method.vectors is None:
+            raise TaskvecError(f"method {method.name} evaluates θ0 alone; it takes no task vectors")
+        if vector.mode != method.vectors:
+            raise TaskvecError(f"method {method.name} needs {method.vectors.name} task vectors; {key!r} is {vector.mode.name}")
+        identity = base_identity(self.base)
+        if vector.base != identity:  # the JVP path never builds an edited model, so check here
+            raise TaskvecError(f"task vector {key!r} was made from base {vector.base}, not from this model {identity}")
+
+    def add_vector(self, key: str, vector: TaskVector) -> None:
+        """Make another direction (e.g. a merged vector) available to edits under `key`."""
+        if key in self.vectors:
+            raise TaskvecError(f"the evaluator already holds a vector {key!r}")
+        self._check_vector(key, vector)
+        self.vectors[key] = vector
+
+    def drop_vector(self, key: str) -> None:
+        """Forget a direction and everything cached for edits that use it (frees its memory)."""
+        self.vectors.pop(key, None)
+        self._jvps = {k: v for k, v in self._jvps.items() if key not in k[0]}
+        self._logits = {k: v for k, v in self._logits.items() if key not in (t for t, _ in k[0])}
 
     def _set(self, task: str, split: str) -> EvalSet:
         if (task, split) not in self.sets:
@@ -152,7 +169,7 @@ class Evaluator:
         key = self._check(coeffs)
         if not key:
             return {t: self.heads[t](self.pretrained_features(t, split)) for t in tasks}
-        if self.method == "nonlinear":
+        if not self.method.linearized:
             missing = [t for t in tasks if (key, t, split) not in self._logits]
             if missing:
                 edited = self.edited_model(coeffs)
@@ -201,7 +218,7 @@ class Evaluator:
             combined = scaled if combined is None else combined + scaled
         if combined is None:
             return self.base
-        return combined.apply_to(self.base, 1.0, linearized=self.method != "nonlinear")
+        return combined.apply_to(self.base, 1.0, linearized=self.method.linearized)
 
     def accuracy(self, task: str, split: str, coeffs: Mapping[str, float]) -> float:
         return accuracy(self.logits(task, split, coeffs), self._set(task, split).labels)

@@ -75,3 +75,14 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise TaskvecError(f"corrupt or unreadable safetensors file {path}: {exc}") from None
     return tensors, metadata
+
+
+def check_tensors(path: str | Path) -> dict[str, Any]:
+    """The metadata of a safetensors file, after checking its header covers the whole file
+    (a truncated or foreign file is a TaskvecError) without reading the tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw_meta = handle.metadata() or {}
+        return {key: json.loads(value) for key, value in raw_meta.items()}
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise TaskvecError(f"corrupt or unreadable safetensors file {path}: {exc}") from None

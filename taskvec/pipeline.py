@@ -1,31 +1,44 @@
-"""The stages of `taskvec run`, top to bottom. Each stage writes a file in the run directory;
-a stage whose file exists is skipped, so a second run reuses the fine-tuned vectors."""
+"""`taskvec run`: the benchmark's stage graph, and the context its stages compute with.
+
+`build_graph(cfg, run_dir)` declares every stage (heads, one fine-tune per task and mode, the
+single-task evaluation, one stage per merge method, negation, the analyses, the report);
+`taskvec run` executes it and `taskvec run --dry-run` prints it (taskvec.plan), so the two can
+not drift. A stage whose outputs exist (made with the same settings) is skipped, so a second
+run reuses the fine-tuned vectors and everything else that is done.
+"""
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from .config import RunConfig, to_dict
+from .config import CHANGEABLE_SETTINGS, RunConfig, from_dict, to_dict
 from .distributed import barrier, cleanup, device_for, init_from_env, is_main, main_first, shard_units
-from .edits import alpha_grid, negation_control, task_addition, task_negation
+from .edits import negation_control, select_merge, task_negation
 from .errors import TaskvecError
-from .evaluate import METHODS, EvalSet, Evaluator, encode
-from .io import load_tensors, read_json, save_tensors, write_json
+from .evaluate import EvalSet, Evaluator, encode
+from .io import check_tensors, load_tensors, read_json, save_tensors, write_json
+from .kinds import FINETUNE_MODES, PRETRAINED, EvalMethod, FinetuneMode, editing_methods
+from .merging import MERGE_METHODS, TASK_ARITHMETIC
 from .models import Backbone, Batch, build_backbone
 from .models.heads import ClassificationHead, prototype_head, probe_head, text_head
+from .results import (Disentanglement, MergeResult, NegationResult, NegationTarget, NtkResult, RandomInitResult, RunResults,
+                      SingleTask, Timing)
+from .stages import Graph, Outcome, Stage, execute
 from .task_vector import TaskVector, base_identity
 from .tasks import Task, get_task, make_splits
 from .train import finetune
 
 SPLITS = ("train", "val", "test")
-VECTOR_MODE = {"nonlinear": "nonlinear", "posthoc": "nonlinear", "linear": "linear"}
 Log = Callable[[str], None]
 
+
+# ----- tasks and heads -------------------------------------------------------------------------
 
 @dataclass
 class PreparedTask:
@@ -70,169 +83,215 @@ def build_head(backbone: Backbone, prepared: PreparedTask, cfg: RunConfig) -> Cl
     return probe_head(features, train.labels, task.num_classes, seed=cfg.data.seed)
 
 
-CHANGEABLE_SETTINGS = {"analysis", "threads"}  # config keys that leave fine-tuning and edits unchanged
+# ----- the run directory -----------------------------------------------------------------------
 
+class RunDir:
+    """Every path of a run directory, in one place."""
 
-class Run:
-    """A run directory: the config it was made with and one file per finished stage."""
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
 
-    def __init__(self, cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True):
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
-        self.log: Log = log if is_main() else (lambda message: None)
-        self.device = device_for(cfg.device)  # this rank's GPU under torchrun
-        self.stage_seconds: dict[str, float | None] = {}
-        self.out.mkdir(parents=True, exist_ok=True)
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
 
-    def check_config(self) -> None:
-        """Refuse a run directory made with settings that change its results. The analyses and the
-        thread count may change: `taskvec run --analyses` on a finished run adds the analyses."""
-        path = self.out / "config.json"
-        current = to_dict(self.cfg)
-        if path.exists():
-            saved = read_json(path)
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    def head(self, task: str) -> Path:
+        return self.root / "heads" / f"{task}.safetensors"
+
+    def vector(self, task: str, mode: FinetuneMode) -> Path:
+        return self.root / "vectors" / f"{task}.{mode.name}.safetensors"
+
+    def checkpoint(self, task: str, mode: FinetuneMode) -> Path:
+        return self.root / "checkpoints" / f"{task}.{mode.name}.safetensors"
+
+    def stage(self, key: str) -> Path:
+        return self.root / "stages" / f"{key}.json"
+
+    def nested(self, name: str) -> "RunDir":
+        return RunDir(self.root / name)
+
+    def check_config(self, cfg: RunConfig) -> None:
+        """Refuse a run directory made with settings that change its results. Some settings may
+        change (CHANGEABLE_SETTINGS): the stages they feed record them and are redone."""
+        current = to_dict(cfg)
+        if self.config.exists():
+            try:
+                saved = to_dict(from_dict(RunConfig, read_json(self.config)))
+            except TaskvecError as exc:
+                raise TaskvecError(f"{self.root} holds a run this taskvec cannot read ({exc}); use another --out") from None
             changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             if set(changed) - CHANGEABLE_SETTINGS:
-                raise TaskvecError(f"{self.out} holds a run of a different config (differs in: {', '.join(changed)}); use another --out")
+                raise TaskvecError(f"{self.root} holds a run of a different config (differs in: {', '.join(changed)}); use another --out")
             if changed and is_main():
-                write_json(path, current)
+                write_json(self.config, current)
         elif is_main():
-            write_json(path, current)
+            write_json(self.config, current)
 
-    def stage(self, name: str, compute: Callable[[], dict], settings: dict | None = None) -> dict:
-        """Compute a stage once; its file is reused unless the `settings` it was made with changed.
 
-        The file keeps the result with the settings and the seconds it took, so that a resumed
-        run still reports where its time went (`stage_seconds`).
-        """
-        path = self.out / "stages" / f"{name}.json"
-        if path.exists():
-            saved = read_json(path)
-            if saved.get("stage") != name:  # written before stage files carried settings and times
-                saved = {"stage": name, "settings": None, "seconds": None, "result": saved}
-            if saved["settings"] == settings:
-                self.log(f"[skip] {name}: found {path}")
-                self.stage_seconds[name] = saved["seconds"]
-                return saved["result"]
-            self.log(f"[redo] {name}: its settings changed since {path}")
-        started = time.perf_counter()
-        result = compute()
-        seconds = round(time.perf_counter() - started, 1)
-        write_json(path, {"stage": name, "settings": settings, "seconds": seconds, "result": result})
-        self.stage_seconds[name] = seconds
-        self.log(f"[done] {name} in {seconds:.1f}s")
-        return result
+# ----- what stages compute with ----------------------------------------------------------------
 
-    def head(self, backbone: Backbone, prepared: PreparedTask) -> ClassificationHead:
-        path = self.out / "heads" / f"{prepared.task.name}.safetensors"
-        identity = base_identity(backbone)
+@dataclass(frozen=True)
+class Roles:
+    """The tasks of a run and the part each plays."""
+
+    tasks: list[str]
+    targets: list[str]  # negation targets
+    controls: dict[str, str]  # negation target -> control task
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "Roles":
+        tasks = list(cfg.tasks)
+        targets = list(cfg.negation.targets or tasks)
+        return cls(tasks, targets, {t: negation_control(t, tasks, cfg.negation.control) for t in targets})
+
+    @property
+    def extra(self) -> list[str]:
+        """Control tasks that are not among the tasks (evaluated, never fine-tuned)."""
+        return sorted(set(self.controls.values()) - set(self.tasks))
+
+    @property
+    def names(self) -> list[str]:
+        return self.tasks + self.extra
+
+
+class RunContext:
+    """Everything stages compute with, built on first use: the backbone, the prepared tasks,
+    heads, task vectors and evaluators. A run whose stages are all done builds none of it."""
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, log: Log = print, progress: bool = True):
+        self.cfg, self.dir, self.progress = cfg, run_dir, progress
+        self.roles = Roles.of(cfg)
+        self.log: Log = log if is_main() else (lambda message: None)
+        self.device = device_for(cfg.device)  # this rank's GPU under torchrun
+        self.outcome = Outcome()
+        self.started = time.perf_counter()
+        self._prepared: dict[str, PreparedTask] = {}
+        self._heads: dict[str, ClassificationHead] = {}
+        self._vectors: dict[tuple[str, FinetuneMode], TaskVector] = {}
+        self._evaluators: dict[EvalMethod, Evaluator] = {}
+        self._pretrained_features: dict = {}  # θ0's features per evaluation set, shared by the evaluators
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return self.outcome.results
+
+    @cached_property
+    def backbone(self) -> Backbone:
+        torch.manual_seed(self.cfg.data.seed)  # random init, if asked for, is reproducible
+        return build_backbone(self.cfg.backbone, init=self.cfg.init, **self.cfg.backbone_options)
+
+    def prepared(self, name: str) -> PreparedTask:
+        if name not in self._prepared:
+            self._prepared.update(prepare_tasks(self.backbone, [name], self.cfg))
+        return self._prepared[name]
+
+    def head(self, name: str) -> ClassificationHead:
+        """The task's frozen head: read from the run directory, else built on θ0 and saved."""
+        if name in self._heads:
+            return self._heads[name]
+        path, identity = self.dir.head(name), base_identity(self.backbone)
         if path.exists():
             tensors, meta = load_tensors(path)
             if meta.get("base") != identity:
                 raise TaskvecError(f"head {path} was built for another base model; use another --out")
-            return ClassificationHead(tensors["weight"], meta["scale"])
-        head = build_head(backbone, prepared, self.cfg)
-        save_tensors(path, {"weight": head.weight}, {"base": identity, "task": prepared.task.name, "scale": head.scale, "kind": self.cfg.head.kind})
+            head = ClassificationHead(tensors["weight"], meta["scale"])
+        else:
+            head = build_head(self.backbone, self.prepared(name), self.cfg)
+            if is_main():
+                save_tensors(path, {"weight": head.weight}, {"base": identity, "task": name, "scale": head.scale, "kind": self.cfg.head.kind})
+        self._heads[name] = head
         return head
 
-    def vector(self, backbone: Backbone, head: ClassificationHead, prepared: PreparedTask, mode: str) -> TaskVector:
-        name = prepared.task.name
-        path = self.out / "vectors" / f"{name}.{mode}.safetensors"
-        if path.exists():
+    def vector(self, task: str, mode: FinetuneMode) -> TaskVector:
+        """The task vector of a finished fine-tune (its stage must have run)."""
+        key = (task, mode)
+        if key not in self._vectors:
+            path = self.dir.vector(task, mode)
             vector = TaskVector.load(path)
-            if vector.base != base_identity(backbone):
+            if vector.base != base_identity(self.backbone):
                 raise TaskvecError(f"task vector {path} was made from another base model; use another --out")
-            self.log(f"[skip] fine-tune {name} ({mode}): found {path}")
-            return vector
-        train = prepared.sets["train"]
-        cfg = self.cfg.train.for_task(mode, name, len(train))
-        checkpoint = self.out / "checkpoints" / f"{name}.{mode}.safetensors"
-        vector = finetune(backbone, head, train.inputs, train.labels, mode=mode, cfg=cfg, task=name,
-                          checkpoint=checkpoint, device=self.device, progress=self.progress and is_main())
+            self._vectors[key] = vector
+        return self._vectors[key]
+
+    def finetune(self, task: str, mode: FinetuneMode) -> TaskVector:
+        """Fine-tune one task in one mode (resumable from its checkpoint) and save the vector."""
+        train = self.prepared(task).sets["train"]
+        checkpoint = self.dir.checkpoint(task, mode)
+        vector = finetune(self.backbone, self.head(task), train.inputs, train.labels, mode=mode,
+                          cfg=self.cfg.train.for_task(mode, task, len(train)), task=task, checkpoint=checkpoint,
+                          device=self.device, progress=self.progress and is_main())
         if is_main():  # under torchrun every rank holds the same vector; one writes it
-            vector.save(path)
+            vector.save(self.dir.vector(task, mode))
             checkpoint.unlink(missing_ok=True)
         barrier()
-        self.log(f"[done] fine-tune {name} ({mode}) in {vector.info.get('seconds')}s, last loss {vector.info.get('last_loss')}")
+        self._vectors[(task, mode)] = vector
+        self.log(f"fine-tuned {task} ({mode.label}) in {vector.info.get('seconds')}s, last loss {vector.info.get('last_loss')}")
         return vector
 
+    def evaluator(self, method: EvalMethod) -> Evaluator:
+        """One evaluator per method over every task's val and test sets (θ0 features shared)."""
+        if method not in self._evaluators:
+            names = self.roles.names
+            heads = {n: self.head(n) for n in names}
+            sets = {(n, split): self.prepared(n).sets[split] for n in names for split in ("val", "test")}
+            vectors = {t: self.vector(t, method.vectors) for t in self.roles.tasks} if method.vectors else {}
+            self._evaluators[method] = Evaluator(self.backbone, heads, sets, vectors, method, chunk=self.cfg.eval.chunk,
+                                                 device=self.device, pretrained_cache=self._pretrained_features)
+        return self._evaluators[method]
 
-def single_task_results(evaluators: dict[str, Evaluator], tasks: list[str], controls: list[str]) -> dict:
+
+# ----- the stages' computations ------------------------------------------------------------------
+
+def run_modes(cfg: RunConfig) -> list[FinetuneMode]:
+    """The fine-tuning modes a run trains (every registered mode has a [train.<mode>] table)."""
+    return [FINETUNE_MODES.get(name) for name in cfg.train.modes]
+
+
+def single_task_results(ctx: RunContext) -> SingleTask:
     """Accuracy of each single-task model (α = 1), and of θ0 on the tasks and the controls."""
-    pre = next(iter(evaluators.values()))
-    result = {split: {"pretrained": {t: pre.accuracy(t, split, {}) for t in tasks + controls}} for split in ("val", "test")}
-    for method, ev in evaluators.items():
+    tasks, names = ctx.roles.tasks, ctx.roles.names
+    pre = ctx.evaluator(PRETRAINED)
+    splits = {split: {PRETRAINED.name: {t: pre.accuracy(t, split, {}) for t in names}} for split in ("val", "test")}
+    for method in editing_methods(run_modes(ctx.cfg)):
+        ev = ctx.evaluator(method)
         for split in ("val", "test"):
-            result[split][method] = {t: ev.accuracy(t, split, {t: 1.0}) for t in tasks}
-    return result
+            splits[split][method.name] = {t: ev.accuracy(t, split, {t: 1.0}) for t in tasks}
+    return SingleTask(val=splits["val"], test=splits["test"])
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True, shard: tuple[int, int] | None = None) -> dict:
-    """Every stage of the benchmark; returns the results written to out/results.json.
-
-    Under torchrun every rank fine-tunes together (DistributedDataParallel over the global
-    batch) and rank 0 alone evaluates and writes. `shard=(i, n)` fine-tunes only the i-th of n
-    shares of the (task, mode) units and stops: several processes (one per GPU) can fill one run
-    directory, and a final unsharded run then skips their vectors and evaluates.
-    """
-    init_from_env()
-    try:
-        return _run_pipeline(cfg, out, log, progress, shard)
-    finally:
-        cleanup()
+def merge_results(ctx: RunContext, name: str, grid: list[dict], alphas: list[float]) -> dict[str, MergeResult]:
+    """One merge method, chosen on validation, for every evaluation method of the run."""
+    single: SingleTask = ctx.results["single_task"]
+    modes = run_modes(ctx.cfg)
+    methods = editing_methods(modes)
+    return select_merge({m: ctx.evaluator(m) for m in methods}, {mode: [ctx.vector(t, mode) for t in ctx.roles.tasks] for mode in modes},
+                        MERGE_METHODS.get(name), grid, alphas, ctx.roles.tasks, {"val": single.val, "test": single.test})
 
 
-def _run_pipeline(cfg: RunConfig, out: str | Path, log: Log, progress: bool, shard: tuple[int, int] | None) -> dict:
-    from .plan import finetune_units
-    from .report import write_report
+def negation_stage(ctx: RunContext) -> dict[str, dict[str, NegationTarget]]:
+    single: SingleTask = ctx.results["single_task"]
+    roles, alphas = ctx.roles, ctx.cfg.eval.alphas()
+    return {m.name: {t: task_negation(ctx.evaluator(m), t, roles.controls[t], single.val[PRETRAINED.name][roles.controls[t]], alphas,
+                                      ctx.cfg.negation.threshold) for t in roles.targets}
+            for m in editing_methods(run_modes(ctx.cfg))}
 
-    started = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run = Run(cfg, out, log, progress)
-    run.check_config()
-    torch.manual_seed(cfg.data.seed)  # random init, if asked for, is reproducible
-    backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
-    tasks = list(cfg.tasks)
-    targets = list(cfg.negation.targets or tasks)
-    controls = {t: negation_control(t, tasks, cfg.negation.control) for t in targets}
-    names = tasks + sorted(set(controls.values()) - set(tasks))
-    run.log(f"backbone {cfg.backbone} ({cfg.init}); tasks {tasks}; negation controls {controls}")
 
-    units = finetune_units(cfg) if shard is None else shard_units(finetune_units(cfg), *shard)
-    needed = names if shard is None else sorted({task for task, _ in units})
-    prepared = prepare_tasks(backbone, needed, cfg)
-    with main_first():  # rank 0 builds and caches the heads, the others read them
-        heads = {name: run.head(backbone, prepared[name]) for name in needed}
-    vectors: dict[str, dict[str, TaskVector]] = {"nonlinear": {}, "linear": {}}
-    for task, mode in units:
-        vectors[mode][task] = run.vector(backbone, heads[task], prepared[task], mode)
-    if shard is not None or not is_main():
-        run.log(f"fine-tuned {len(units)} (task, mode) units" + (f" of shard {shard[0]}/{shard[1]}" if shard else ""))
-        return {}
-
-    sets = {(name, split): prepared[name].sets[split] for name in names for split in ("val", "test")}
-    shared: dict = {}
-    evaluators = {m: Evaluator(backbone, heads, sets, vectors[VECTOR_MODE[m]], m, chunk=cfg.eval.chunk, device=run.device, pretrained_cache=shared) for m in METHODS}
-    alphas = alpha_grid(cfg.eval.alpha_start, cfg.eval.alpha_stop, cfg.eval.alpha_step)
-
-    single = run.stage("single_task", lambda: single_task_results(evaluators, tasks, names[len(tasks):]))
-    addition = run.stage("addition", lambda: {
-        m: task_addition(ev, tasks, {s: single[s][m] for s in ("val", "test")}, alphas) for m, ev in evaluators.items()})
-    negation = run.stage("negation", lambda: {
-        m: {t: task_negation(ev, t, controls[t], single["val"]["pretrained"][controls[t]], alphas, cfg.negation.threshold) for t in targets}
-        for m, ev in evaluators.items()})
-
-    results = assemble_results(cfg, single, addition, negation, tasks, targets, controls)
-    results.update(run_analyses(run, backbone, heads, prepared, evaluators, controls))
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    results["timing"] = {
-        "finetune": {f"{task}.{mode}": vectors[mode][task].info.get("seconds") for task, mode in units},
-        "stages": dict(run.stage_seconds),
-    }
-    write_json(run.out / "results.json", results)
-    write_report(results, run.out)
-    run.log(f"wrote {run.out / 'results.json'} and {run.out / 'report.md'}")
-    return results
+def negation_table(single: SingleTask, per_method: dict[str, dict[str, NegationTarget]], roles: Roles) -> dict[str, NegationResult]:
+    """Table 2: θ0's row and each method's mean target and control accuracy over the targets."""
+    pre = single.test[PRETRAINED.name]
+    rows = {PRETRAINED.name: {t: NegationTarget(alpha=0.0, control_task=roles.controls[t], target=pre[t], control=pre[roles.controls[t]])
+                              for t in roles.targets}}
+    rows.update(per_method)
+    return {m: NegationResult(target=_mean(r[t].target for t in roles.targets), control=_mean(r[t].control for t in roles.targets), per_task=r)
+            for m, r in rows.items()}
 
 
 def _mean(values) -> float:
@@ -240,57 +299,16 @@ def _mean(values) -> float:
     return sum(values) / len(values)
 
 
-def assemble_results(cfg: RunConfig, single: dict, addition: dict, negation: dict, tasks: list[str], targets: list[str], controls: dict) -> dict:
-    """The results.json layout: single_task[method][task], addition[method], negation[method]."""
-    pre_test = single["test"]["pretrained"]
-    neg = {"pretrained": {
-        "target": _mean(pre_test[t] for t in targets),
-        "control": _mean(pre_test[controls[t]] for t in targets),
-        "per_task": {t: {"target": pre_test[t], "control": pre_test[controls[t]], "control_task": controls[t], "alpha": 0.0} for t in targets},
-    }}
-    for m, per_target in negation.items():
-        neg[m] = {
-            "target": _mean(per_target[t]["target"] for t in targets),
-            "control": _mean(per_target[t]["control"] for t in targets),
-            "per_task": per_target,
-        }
-    add = {"pretrained": {"alpha": 0.0, "absolute": _mean(pre_test[t] for t in tasks), "normalized": None,
-                          "per_task": {t: {"accuracy": pre_test[t], "normalized": None} for t in tasks}}}
-    add.update(addition)
-    return {
-        "config": to_dict(cfg),
-        "tasks": tasks,
-        "single_task": {m: {t: single["test"][m][t] for t in tasks} for m in single["test"]},
-        "single_task_val": {m: {t: single["val"][m][t] for t in tasks} for m in single["val"]},
-        "addition": add,
-        "negation": neg,
-    }
-
-
-# ----- analyses (the paper's Fig. 3, Fig. 6 and Table 3) -------------------------------------
-
-def run_analyses(run: Run, backbone: Backbone, heads: dict, prepared: dict[str, PreparedTask],
-                 evaluators: dict[str, Evaluator], controls: dict[str, str]) -> dict:
-    """The analyses switched on in cfg.analysis, each a cached stage; results under their keys."""
-    a, tasks, out = run.cfg.analysis, list(run.cfg.tasks), {}
-    if a.disentanglement:
-        pairs = [(tasks[2 * i], tasks[2 * i + 1]) for i in range(min(a.disentanglement_pairs, len(tasks) // 2))]
-        settings = {"pairs": [list(p) for p in pairs], **{k: getattr(a, k) for k in DISENTANGLEMENT_SETTINGS}}
-        out["disentanglement"] = run.stage("disentanglement", lambda: disentanglement_results(evaluators, pairs, run.cfg, run.progress), settings)
-    if a.ntk:
-        train_task = tasks[0]
-        control = controls.get(train_task) or tasks[1]
-        settings = {"train_task": train_task, "control_task": control, "examples": a.ntk_examples, "eigenfunctions": a.ntk_eigenfunctions}
-        out["ntk"] = run.stage("ntk", lambda: ntk_results(backbone, heads, prepared, train_task, control, run.cfg, progress=run.progress), settings)
-    if a.random_init and run.cfg.init == "pretrained":
-        out["random_init"] = run.stage("random_init", lambda: random_init_results(run))
-    return out
+def disentanglement_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Task pairs of the ξ heatmaps, in config order: (t0, t1), (t2, t3), ..."""
+    tasks = list(cfg.tasks)
+    return [(tasks[2 * i], tasks[2 * i + 1]) for i in range(min(cfg.analysis.disentanglement_pairs, len(tasks) // 2))]
 
 
 DISENTANGLEMENT_SETTINGS = ("disentanglement_min", "disentanglement_max", "disentanglement_step", "disentanglement_examples")
 
 
-def _disentanglement(ev: Evaluator, task1: str, task2: str, cfg: RunConfig, split: str, progress: bool) -> dict:
+def _disentanglement(ev: Evaluator, task1: str, task2: str, cfg: RunConfig, split: str, progress: bool) -> Disentanglement:
     """ξ on the grid and example count of cfg.analysis."""
     from .analysis import disentanglement_error, disentanglement_grid
 
@@ -300,46 +318,48 @@ def _disentanglement(ev: Evaluator, task1: str, task2: str, cfg: RunConfig, spli
                                  seed=cfg.data.seed, progress=progress)
 
 
-def disentanglement_results(evaluators: dict[str, Evaluator], pairs: list[tuple[str, str]], cfg: RunConfig, progress: bool) -> dict:
-    return {f"{t1}+{t2}": {m: _disentanglement(ev, t1, t2, cfg, "val", progress) for m, ev in evaluators.items()}
-            for t1, t2 in pairs}
+def disentanglement_stage(ctx: RunContext) -> dict[str, dict[str, Disentanglement]]:
+    methods = editing_methods(run_modes(ctx.cfg))
+    return {f"{t1}+{t2}": {m.name: _disentanglement(ctx.evaluator(m), t1, t2, ctx.cfg, "val", ctx.progress) for m in methods}
+            for t1, t2 in disentanglement_pairs(ctx.cfg)}
 
 
 def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, posthoc: bool = False, split: str = "val",
-                               progress: bool = True) -> dict[str, dict]:
+                               progress: bool = True) -> dict[str, Disentanglement]:
     """ξ heatmaps for the task vectors of two tasks, on the config's backbone and data.
 
-    Non-linear vectors give the "nonlinear" method (and "posthoc" if asked), linearized ones the
-    "linear" method; each mode present must hold one vector for each of the same two tasks.
-    Grid and example count come from cfg.analysis. Returns {method: disentanglement_error(...)}.
+    Each mode's vectors are evaluated by the method of that mode (non-linear vectors on f,
+    linearized ones on f_lin) and, with `posthoc`, non-linear vectors also on f_lin; each mode
+    present must hold one vector for each of the same two tasks. Grid and example count come
+    from cfg.analysis. Returns {method name: Disentanglement}.
     """
-    by_mode: dict[str, dict[str, TaskVector]] = {}
+    by_mode: dict[FinetuneMode, dict[str, TaskVector]] = {}
     for vector in vectors:
         if len(vector.tasks) != 1:
             raise TaskvecError(f"disentanglement needs single-task vectors; got one of {list(vector.tasks)}")
         (task,) = vector.tasks
         if task in by_mode.setdefault(vector.mode, {}):
-            raise TaskvecError(f"two {vector.mode} task vectors for task {task!r}")
+            raise TaskvecError(f"two {vector.mode.name} task vectors for task {task!r}")
         by_mode[vector.mode][task] = vector
-    pairs = {mode: sorted(group) for mode, group in by_mode.items()}
+    pairs = {mode.name: sorted(group) for mode, group in by_mode.items()}
     for mode, tasks in pairs.items():
         if len(tasks) != 2:
             raise TaskvecError(f"disentanglement needs the vectors of exactly two tasks per mode; {mode} vectors are for {tasks}")
     if len(set(map(tuple, pairs.values()))) > 1:
-        raise TaskvecError(f"non-linear and linear vectors are for different tasks: {pairs}")
-    if posthoc and "nonlinear" not in by_mode:
+        raise TaskvecError(f"the modes' vectors are for different tasks: {pairs}")
+    methods = [m for m in editing_methods(list(by_mode)) if posthoc or not m.post_hoc]
+    if posthoc and not any(m.post_hoc for m in methods):
         raise TaskvecError("--posthoc needs non-linear task vectors")
     tasks = list(dict.fromkeys(v.tasks[0] for v in vectors))  # α1 is the first vector's task
     backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
     prepared = prepare_tasks(backbone, tasks, cfg)
     heads = {t: build_head(backbone, prepared[t], cfg) for t in tasks}
     sets = {(t, split): prepared[t].sets[split] for t in tasks}
-    methods = [m for m in METHODS if VECTOR_MODE[m] in by_mode and (m != "posthoc" or posthoc)]
     shared: dict = {}
     results = {}
     for method in methods:
-        ev = Evaluator(backbone, heads, sets, by_mode[VECTOR_MODE[method]], method, chunk=cfg.eval.chunk, device=cfg.device, pretrained_cache=shared)
-        results[method] = _disentanglement(ev, tasks[0], tasks[1], cfg, split, progress)
+        ev = Evaluator(backbone, heads, sets, by_mode[method.vectors], method, chunk=cfg.eval.chunk, device=cfg.device, pretrained_cache=shared)
+        results[method.name] = _disentanglement(ev, tasks[0], tasks[1], cfg, split, progress)
     return results
 
 
@@ -350,7 +370,7 @@ def _ntk_samples(prepared: PreparedTask, n: int, seed: int) -> Batch:
 
 
 def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTask], train_task: str, control: str, cfg: RunConfig,
-                random_init: bool = True, progress: bool = False) -> dict:
+                random_init: bool = True, progress: bool = False) -> NtkResult:
     """NTK eigenfunction localization (Fig. 6) of the given model and (if `random_init`) a randomly
     initialized one of the same architecture, each with a head of the training task built on its
     own features."""
@@ -365,21 +385,210 @@ def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTas
         torch.manual_seed(cfg.data.seed)
         random_backbone = build_backbone(cfg.backbone, init="random", **cfg.backbone_options)
         models["random init"] = Classifier(random_backbone, build_head(random_backbone, prepared[train_task], cfg))
-    return {"train_task": train_task, "control_task": control,
-            "models": {label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1,
-                                                      progress=progress)
-                       for label, model in models.items()}}
+    return NtkResult(train_task=train_task, control_task=control,
+                     models={label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1,
+                                                     progress=progress)
+                             for label, model in models.items()})
 
 
-def random_init_results(run: Run) -> dict:
-    """Table 3: the same pipeline from a randomly initialized backbone (no analyses)."""
-    cfg = dataclasses.replace(run.cfg, name=f"{run.cfg.name}-random-init", init="random",
-                              analysis=dataclasses.replace(run.cfg.analysis, disentanglement=False, ntk=False, random_init=False))
-    results = _run_pipeline(cfg, run.out / "random_init", run.log, run.progress, None)
-    tasks = results["tasks"]
-    return {
-        "run_dir": "random_init",
-        "single_task": {m: _mean(results["single_task"][m][t] for t in tasks) for m in ("pretrained", "nonlinear", "linear")},
-        "multi_task": {m: results["addition"][m]["absolute"] for m in ("nonlinear", "linear")},
-        "alpha": {m: results["addition"][m]["alpha"] for m in ("nonlinear", "linear")},
-    }
+def ntk_tasks(cfg: RunConfig) -> tuple[str, str]:
+    """The NTK's training task (the first task) and control (its negation control)."""
+    roles = Roles.of(cfg)
+    train = roles.tasks[0]
+    return train, roles.controls.get(train) or roles.tasks[1]
+
+
+def ntk_stage(ctx: RunContext) -> NtkResult:
+    train, control = ntk_tasks(ctx.cfg)
+    return ntk_results(ctx.backbone, {train: ctx.head(train)}, {n: ctx.prepared(n) for n in (train, control)}, train, control, ctx.cfg,
+                       progress=ctx.progress)
+
+
+def random_init_config(cfg: RunConfig) -> RunConfig:
+    """Table 3's run: the same benchmark from a randomly initialized backbone, task arithmetic
+    only, no analyses."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}-random-init", init="random",
+                               merge=dataclasses.replace(cfg.merge, methods=(TASK_ARITHMETIC.name,), grids={}),
+                               analysis=dataclasses.replace(cfg.analysis, disentanglement=False, ntk=False, random_init=False))
+
+
+def random_init_stage(ctx: RunContext) -> RandomInitResult:
+    results = run_graph(random_init_config(ctx.cfg), ctx.dir.nested("random_init"), ctx.log, ctx.progress)
+    assert results is not None  # rank 0 runs this stage
+    addition = results.merge[TASK_ARITHMETIC.name]
+    editing = [m for m in editing_methods(run_modes(ctx.cfg)) if not m.post_hoc]  # Table 3: each mode on its own model
+    return RandomInitResult(
+        run_dir="random_init",
+        single_task={m.name: results.mean_single(m) for m in [PRETRAINED, *editing]},
+        multi_task={m.name: addition[m.name].absolute for m in editing},
+        alpha={m.name: addition[m.name].alpha for m in editing},
+    )
+
+
+def assemble_results(ctx: RunContext) -> RunResults:
+    """The typed results of every stage, as results.json holds them."""
+    r, cfg = ctx.results, ctx.cfg
+    single: SingleTask = r["single_task"]
+    return RunResults(
+        config=to_dict(cfg),
+        tasks=list(ctx.roles.tasks),
+        single_task=single,
+        merge={name: r[f"merge/{name}"] for name in cfg.merge.methods},
+        negation=negation_table(single, r["negation"], ctx.roles),
+        disentanglement=r.get("disentanglement"),
+        ntk=r.get("ntk"),
+        random_init=r.get("random_init"),
+        seconds=round(time.perf_counter() - ctx.started, 1),
+        timing=Timing(
+            finetune={f"{task}.{mode.name}": _finetune_seconds(ctx.dir.vector(task, mode)) for mode in run_modes(cfg) for task in ctx.roles.tasks},
+            stages={k: s for k, s in ctx.outcome.seconds.items() if not k.startswith(FINETUNE) and k not in (HEADS, REPORT)},
+        ),
+    )
+
+
+def _finetune_seconds(path: Path) -> float | None:
+    info = check_tensors(path).get("info", {})
+    return info.get("seconds") if isinstance(info, dict) else None
+
+
+def report_stage(ctx: RunContext) -> list[str]:
+    """results.json, report.md and the figures, drawn from the results of every other stage."""
+    from .report import write_report
+
+    results = assemble_results(ctx)
+    results.save(ctx.dir.results)
+    write_report(results, ctx.dir.root)
+    ctx.log(f"wrote {ctx.dir.results} and {ctx.dir.report}")
+    return [ctx.dir.results.name, ctx.dir.report.name]
+
+
+# ----- the graph ---------------------------------------------------------------------------------
+
+HEADS, FINETUNE, REPORT = "heads", "finetune/", "report"
+
+
+def finetune_key(task: str, mode: FinetuneMode) -> str:
+    return f"{FINETUNE}{task}.{mode.name}"
+
+
+def _train_detail(cfg: RunConfig, task: str, mode: FinetuneMode) -> str:
+    train = cfg.train[mode]
+    if task in cfg.train.steps:
+        length = f"{cfg.train.steps[task]} steps"
+    elif task in cfg.train.epochs:
+        length = f"{cfg.train.epochs[task]:g} epochs = {cfg.train.epochs[task]:g} × ceil(n_train / {train.batch_size}) steps"
+    else:
+        length = f"{train.steps} steps"
+    return (f"{length}, batch {train.batch_size}, lr {train.lr:g}, warm-up {train.warmup_steps}, {train.precision}"
+            + (f", {train.grad_accumulation} micro-batches" if train.grad_accumulation > 1 else ""))
+
+
+def _build_heads(ctx: RunContext) -> None:
+    with main_first():  # rank 0 builds and saves the heads, the others read them
+        for name in ctx.roles.names:
+            ctx.head(name)
+
+
+def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
+    """Every stage of `taskvec run` for this config, in order, each with its outputs in
+    `run_dir`, the settings that invalidate it, what it needs and how to compute it."""
+    roles, modes = Roles.of(cfg), run_modes(cfg)
+    methods = editing_methods(modes)
+    labels = ", ".join(m.label for m in methods)
+    alphas = cfg.eval.alphas()
+    grid_text = f"α ∈ [{cfg.eval.alpha_start:g}, {cfg.eval.alpha_stop:g}] step {cfg.eval.alpha_step:g}"
+    graph = Graph()
+    graph.add(Stage(HEADS, f"heads ({cfg.head.kind}) for {len(roles.names)} tasks: {', '.join(roles.names)}",
+                    [run_dir.head(n) for n in roles.names], _build_heads, lambda n: n.model + n.head_data(roles.names),
+                    detail="frozen; cached per model and task" + (f" in {cfg.data.cache_dir}" if cfg.data.cache_dir else ""),
+                    every_rank=True))
+    for mode in modes:
+        for task in roles.tasks:
+            graph.add(Stage(finetune_key(task, mode), f"fine-tune {task} ({mode.name})", [run_dir.vector(task, mode)],
+                            lambda ctx, t=task, m=mode: ctx.finetune(t, m), lambda n, t=task: n.model + n.device + n.data([t]),
+                            detail=_train_detail(cfg, task, mode), every_rank=True, after=(HEADS,)))
+    finetunes = tuple(k for k in graph.keys() if k.startswith(FINETUNE))
+    every = lambda n: n.model + n.device + n.data(roles.names)  # noqa: E731
+    graph.add(Stage("single_task", f"single-task accuracy ({PRETRAINED.label}, {labels}; val and test)", [run_dir.stage("single_task")],
+                    single_task_results, every, result_type=SingleTask, after=finetunes))
+    for name in cfg.merge.methods:
+        method = MERGE_METHODS.get(name)
+        grid, merge_alphas = cfg.merge.settings_grid(method), cfg.merge.alphas(method, alphas)
+        title = ("task addition" if method is TASK_ARITHMETIC else f"merge: {method.label}") + f" of {len(roles.tasks)} tasks"
+        graph.add(Stage(f"merge/{name}", title, [run_dir.stage(f"merge/{name}")],
+                        lambda ctx, n=name, g=grid, a=merge_alphas: merge_results(ctx, n, g, a), lambda n: n.model + n.device + n.data(roles.tasks),
+                        settings={"grid": grid, "alphas": merge_alphas}, result_type=dict[str, MergeResult], after=("single_task",),
+                        detail=f"{len(grid)} setting(s) × α ∈ [{min(merge_alphas):g}, {max(merge_alphas):g}] ({len(merge_alphas)} values), "
+                               f"chosen on validation (mean normalized accuracy), reported on test; for {labels}"))
+    graph.add(Stage("negation", f"task negation of {len(roles.targets)} targets (controls: {', '.join(sorted(set(roles.controls.values())))}), {grid_text}",
+                    [run_dir.stage("negation")], negation_stage, lambda n: n.model + n.device + n.data(roles.targets + list(roles.controls.values())),
+                    result_type=dict[str, dict[str, NegationTarget]], after=("single_task",),
+                    detail=f"control validation accuracy ≥ {cfg.negation.threshold:g} × pre-trained"))
+    a = cfg.analysis
+    if a.disentanglement:
+        pairs = disentanglement_pairs(cfg)
+        graph.add(Stage("disentanglement", f"analysis: weight disentanglement ξ for {', '.join(f'{x}+{y}' for x, y in pairs)}",
+                        [run_dir.stage("disentanglement")], disentanglement_stage,
+                        lambda n: n.model + n.device + n.data([t for pair in pairs for t in pair]),
+                        settings={"pairs": [list(p) for p in pairs], **{k: getattr(a, k) for k in DISENTANGLEMENT_SETTINGS}},
+                        result_type=dict[str, dict[str, Disentanglement]], after=finetunes,
+                        detail=f"α ∈ [{a.disentanglement_min:g}, {a.disentanglement_max:g}] step {a.disentanglement_step:g}, "
+                               f"{a.disentanglement_examples} examples per task"))
+    if a.ntk:
+        train, control = ntk_tasks(cfg)
+        graph.add(Stage("ntk", f"analysis: NTK eigenfunction localization ({train} vs {control})", [run_dir.stage("ntk")], ntk_stage,
+                        lambda n: n.model + n.device + n.data([train, control]),
+                        settings={"train_task": train, "control_task": control, "examples": a.ntk_examples, "eigenfunctions": a.ntk_eigenfunctions},
+                        result_type=NtkResult, after=(HEADS,),
+                        detail=f"{a.ntk_examples} examples per task, {a.ntk_eigenfunctions} eigenfunctions, pre-trained and random init"))
+    if a.random_init and cfg.init == "pretrained":
+        graph.add(Stage("random_init", "analysis: task arithmetic from random initialization (Table 3)", [run_dir.stage("random_init")],
+                        random_init_stage, lambda n: n.device + n.data(roles.tasks), result_type=RandomInitResult,
+                        detail=f"the run again from a random θ0 in {run_dir.nested('random_init').root.name}/: every mode, task arithmetic"))
+    upstream = [p for stage in graph for p in stage.outputs]
+    # The report depends on which stages there are (settings) and on their outputs (newer than them).
+    graph.add(Stage(REPORT, "report: results.json, report.md and figures", [run_dir.stage(REPORT), run_dir.results, run_dir.report],
+                    report_stage, settings=graph.keys(), result_type=list[str], after=tuple(graph.keys()),
+                    current=lambda: _newer_than(run_dir.stage(REPORT), upstream)))
+    return graph
+
+
+def _newer_than(path: Path, inputs: list[Path]) -> bool:
+    mtime = path.stat().st_mtime_ns
+    return all(not p.exists() or p.stat().st_mtime_ns <= mtime for p in inputs)
+
+
+# ----- running it --------------------------------------------------------------------------------
+
+def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True,
+                 shard: tuple[int, int] | None = None) -> RunResults | None:
+    """Every stage of the benchmark; returns the results written to out/results.json.
+
+    Under torchrun every rank fine-tunes together (DistributedDataParallel over the global
+    batch) and rank 0 alone evaluates and writes. `shard=(i, n)` fine-tunes only the i-th of n
+    shares of the (task, mode) units and stops: several processes (one per GPU) can fill one run
+    directory, and a final unsharded run then skips their vectors and evaluates. Returns None
+    for a shard and on ranks other than 0.
+    """
+    init_from_env()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return run_graph(cfg, RunDir(out), log, progress, shard)
+    finally:
+        cleanup()
+
+
+def run_graph(cfg: RunConfig, run_dir: RunDir, log: Log, progress: bool, shard: tuple[int, int] | None = None) -> RunResults | None:
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    run_dir.check_config(cfg)
+    ctx = RunContext(cfg, run_dir, log, progress)
+    graph = build_graph(cfg, run_dir)
+    ctx.log(f"backbone {cfg.backbone} ({cfg.init}); tasks {ctx.roles.tasks}; negation controls {ctx.roles.controls}")
+    if shard is not None:
+        units = shard_units([s.key for s in graph if s.key.startswith(FINETUNE)], *shard)
+        execute(graph, ctx, main=is_main(), select=lambda s: s.key in units)
+        ctx.log(f"fine-tuned shard {shard[0]}/{shard[1]}: {len(units)} (task, mode) units")
+        return None
+    execute(graph, ctx, main=is_main())
+    return RunResults.load(run_dir.results) if is_main() else None

@@ -1,21 +1,19 @@
-"""What `taskvec run` will do, and whether everything it needs is there, without doing it.
+"""`taskvec run --dry-run`: the run's stage graph with each stage's state, and what is missing.
 
-`plan_run(cfg)` lists every stage of a run (zero-shot or other heads, each fine-tune, the
-single-task evaluation, the addition and negation sweeps, the analyses) with the data and
-weights each one needs and whether they are present; `check_plan` returns what is missing
-(one line each, naming the folder expected and how to obtain it); `format_plan` prints it.
-Nothing is loaded beyond directory listings, and nothing is downloaded.
+`plan_run(cfg, out)` walks the same graph as `taskvec run` (taskvec.pipeline.build_graph) and
+says for each stage whether it is done in the run directory, ready, or missing data, weights
+or a device (one line each, naming the folder expected and how to obtain it). Nothing is loaded
+beyond directory listings and file headers, and nothing is downloaded or written.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from .config import RunConfig
-from .edits import negation_control
 from .errors import TaskvecError
-
-MODES = ("nonlinear", "linear")
+from .stages import State
 
 
 @dataclass
@@ -30,54 +28,52 @@ class Need:
         return f"{self.what}: {self.detail}" if self.detail else self.what
 
 
-@dataclass
-class Stage:
-    name: str
-    kind: str  # heads | finetune | single_task | addition | negation | analysis
-    needs: list[Need] = field(default_factory=list)
-    output: str = ""  # file in the run directory that marks the stage done
-    detail: str = ""
-    done: bool = False
+class Needs:
+    """What stages need, each looked up once (directory listings, no loading)."""
 
-    @property
-    def ready(self) -> bool:
-        return all(n.present for n in self.needs)
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self._data: dict[str, Need] = {}
 
+    def data(self, names: list[str]) -> list[Need]:
+        return [self._data_need(n) for n in dict.fromkeys(names)]
 
-def finetune_units(cfg: RunConfig) -> list[tuple[str, str]]:
-    """The run's fine-tunes, (task, mode), in the order the pipeline runs them."""
-    return [(task, mode) for mode in MODES for task in cfg.tasks]
+    def head_data(self, names: list[str]) -> list[Need]:
+        """Prototype and probe heads read the training data; zero-shot heads only read class
+        names, which some datasets (Cars, DTD, SUN397) keep in their files; text heads nothing."""
+        kind = self.cfg.head.kind
+        if kind == "text":
+            return []
+        if kind == "zeroshot":
+            return [self._data_need(n) for n in dict.fromkeys(names) if not self._data_need(n).present and self._names_from_files(n)]
+        return self.data(names)
 
+    def _data_need(self, name: str) -> Need:
+        if name not in self._data:
+            from .tasks import get_task
 
-def _data_need(name: str, cfg: RunConfig) -> Need:
-    from .tasks import get_task
+            try:
+                task = get_task(name, root=self.cfg.data.root)
+            except TaskvecError as exc:
+                self._data[name] = Need(f"task {name}", False, str(exc))
+                return self._data[name]
+            messages = task.missing() if task.missing is not None else []
+            self._data[name] = Need(f"{name} data", not messages, "; ".join(messages) if messages else task.source or "bundled")
+        return self._data[name]
 
-    try:
-        task = get_task(name, root=cfg.data.root)
-    except TaskvecError as exc:
-        return Need(f"task {name}", False, str(exc))
-    if task.missing is None:
-        return Need(f"{name} data", True, task.source or "bundled")
-    messages = task.missing()
-    if messages:
-        return Need(f"{name} data", False, "; ".join(messages))
-    return Need(f"{name} data", True, task.source)
+    def _names_from_files(self, name: str) -> bool:
+        from .tasks import get_task
 
+        try:
+            return get_task(name, root=self.cfg.data.root).num_classes == 0
+        except TaskvecError:
+            return True
 
-def _needs_files_for_names(name: str, cfg: RunConfig) -> bool:
-    from .tasks import get_task
-
-    try:
-        return get_task(name, root=cfg.data.root).num_classes == 0
-    except TaskvecError:
-        return True
-
-
-def _backbone_needs(cfg: RunConfig) -> list[Need]:
-    name = cfg.backbone
-    if cfg.init == "random":
-        return []
-    if name.startswith("openclip:"):
+    @cached_property
+    def model(self) -> list[Need]:
+        cfg, name = self.cfg, self.cfg.backbone
+        if cfg.init == "random" or not name.startswith("openclip:"):
+            return []
         from .models.openclip import parse_spec, weights_location
 
         arch, tag = parse_spec(name.partition(":")[2])
@@ -89,90 +85,65 @@ def _backbone_needs(cfg: RunConfig) -> list[Need]:
         how = "" if present else (f" (fetch once where the internet is reachable: python -c \"import open_clip; "
                                   f"open_clip.create_model('{arch}', pretrained='{tag}')\", then copy the cache)")
         return [Need(f"weights {arch}/{tag}", present, f"{where}{how}")]
-    return []
+
+    @cached_property
+    def device(self) -> list[Need]:
+        import torch
+
+        cfg, needs = self.cfg, []
+        if cfg.device.startswith("cuda"):
+            ok = torch.cuda.is_available()
+            needs.append(Need("CUDA device", ok, f"{torch.cuda.device_count()} visible" if ok else f"device = {cfg.device!r} but torch sees no GPU"))
+        for mode, train in cfg.train.modes.items():
+            if train.precision == "bf16" and not cfg.device.startswith("cuda"):
+                needs.append(Need(f"train.{mode}.precision = bf16", False, "needs device = \"cuda\""))
+        return needs
 
 
-def _device_needs(cfg: RunConfig) -> list[Need]:
-    import torch
+@dataclass
+class PlannedStage:
+    """A stage of the graph as the dry run sees it."""
 
-    needs = []
-    if cfg.device.startswith("cuda"):
-        ok = torch.cuda.is_available()
-        needs.append(Need("CUDA device", ok, f"{torch.cuda.device_count()} visible" if ok else f"device = {cfg.device!r} but torch sees no GPU"))
-    for mode in MODES:
-        if getattr(cfg.train, mode).precision == "bf16" and not cfg.device.startswith("cuda"):
-            needs.append(Need(f"train.{mode}.precision = bf16", False, "needs device = \"cuda\""))
-    return needs
+    key: str
+    title: str
+    detail: str
+    needs: list[Need] = field(default_factory=list)
+    state: State | None = None  # None: no run directory to look in
+    problem: str = ""  # an output that exists but cannot be read
 
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
 
-def plan_run(cfg: RunConfig, out: str | Path | None = None) -> list[Stage]:
-    """Every stage of `taskvec run` for this config, with what each needs (and, given the run
-    directory `out`, whether its output already exists and it will be skipped)."""
-    tasks = list(cfg.tasks)
-    targets = list(cfg.negation.targets or tasks)
-    controls = {t: negation_control(t, tasks, cfg.negation.control) for t in targets}
-    extra = sorted(set(controls.values()) - set(tasks))
-    names = tasks + extra
-    data = {name: _data_need(name, cfg) for name in names}
-    model = _backbone_needs(cfg)
-    device = _device_needs(cfg)
-    kind = cfg.head.kind
-    stages: list[Stage] = []
-
-    head_data = [] if kind in ("zeroshot", "text") else [data[n] for n in names]
-    if kind == "zeroshot":  # class names of some datasets (Cars, DTD, SUN397) come from their files
-        head_data = [data[n] for n in names if not data[n].present and _needs_files_for_names(n, cfg)]
-    stages.append(Stage(f"heads ({kind}) for {len(names)} tasks: {', '.join(names)}", "heads", model + head_data, "heads/",
-                        "frozen; cached per model and task" + (f" in {cfg.data.cache_dir}" if cfg.data.cache_dir else "")))
-    for task, mode in finetune_units(cfg):
-        train = getattr(cfg.train, mode)
-        if task in cfg.train.steps:
-            length = f"{cfg.train.steps[task]} steps"
-        elif task in cfg.train.epochs:
-            length = f"{cfg.train.epochs[task]:g} epochs = {cfg.train.epochs[task]:g} × ceil(n_train / {train.batch_size}) steps"
-        else:
-            length = f"{train.steps} steps"
-        detail = (f"{length}, batch {train.batch_size}, lr {train.lr:g}, warm-up {train.warmup_steps}, "
-                  f"{train.precision}" + (f", {train.grad_accumulation} micro-batches" if train.grad_accumulation > 1 else ""))
-        stages.append(Stage(f"fine-tune {task} ({mode})", "finetune", model + device + [data[task]],
-                            f"vectors/{task}.{mode}.safetensors", detail))
-    eval_needs = model + device + [data[n] for n in names]
-    stages.append(Stage("single-task accuracy (pre-trained, non-linear, post-hoc, linearized; val and test)", "single_task",
-                        eval_needs, "stages/single_task.json"))
-    alphas = f"α ∈ [{cfg.eval.alpha_start:g}, {cfg.eval.alpha_stop:g}] step {cfg.eval.alpha_step:g}"
-    stages.append(Stage(f"task addition of {len(tasks)} tasks, {alphas}", "addition", model + device + [data[t] for t in tasks],
-                        "stages/addition.json", "α chosen on validation (mean normalized accuracy), reported on test"))
-    negation_data = [data[n] for n in dict.fromkeys(targets + list(controls.values()))]
-    stages.append(Stage(f"task negation of {len(targets)} targets (controls: {', '.join(sorted(set(controls.values())))}), {alphas}",
-                        "negation", model + device + negation_data, "stages/negation.json",
-                        f"control validation accuracy ≥ {cfg.negation.threshold:g} × pre-trained"))
-    a = cfg.analysis
-    if a.disentanglement:
-        pairs = [(tasks[2 * i], tasks[2 * i + 1]) for i in range(min(a.disentanglement_pairs, len(tasks) // 2))]
-        stages.append(Stage(f"analysis: weight disentanglement ξ for {', '.join(f'{x}+{y}' for x, y in pairs)}", "analysis",
-                            model + device + [data[t] for pair in pairs for t in pair], "",
-                            f"α ∈ [{a.disentanglement_min:g}, {a.disentanglement_max:g}] step {a.disentanglement_step:g}, "
-                            f"{a.disentanglement_examples} examples per task"))
-    if a.ntk:
-        ntk_control = controls.get(tasks[0]) or tasks[1]
-        stages.append(Stage(f"analysis: NTK eigenfunction localization ({tasks[0]} vs {ntk_control})", "analysis",
-                            model + device + [data[tasks[0]], data[ntk_control]], "",
-                            f"{a.ntk_examples} examples per task, {a.ntk_eigenfunctions} eigenfunctions, pre-trained and random init"))
-    if a.random_init:
-        stages.append(Stage("analysis: task arithmetic from random initialization (Table 3)", "analysis",
-                            device + [data[t] for t in tasks], "", "fine-tunes every task again from a random θ0, both modes"))
-    if out is not None:
-        out = Path(out)
-        for stage in stages:
-            if stage.output and not stage.output.endswith("/"):
-                stage.done = (out / stage.output).exists()
-    return stages
+    @property
+    def ready(self) -> bool:
+        return all(n.present for n in self.needs)
 
 
-def check_plan(stages: list[Stage]) -> list[str]:
-    """What is missing, one line per distinct item (empty when the run can start)."""
+def plan_run(cfg: RunConfig, out: str | Path | None = None) -> list[PlannedStage]:
+    """Every stage of `taskvec run` for this config with what it needs and, given the run
+    directory `out`, whether it is done there (and will be skipped)."""
+    from .pipeline import RunDir, build_graph
+
+    needs = Needs(cfg)
+    planned = []
+    for stage in build_graph(cfg, RunDir(out if out is not None else Path("runs/default"))):
+        item = PlannedStage(stage.key, stage.title, stage.detail, stage.needs(needs))
+        if out is not None:
+            try:
+                item.state = stage.state()
+            except TaskvecError as exc:
+                item.problem = str(exc)
+        planned.append(item)
+    return planned
+
+
+def check_plan(stages: list[PlannedStage]) -> list[str]:
+    """What stands in the way of the run, one line per distinct item (empty when it can start)."""
     seen: dict[str, str] = {}
     for stage in stages:
+        if stage.problem:
+            seen[stage.problem] = stage.problem
         if stage.done:
             continue
         for need in stage.needs:
@@ -181,13 +152,22 @@ def check_plan(stages: list[Stage]) -> list[str]:
     return list(seen.values())
 
 
-def format_plan(cfg: RunConfig, stages: list[Stage]) -> str:
-    """The dry-run listing: each stage, what it needs, and what is missing."""
+def _state(stage: PlannedStage) -> str:
+    if stage.problem:
+        return "UNREADABLE OUTPUT"
+    if stage.done:
+        return "done, skipped"
+    if not stage.ready:
+        return "MISSING INPUTS"
+    return "ready, settings changed: redo" if stage.state is State.REDO else "ready"
+
+
+def format_plan(cfg: RunConfig, stages: list[PlannedStage]) -> str:
+    """The dry-run listing: each stage, its state, what it needs, and what is missing."""
     lines = [f"plan for {cfg.name}: backbone {cfg.backbone} ({cfg.init}), device {cfg.device}, "
              f"data root {cfg.data.root or '$TASKVEC_DATA'}"]
     for i, stage in enumerate(stages, 1):
-        state = "done, skipped" if stage.done else ("ready" if stage.ready else "MISSING INPUTS")
-        lines.append(f"{i:>3}. {stage.name}  [{state}]")
+        lines.append(f"{i:>3}. {stage.title}  [{_state(stage)}]")
         if stage.detail:
             lines.append(f"       {stage.detail}")
         if stage.needs:

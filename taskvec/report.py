@@ -1,4 +1,6 @@
-"""report.md and PNG figures from results.json: the paper's Tables 1 and 2 in miniature."""
+"""report.md and PNG figures from a run's typed results: the paper's Tables 1 and 2 in
+miniature, the merge-method table, and the analyses. Labels and colours come from the
+registries of evaluation and merge methods."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .io import atomic_path, write_text  # noqa: E402
-
-LABELS = {"pretrained": "Pre-trained", "nonlinear": "Non-linear FT", "posthoc": "Post-hoc linearization", "linear": "Linearized FT"}
-COLORS = {"pretrained": "#7f7f7f", "nonlinear": "#1f77b4", "posthoc": "#ff7f0e", "linear": "#2ca02c"}
-METHOD_ORDER = ("pretrained", "nonlinear", "posthoc", "linear")
+from .kinds import EVAL_METHODS, FINETUNE_MODES, PRETRAINED, EvalMethod  # noqa: E402
+from .merging import MERGE_METHODS  # noqa: E402
+from .merging import TASK_ARITHMETIC  # noqa: E402
+from .registry import format_settings  # noqa: E402
+from .results import MergeResult, RunResults  # noqa: E402
 
 
 def pct(value: float | None) -> str:
@@ -30,32 +33,44 @@ def _legend_outside(ax) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def plot_single_task(results: dict, path: Path) -> None:
-    tasks = results["tasks"]
-    methods = [m for m in METHOD_ORDER if m in results["single_task"]]
+def _methods(names) -> list[EvalMethod]:
+    """The evaluation methods among `names`, in registry order."""
+    return [m for m in EVAL_METHODS if m.name in names]
+
+
+def _editing(results: RunResults) -> list[EvalMethod]:
+    return [m for m in _methods(results.single_task.test) if m.edits]
+
+
+def _bars(ax, groups: list[str], series: list[tuple[str, str, list[float]]]) -> None:
+    """Grouped bars: one group per x label, one bar per (label, colour, values) series."""
+    width = 0.8 / max(1, len(series))
+    for i, (label, color, values) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, values, width, label=label, color=color)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_single_task(results: RunResults, path: Path) -> None:
+    tasks, single = results.tasks, results.single_task.test
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tasks), 3.4))
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(tasks))]
-        ax.bar(xs, [100 * results["single_task"][m][t] for t in tasks], width, label=LABELS[m], color=COLORS[m])
-    ax.set_xticks(range(len(tasks)), tasks)
+    _bars(ax, tasks, [(m.label, m.color, [100 * single[m.name][t] for t in tasks]) for m in _methods(single)])
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Single-task accuracy")
     _legend_outside(ax)
-    ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 
 
-def plot_addition_curves(results: dict, path: Path) -> None:
+def plot_addition_curves(results: RunResults, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for m in ("nonlinear", "posthoc", "linear"):
-        add = results["addition"].get(m)
-        if not add:
+    for m in _editing(results):
+        add = results.merge.get(TASK_ARITHMETIC.name, {}).get(m.name)
+        if add is None:
             continue
-        curve = add["curve"]
-        ax.plot([p["alpha"] for p in curve], [100 * p["val_normalized"] for p in curve], marker="o", ms=3, label=LABELS[m], color=COLORS[m])
-        ax.axvline(add["alpha"], color=COLORS[m], ls=":", lw=1)
+        ax.plot([p.alpha for p in add.curve], [100 * p.val_normalized for p in add.curve], marker="o", ms=3, label=m.label, color=m.color)
+        ax.axvline(add.alpha, color=m.color, ls=":", lw=1)
     ax.set_xlabel("α (θ0 + α Σ τ_t)")
     ax.set_ylabel("mean normalized val. accuracy (%)")
     ax.set_title("Task addition: α sweep (dotted: chosen α)")
@@ -64,17 +79,17 @@ def plot_addition_curves(results: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_negation_curves(results: dict, path: Path) -> None:
-    methods = [m for m in ("nonlinear", "posthoc", "linear") if m in results["negation"]]
-    targets = list(results["negation"][methods[0]]["per_task"])
+def plot_negation_curves(results: RunResults, path: Path) -> None:
+    methods = [m for m in _editing(results) if m.name in results.negation]
+    targets = list(results.negation[methods[0].name].per_task)
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.3), sharey=True, squeeze=False)
     for ax, m in zip(axes[0], methods):
         for t in targets:
-            entry = results["negation"][m]["per_task"][t]
-            alphas = [p["alpha"] for p in entry["curve"]]
-            line, = ax.plot(alphas, [100 * p["target_val"] for p in entry["curve"]], label=f"{t} (target)")
-            ax.plot(alphas, [100 * p["control_val"] for p in entry["curve"]], ls="--", color=line.get_color(), alpha=0.6)
-        ax.set_title(f"{LABELS[m]}: θ0 − α τ")
+            entry = results.negation[m.name].per_task[t]
+            alphas = [p.alpha for p in entry.curve]
+            line, = ax.plot(alphas, [100 * p.target_val for p in entry.curve], label=f"{t} (target)")
+            ax.plot(alphas, [100 * p.control_val for p in entry.curve], ls="--", color=line.get_color(), alpha=0.6)
+        ax.set_title(f"{m.label}: θ0 − α τ")
         ax.set_xlabel("α")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("val. accuracy (%) — solid: target, dashed: control")
@@ -82,102 +97,152 @@ def plot_negation_curves(results: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_nonlinear_advantage(results: dict, path: Path) -> None:
-    """Fig. 2: single-task accuracy gained over θ0, per task, for the three ways of fine-tuning."""
-    tasks = results["tasks"]
-    single = results["single_task"]
-    methods = ("nonlinear", "posthoc", "linear")
+def plot_nonlinear_advantage(results: RunResults, path: Path) -> None:
+    """Fig. 2: single-task accuracy gained over θ0, per task, for each way of fine-tuning."""
+    tasks, single = results.tasks, results.single_task.test
+    pre = single[PRETRAINED.name]
     fig, ax = plt.subplots(figsize=(1.8 + 1.3 * len(tasks), 3.4))
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        xs = [j + (i - 1) * width for j in range(len(tasks))]
-        ax.bar(xs, [100 * (single[m][t] - single["pretrained"][t]) for t in tasks], width, label=LABELS[m], color=COLORS[m])
+    _bars(ax, tasks, [(m.label, m.color, [100 * (single[m.name][t] - pre[t]) for t in tasks]) for m in _editing(results)])
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("test accuracy − pre-trained (points)")
     ax.set_title("Non-linear advantage: single-task gains")
     _legend_outside(ax)
-    ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 
 
-def _analysis_sections(results: dict, figures: Path) -> list[str]:
+def plot_merge_methods(results: RunResults, path: Path) -> None:
+    """Merge method × evaluation method: absolute and normalized test accuracy, grouped bars;
+    the dashed line is the pre-trained model's absolute accuracy."""
+    merges = [MERGE_METHODS.get(name) for name in results.merge]
+    methods = _editing(results)
+    fig, axes = plt.subplots(2, 1, figsize=(2.0 + 1.05 * len(merges) * max(1, len(methods)) / 3, 6.0), sharex=True)
+    for ax, what in zip(axes, ("absolute", "normalized")):
+        series = [(m.label, m.color, [100 * getattr(results.merge[g.name][m.name], what) if m.name in results.merge[g.name] else 0.0
+                                      for g in merges]) for m in methods]
+        _bars(ax, [g.label for g in merges], series)
+        ax.set_ylabel(f"{what} test accuracy (%)")
+    axes[0].axhline(100 * results.pretrained_addition().accuracy, color=PRETRAINED.color, ls="--", lw=1, label=PRETRAINED.label)
+    axes[0].set_title(f"Merging {len(results.tasks)} task vectors: settings and α chosen on validation")
+    axes[1].tick_params(axis="x", labelrotation=30)
+    _legend_outside(axes[0])
+    _save(fig, path)
+
+
+def _merge_sections(results: RunResults) -> list[str]:
+    """The merge-method table (accuracies) and its details (choices and cost)."""
+    methods = _editing(results)
+    lines = ["## Merge methods (absolute / normalized)", "",
+             "Each merge method combines the task vectors of one kind into a direction d; the model is θ0 + α·d. "
+             "Its settings (from a small grid) and α are chosen on validation by mean normalized accuracy, "
+             "separately for each evaluation method; test accuracy in %. Non-linear FT and post-hoc linearization "
+             "merge the same non-linear vectors (applied to f and f_lin); linearized FT merges the linearized vectors "
+             "in the tangent space.", "",
+             "| merge method | " + " | ".join(m.label for m in methods) + " |",
+             "|---|" + "---|" * len(methods),
+             f"| {PRETRAINED.label} | " + " | ".join(pct(results.pretrained_addition().accuracy) + " / –" for _ in methods) + " |"]
+    for name, by_method in results.merge.items():
+        cells = [f"{pct(r.absolute)} / {pct(r.normalized)}" if (r := by_method.get(m.name)) else "–" for m in methods]
+        lines.append(f"| {MERGE_METHODS.get(name).label} | " + " | ".join(cells) + " |")
+    lines += ["", "![merge methods](figures/merge_methods.png)", "",
+              "Chosen settings and cost (seconds: merging and the validation sweeps of every setting tried, and the test "
+              "evaluation, for that evaluation method):", "",
+              "| merge method | evaluation | α | settings | tried | seconds |", "|---|---|---|---|---|---|"]
+    for name, by_method in results.merge.items():
+        for m in methods:
+            r: MergeResult | None = by_method.get(m.name)
+            if r is not None:
+                lines.append(f"| {MERGE_METHODS.get(name).label} | {m.label} | {r.alpha:g} | {format_settings(r.settings) or '–'} | "
+                             f"{max(1, len(r.search))} | {r.seconds:.1f} |")
+    return lines + [""]
+
+
+def _analysis_sections(results: RunResults, figures: Path) -> list[str]:
     """Markdown (and figures) for the analyses present in results."""
     lines: list[str] = []
-    if "disentanglement" in results:
-        from .analysis import mean_xi, plot_disentanglement
+    if results.disentanglement:
+        from .analysis import plot_disentanglement
 
         lines += ["## Weight disentanglement (Fig. 3)", "",
                   "ξ(α1, α2): fraction of each task's validation inputs whose prediction changes when the other "
                   "task's vector is added (summed over the two tasks; 0 = disentangled). The box is the α range "
                   "searched by task addition.", "",
                   "| pair | method | mean ξ over the grid | mean ξ inside the box [0, 1]² |", "|---|---|---|---|"]
-        for pair, by_method in results["disentanglement"].items():
+        for pair, by_method in results.disentanglement.items():
             name = pair.replace("+", "_")
             plot_disentanglement(by_method, figures / f"disentanglement_{name}.png")
-            for m, r in by_method.items():
-                lines.append(f"| {pair} | {LABELS[m]} | {mean_xi(r):.3f} | {mean_xi(r, box=(0.0, 1.0)):.3f} |")
+            for m in _methods(by_method):
+                r = by_method[m.name]
+                lines.append(f"| {pair} | {m.label} | {r.mean():.3f} | {r.mean(box=(0.0, 1.0)):.3f} |")
             lines += ["", f"![disentanglement {pair}](figures/disentanglement_{name}.png)", "",
                       "*Darker is more disentangled; the paper finds linearized FT darker than non-linear FT over a wider region.*", ""]
-    if "ntk" in results:
+    if results.ntk is not None:
         from .analysis.ntk import plot_ntk_localization
 
-        ntk = results["ntk"]
-        plot_ntk_localization(ntk["models"], figures / "ntk_localization.png", ntk["train_task"], ntk["control_task"])
+        ntk = results.ntk
+        plot_ntk_localization(ntk.models, figures / "ntk_localization.png", ntk.train_task, ntk.control_task)
         lines += ["## NTK eigenfunction localization (Fig. 6)", "",
-                  f"Empirical NTK of the model with the `{ntk['train_task']}` head on samples of `{ntk['train_task']}` "
-                  f"(training task) and `{ntk['control_task']}` (control); local energy of the top eigenfunctions on each. "
+                  f"Empirical NTK of the model with the `{ntk.train_task}` head on samples of `{ntk.train_task}` "
+                  f"(training task) and `{ntk.control_task}` (control); local energy of the top eigenfunctions on each. "
                   "Localization = mean over eigenfunctions of the larger of the two energies (1 = each lives on one task).", "",
                   "| model | localization | energy on training task (top 5) | training task's share of trace K |", "|---|---|---|---|"]
-        for label, r in ntk["models"].items():
-            share = f"{r['trace_share_train']:.2f}" if "trace_share_train" in r else "–"
-            lines.append(f"| {label} | {r['localization']:.3f} | {', '.join(f'{e:.2f}' for e in r['energy_train'][:5])} | {share} |")
+        for label, r in ntk.models.items():
+            lines.append(f"| {label} | {r.localization:.3f} | {', '.join(f'{e:.2f}' for e in r.energy_train[:5])} | {r.trace_share_train:.2f} |")
         lines += ["", "![NTK localization](figures/ntk_localization.png)", "",
                   "*Pre-trained: eigenfunctions should sit on one task each (bars all one colour); random init: mixed. "
                   "A trace share far from the tasks' share of the samples means the kernel is simply larger on one task, "
                   "which tilts the top eigenfunctions towards it whatever their localization.*", ""]
-    if "random_init" in results:
-        r = results["random_init"]
+    if results.random_init is not None:
+        r = results.random_init
         lines += ["## From random initialization (Table 3)", "",
-                  "The same pipeline from a randomly initialized backbone (run in `random_init/`): mean single-task and "
-                  "multi-task (addition) test accuracy.", "",
+                  f"The same pipeline from a randomly initialized backbone (run in `{r.run_dir}/`): mean single-task and "
+                  "multi-task (task addition) test accuracy.", "",
                   "| method | single-task | multi-task (α) |", "|---|---|---|",
-                  f"| Random init | {pct(r['single_task']['pretrained'])} | – |"]
-        for m in ("nonlinear", "linear"):
-            lines.append(f"| {LABELS[m]} | {pct(r['single_task'][m])} | {pct(r['multi_task'][m])} ({r['alpha'][m]:.2f}) |")
+                  f"| Random init | {pct(r.single_task[PRETRAINED.name])} | – |"]
+        for m in _methods(r.multi_task):
+            lines.append(f"| {m.label} | {pct(r.single_task[m.name])} | {pct(r.multi_task[m.name])} ({r.alpha[m.name]:.2f}) |")
         lines.append("")
     return lines
 
 
-def render_markdown(results: dict, figures: Path | None = None) -> str:
-    tasks = results["tasks"]
-    cfg = results["config"]
-    add, neg, single = results["addition"], results["negation"], results["single_task"]
+def _training_line(config: dict) -> str:
+    train = config["train"]
+    parts = [f"{mode.label} {train[mode.name]['steps']} steps at lr {train[mode.name]['lr']}, batch {train[mode.name]['batch_size']}"
+             for mode in FINETUNE_MODES if mode.name in train]
+    return "Fine-tuning: " + "; ".join(parts) + "."
+
+
+def render_markdown(results: RunResults, figures: Path | None = None) -> str:
+    tasks, cfg = results.tasks, results.config
+    neg, single = results.negation, results.single_task.test
+    addition = results.merge.get(TASK_ARITHMETIC.name, {})
     lines = [
         f"# taskvec report: {cfg['name']}",
         "",
         f"Backbone `{cfg['backbone']}` ({cfg['init']}), tasks: {', '.join(tasks)}. "
         f"Heads: {cfg['head']['kind']} (scale {cfg['head']['scale']}). Test accuracy in %, one seed ({cfg['data']['seed']}).",
-        f"Fine-tuning: non-linear {cfg['train']['nonlinear']['steps']} steps at lr {cfg['train']['nonlinear']['lr']}, "
-        f"linearized {cfg['train']['linear']['steps']} steps at lr {cfg['train']['linear']['lr']}, batch {cfg['train']['nonlinear']['batch_size']}.",
+        _training_line(cfg),
         "",
-        "## Table 1: task addition (absolute / normalized)",
-        "",
-        "One α for all tasks from the grid, chosen on validation by mean normalized accuracy; "
-        "normalized = edited accuracy / single-task accuracy of the same method.",
-        "",
-        "| method | absolute | normalized | α | " + " | ".join(tasks) + " |",
-        "|---|---|---|---|" + "---|" * len(tasks),
     ]
-    for m in METHOD_ORDER:
-        if m in add:
-            a = add[m]
-            lines.append(f"| {LABELS[m]} | {pct(a['absolute'])} | {pct(a['normalized'])} | {a['alpha']:.2f} | "
-                         + " | ".join(pct(a["per_task"][t]["accuracy"]) for t in tasks) + " |")
-    targets = list(neg["pretrained"]["per_task"])
-    controls = sorted({neg["pretrained"]["per_task"][t]["control_task"] for t in targets})
+    if addition:
+        lines += [
+            "## Table 1: task addition (absolute / normalized)",
+            "",
+            "One α for all tasks from the grid, chosen on validation by mean normalized accuracy; "
+            "normalized = edited accuracy / single-task accuracy of the same method.",
+            "",
+            "| method | absolute | normalized | α | " + " | ".join(tasks) + " |",
+            "|---|---|---|---|" + "---|" * len(tasks),
+            f"| {PRETRAINED.label} | {pct(results.pretrained_addition().accuracy)} | – | 0.00 | "
+            + " | ".join(pct(single[PRETRAINED.name][t]) for t in tasks) + " |",
+        ]
+        for m in _methods(addition):
+            a = addition[m.name]
+            lines.append(f"| {m.label} | {pct(a.absolute)} | {pct(a.normalized)} | {a.alpha:.2f} | "
+                         + " | ".join(pct(a.per_task[t].accuracy) for t in tasks) + " |")
+        lines.append("")
+    targets = list(neg[PRETRAINED.name].per_task)
+    controls = sorted({neg[PRETRAINED.name].per_task[t].control_task for t in targets})
     lines += [
-        "",
         "## Table 2: task negation (target ↓ / control)",
         "",
         f"Per target, the α minimizing target validation accuracy while the control keeps ≥ "
@@ -187,11 +252,10 @@ def render_markdown(results: dict, figures: Path | None = None) -> str:
         "| method | target | control | " + " | ".join(f"{t} (α)" for t in targets) + " |",
         "|---|---|---|" + "---|" * len(targets),
     ]
-    for m in METHOD_ORDER:
-        if m in neg:
-            n = neg[m]
-            lines.append(f"| {LABELS[m]} | {pct(n['target'])} | {pct(n['control'])} | "
-                         + " | ".join(f"{pct(n['per_task'][t]['target'])} ({n['per_task'][t]['alpha']:.2f})" for t in targets) + " |")
+    for m in _methods(neg):
+        n = neg[m.name]
+        lines.append(f"| {m.label} | {pct(n.target)} | {pct(n.control)} | "
+                     + " | ".join(f"{pct(n.per_task[t].target)} ({n.per_task[t].alpha:.2f})" for t in targets) + " |")
     lines += [
         "",
         "## Single-task accuracy",
@@ -201,12 +265,12 @@ def render_markdown(results: dict, figures: Path | None = None) -> str:
         "| method | mean | " + " | ".join(tasks) + " |",
         "|---|---|" + "---|" * len(tasks),
     ]
-    for m in METHOD_ORDER:
-        if m in single:
-            vals = [single[m][t] for t in tasks]
-            lines.append(f"| {LABELS[m]} | {pct(sum(vals) / len(vals))} | " + " | ".join(pct(v) for v in vals) + " |")
+    for m in _methods(single):
+        vals = [single[m.name][t] for t in tasks]
+        lines.append(f"| {m.label} | {pct(sum(vals) / len(vals))} | " + " | ".join(pct(v) for v in vals) + " |")
+    lines.append("")
+    lines += _merge_sections(results)
     lines += [
-        "",
         "## Figures",
         "",
         "![single-task accuracy](figures/single_task.png)",
@@ -214,10 +278,11 @@ def render_markdown(results: dict, figures: Path | None = None) -> str:
         "*Single-task test accuracy per method: fine-tuning should beat the pre-trained model on every task; "
         "the gap between non-linear and linearized FT is the paper's \"non-linear advantage\".*",
         "",
-        "![addition sweep](figures/addition_alpha.png)",
-        "",
-        "*Mean normalized validation accuracy of θ0 + α Σ τ_t against α; the dotted line marks the chosen α.*",
-        "",
+    ]
+    if addition:
+        lines += ["![addition sweep](figures/addition_alpha.png)", "",
+                  "*Mean normalized validation accuracy of θ0 + α Σ τ_t against α; the dotted line marks the chosen α.*", ""]
+    lines += [
         "![negation sweep](figures/negation_alpha.png)",
         "",
         "*Target (solid) and control (dashed) validation accuracy of θ0 − α τ_target against α.*",
@@ -233,7 +298,7 @@ def render_markdown(results: dict, figures: Path | None = None) -> str:
 
     beside_paper = comparison_tables(results)
     if beside_paper:
-        lines += ["## Beside the paper", "", beside_paper, ""]
+        lines += [beside_paper, ""]
     lines += _timing_section(results)
     return "\n".join(lines) + "\n"
 
@@ -242,27 +307,28 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
-def _timing_section(results: dict) -> list[str]:
+def _timing_section(results: RunResults) -> list[str]:
     """Where the time went: each stage as it was computed (possibly by an earlier, resumed run)."""
-    timing = results.get("timing")
-    if not timing:
-        return [f"Run time: {results['seconds']:.0f} s.", ""] if "seconds" in results else []
+    timing = results.timing
+    seconds = "–" if results.seconds is None else f"{results.seconds:.0f}"
     lines = ["## Time", "",
-             f"This invocation: {results['seconds']:.0f} s. Seconds each part took when it was computed "
+             f"This invocation: {seconds} s. Seconds each part took when it was computed "
              "(a resumed run reuses earlier parts; – = not recorded):", "",
              "| part | seconds |", "|---|---|"]
-    lines += [f"| fine-tune {unit} | {_seconds(s)} |" for unit, s in timing["finetune"].items()]
-    lines += [f"| {stage} | {_seconds(s)} |" for stage, s in timing["stages"].items()]
+    lines += [f"| fine-tune {unit} | {_seconds(s)} |" for unit, s in timing.finetune.items()]
+    lines += [f"| {stage} | {_seconds(s)} |" for stage, s in timing.stages.items()]
     return lines + [""]
 
 
-def write_report(results: dict, out: str | Path) -> Path:
+def write_report(results: RunResults, out: str | Path) -> Path:
     out = Path(out)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     plot_single_task(results, figures / "single_task.png")
-    plot_addition_curves(results, figures / "addition_alpha.png")
+    if TASK_ARITHMETIC.name in results.merge:
+        plot_addition_curves(results, figures / "addition_alpha.png")
     plot_negation_curves(results, figures / "negation_alpha.png")
     plot_nonlinear_advantage(results, figures / "nonlinear_advantage.png")
+    plot_merge_methods(results, figures / "merge_methods.png")
     write_text(out / "report.md", render_markdown(results, figures))
     return out / "report.md"

@@ -1,7 +1,7 @@
 """Task vectors τ = θ* − θ0: arithmetic, application to a base model, safetensors I/O.
 
-A vector knows its mode ("nonlinear": fine-tuned f; "linear": fine-tuned f_lin), the identity
-of the θ0 it was taken from, and the tasks it carries. Arithmetic between vectors of other
+A vector knows its fine-tuning mode (a registered `FinetuneMode`: whether f or f_lin was
+trained), the identity of the θ0 it was taken from, and the tasks it carries. Arithmetic between vectors of other
 bases, modes or parameter sets is refused: the result would be meaningless.
 """
 from __future__ import annotations
@@ -11,17 +11,16 @@ import hashlib
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable
 
 import torch
 
 from .errors import TaskvecError
 from .io import load_tensors, save_tensors
+from .kinds import FINETUNE_MODES, FinetuneMode
 from .linearize import LinearizedBackbone
 from .models.base import Backbone
 
-Mode = Literal["nonlinear", "linear"]
-MODES: tuple[str, ...] = ("nonlinear", "linear")
 FORMAT = "taskvec.task_vector/1"
 
 
@@ -59,18 +58,18 @@ def base_identity(backbone: Backbone) -> dict[str, str]:
 @dataclass
 class TaskVector:
     vector: dict[str, torch.Tensor]
-    mode: Mode
+    mode: FinetuneMode  # a registered mode, or its name (converted)
     base: dict[str, str]
     tasks: tuple[str, ...] = ()
     info: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise TaskvecError(f"unknown task-vector mode {self.mode!r}; expected one of {MODES}")
+        self.mode = FINETUNE_MODES.get(self.mode)
+        self.tasks = tuple(self.tasks)
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
-    def from_weights(cls, pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], *, mode: Mode, base: dict[str, str], task: str, info: dict | None = None) -> "TaskVector":
+    def from_weights(cls, pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], *, mode: FinetuneMode | str, base: dict[str, str], task: str, info: dict | None = None) -> "TaskVector":
         if set(pretrained) != set(finetuned):
             missing = sorted(set(pretrained) ^ set(finetuned))[:3]
             raise TaskvecError(f"pre-trained and fine-tuned weights have different parameters, e.g. {missing}")
@@ -82,7 +81,7 @@ class TaskVector:
         if not isinstance(other, TaskVector):
             raise TypeError(f"cannot combine a TaskVector with {type(other).__name__}")
         if self.mode != other.mode:
-            raise TaskvecError(f"cannot combine a {self.mode} task vector with a {other.mode} one")
+            raise TaskvecError(f"cannot combine a {self.mode.name} task vector with a {other.mode.name} one")
         if self.base != other.base:
             raise TaskvecError(f"task vectors come from different base models: {self.base} vs {other.base}")
         if set(self.vector) != set(other.vector):
@@ -125,13 +124,14 @@ class TaskVector:
     def apply_to(self, base: Backbone, alpha: float = 1.0, *, linearized: bool | None = None) -> Backbone:
         """θ0 + α τ on a copy of `base` (which must hold θ0).
 
-        Non-linear vectors give an edited f; linear vectors an edited f_lin; a non-linear vector
-        with `linearized=True` gives post-hoc linearization. The base is not modified.
+        Vectors of a non-linear mode give an edited f; of a linearized mode an edited f_lin; a
+        non-linear vector with `linearized=True` gives post-hoc linearization. The base is not
+        modified.
         """
         if linearized is None:
-            linearized = self.mode == "linear"
-        if self.mode == "linear" and not linearized:
-            raise TaskvecError("a linear task vector lives in the tangent space: apply it to the linearized model")
+            linearized = self.mode.linearized
+        if self.mode.linearized and not linearized:
+            raise TaskvecError(f"a {self.mode.name} task vector lives in the tangent space: apply it to the linearized model")
         identity = base_identity(base)
         if identity != self.base:
             raise TaskvecError(f"task vector was made from base {self.base}, not from this model {identity}")
@@ -152,7 +152,7 @@ class TaskVector:
 
     # ----- files --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        metadata = {"format": FORMAT, "mode": self.mode, "base": self.base, "tasks": list(self.tasks), "info": self.info}
+        metadata = {"format": FORMAT, "mode": self.mode.name, "base": self.base, "tasks": list(self.tasks), "info": self.info}
         save_tensors(path, self.vector, metadata)
 
     @classmethod

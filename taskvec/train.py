@@ -33,7 +33,8 @@ from .io import load_tensors, save_tensors
 from .linearize import LinearizedBackbone
 from .models.base import Backbone, Batch
 from .models.heads import ClassificationHead, Classifier
-from .task_vector import Mode, TaskVector, base_identity
+from .kinds import FINETUNE_MODES, FinetuneMode
+from .task_vector import TaskVector, base_identity
 
 CHECKPOINT_FORMAT = "taskvec.checkpoint/1"
 
@@ -153,7 +154,7 @@ def finetune(
     inputs: Batch,
     labels: torch.Tensor,
     *,
-    mode: Mode,
+    mode: FinetuneMode | str,
     cfg: TrainConfig,
     task: str = "",
     checkpoint: str | Path | None = None,
@@ -164,11 +165,11 @@ def finetune(
 ) -> TaskVector:
     """Fine-tune a copy of `base` (θ0) on one task and return its task vector.
 
-    mode "nonlinear" trains f; mode "linear" trains f_lin = linearize(f). `checkpoint` makes the
-    run resumable; `stop_after` ends the run early after that many steps (an interruption).
+    `mode` (a registered fine-tuning mode or its name) says what is trained: f itself, or
+    f_lin = linearize(f) for a linearized mode. `checkpoint` makes the run resumable;
+    `stop_after` ends the run early after that many steps (an interruption).
     """
-    if mode not in ("nonlinear", "linear"):
-        raise TaskvecError(f"unknown fine-tuning mode {mode!r}; expected 'nonlinear' or 'linear'")
+    mode = FINETUNE_MODES.get(mode)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if len(labels) == 0:
         raise TaskvecError(f"task {task!r} has no training examples")
@@ -184,13 +185,13 @@ def finetune(
     _autocast(device, cfg.precision)  # refuse bf16 off CUDA before any work
 
     encoder: torch.nn.Module = copy.deepcopy(base)
-    if mode == "linear":
+    if mode.linearized:
         encoder = LinearizedBackbone(encoder)
     model = Classifier(encoder, head).to(device)
     model.train()
     params = _trainable(encoder)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    meta = {"mode": mode, "task": task, "base": identity, "config": asdict(cfg)}
+    meta = {"mode": mode.name, "task": task, "base": identity, "config": asdict(cfg)}
     forward: torch.nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -215,7 +216,7 @@ def finetune(
 
     started = time.perf_counter()
     loss = torch.zeros(())
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{mode:>9} {task}", disable=not progress or rank != 0, leave=False)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{mode.name:>9} {task}", disable=not progress or rank != 0, leave=False)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskvec-prefetch") as prefetch:
         upcoming = prefetch.submit(load, start) if start < end else None
         for step in bar:

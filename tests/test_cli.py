@@ -4,7 +4,11 @@ import json
 import pytest
 
 from taskvec.cli import main
+from taskvec.kinds import EVAL_METHODS
+from taskvec.merging import MERGE_METHODS
+from taskvec.results import RunResults
 from taskvec.task_vector import TaskVector
+from taskvec.typed import to_data
 
 CONFIG = """
 name = "tiny"
@@ -53,16 +57,25 @@ def test_run_writes_results_report_and_figures(finished_run):
     _, out = finished_run
     results = json.loads((out / "results.json").read_text())
     tasks = ["toy-squares", "toy-stripes", "toy-noise"]
-    for method in ("pretrained", "nonlinear", "posthoc", "linear"):
-        assert set(results["single_task"][method]) == set(tasks)
-        assert {"alpha", "absolute", "normalized", "per_task"} <= set(results["addition"][method])
-        assert {"target", "control", "per_task"} <= set(results["negation"][method])
+    for method in EVAL_METHODS:
+        assert set(results["single_task"]["test"][method.name]) >= set(tasks)
+        assert {"target", "control", "per_task"} <= set(results["negation"][method.name])
+    assert list(results["merge"]) == MERGE_METHODS.names()  # every registered merge method, by default
+    for name, by_method in results["merge"].items():
+        assert set(by_method) == {m.name for m in EVAL_METHODS if m.edits}, name
+        for r in by_method.values():
+            assert {"alpha", "absolute", "normalized", "per_task", "settings", "seconds", "curve", "search"} <= set(r)
+            assert r["settings"] in [p["settings"] for p in r["search"]]  # the chosen settings were among those tried
+    loaded = RunResults.load(out / "results.json")  # typed, and it round-trips
+    assert to_data(loaded) == results
     report = (out / "report.md").read_text()
     for row in ("Pre-trained", "Post-hoc linearization"):
         assert report.count(f"| {row} |") >= 3  # addition, negation and single-task tables
-    for section in ("Table 1", "Table 2", "Single-task", "disentanglement (Fig. 3)", "localization (Fig. 6)", "Table 3"):
+    for section in ("Table 1", "Table 2", "Single-task", "Merge methods", "disentanglement (Fig. 3)", "localization (Fig. 6)", "Table 3"):
         assert section in report
-    for fig in ("single_task", "addition_alpha", "negation_alpha", "nonlinear_advantage",
+    for method in MERGE_METHODS:
+        assert f"| {method.label} |" in report
+    for fig in ("single_task", "addition_alpha", "negation_alpha", "nonlinear_advantage", "merge_methods",
                 "disentanglement_toy-squares_toy-stripes", "ntk_localization"):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG", fig
     xi = results["disentanglement"]["toy-squares+toy-stripes"]
@@ -80,12 +93,14 @@ def test_second_run_reuses_every_stage(finished_run, capsys):
     first = json.loads((out / "results.json").read_text())["timing"]
     main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
     printed, err = capsys.readouterr()
-    assert err.count("[skip] fine-tune") == 6 and "[skip] addition" in err
+    assert err.count("[skip] finetune/") == 6 and "[skip] merge/task_arithmetic" in err and "[skip] report" in err
+    assert "[done]" not in err  # nothing computed, the report included
     assert {p: p.stat().st_mtime_ns for p in (out / "vectors").iterdir()} == before
-    for line in ("ξ toy-squares+toy-stripes (mean over the grid): nonlinear", "NTK localization: pre-trained", "from random init: single-task"):
+    for line in ("ξ toy-squares+toy-stripes (mean over the grid): Non-linear FT", "NTK localization: pre-trained",
+                 "from random init: single-task", "merge TIES: Non-linear FT"):
         assert line in printed
     again = json.loads((out / "results.json").read_text())["timing"]
-    stages = ["single_task", "addition", "negation", "disentanglement", "ntk", "random_init"]
+    stages = ["single_task", *(f"merge/{m}" for m in MERGE_METHODS.names()), "negation", "disentanglement", "ntk", "random_init"]
     assert list(first["stages"]) == stages and all(first["stages"][s] >= 0 for s in stages)
     assert again["stages"] == first["stages"] and again["finetune"] == first["finetune"]  # the times of the run that did the work
     assert len(first["finetune"]) == 6 and "| random_init |" in (out / "report.md").read_text()
@@ -115,7 +130,7 @@ def test_changed_analysis_settings_redo_only_that_analysis(finished_run, tmp_pat
     main(["run", "--config", str(changed), "--out", str(copy), "--no-progress"])
     err = capsys.readouterr().err
     assert "[redo] disentanglement" in err and "[skip] ntk" in err and "[skip] random_init" in err
-    assert "[skip] addition" in err and err.count("[skip] fine-tune") == 6
+    assert "[skip] merge/task_arithmetic" in err and err.count("[skip] finetune/") == 6
     assert {p.name: p.stat().st_mtime_ns for p in (copy / "vectors").iterdir()} == vectors
     xi = json.loads((copy / "results.json").read_text())["disentanglement"]["toy-squares+toy-stripes"]
     assert xi["linear"]["alphas1"] == [-3.0, 0.0, 3.0]
@@ -132,7 +147,7 @@ def test_analyses_can_be_switched_off_on_a_finished_run(finished_run, tmp_path, 
     plain.write_text(CONFIG.split("[analysis]")[0])
     main(["run", "--config", str(plain), "--out", str(copy), "--no-progress"])
     results = json.loads((copy / "results.json").read_text())
-    assert "disentanglement" not in results and "[skip] negation" in capsys.readouterr().err
+    assert results["disentanglement"] is None and "[skip] negation" in capsys.readouterr().err
     assert "Table 1" in (copy / "report.md").read_text()
 
 
@@ -187,7 +202,7 @@ def test_vector_commands(finished_run, tmp_path, capsys):
     main(["evaluate", str(a), "--config", str(config), "--task", "toy-squares"])
     via_cli = json.loads(capsys.readouterr().out)["accuracy"]["toy-squares"]
     results = json.loads((out / "results.json").read_text())
-    assert via_cli == pytest.approx(results["single_task"]["nonlinear"]["toy-squares"])
+    assert via_cli == pytest.approx(results["single_task"]["test"]["nonlinear"]["toy-squares"])
     # A vector from another base is refused.
     lin = out / "vectors" / "toy-squares.linear.safetensors"
     with pytest.raises(SystemExit):
@@ -235,7 +250,7 @@ def test_sharded_fine_tuning_fills_one_run_directory(tmp_path, capsys):
     assert len(list((out / "vectors").iterdir())) == 6
     capsys.readouterr()
     main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
-    assert capsys.readouterr().err.count("[skip] fine-tune") == 6
+    assert capsys.readouterr().err.count("[skip] finetune/") == 6
     assert (out / "results.json").exists()
 
 

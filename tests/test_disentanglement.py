@@ -1,4 +1,5 @@
 """Weight disentanglement error ξ(α1, α2) against a brute-force computation, and its figure."""
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -66,12 +67,12 @@ def brute_force(ev: Evaluator, alphas1, alphas2, rows=None):
 def test_xi_matches_brute_force(setup, method):
     ev = evaluator(setup, method)
     result = disentanglement_error(ev, T1, T2, A1, A2)
-    assert result["method"] == method and result["task1"] == T1 and result["task2"] == T2
-    assert result["alphas1"] == A1 and result["alphas2"] == A2
-    xi = np.array(result["xi"])
+    assert result.method == method and result.task1 == T1 and result.task2 == T2
+    assert result.alphas1 == A1 and result.alphas2 == A2
+    xi = np.array(result.xi)
     assert xi.shape == (len(A1), len(A2))
     np.testing.assert_array_equal(xi, brute_force(ev, A1, A2))
-    np.testing.assert_allclose(xi, np.array(result["xi_terms"][T1]) + np.array(result["xi_terms"][T2]))
+    np.testing.assert_allclose(xi, np.array(result.xi_terms[T1]) + np.array(result.xi_terms[T2]))
     assert xi[A1.index(0.0), A2.index(0.0)] == 0.0
     assert xi.max() > 0  # the vectors do interfere somewhere on this grid: the test is not vacuous
     assert ((xi >= 0) & (xi <= 2)).all()
@@ -80,7 +81,7 @@ def test_xi_matches_brute_force(setup, method):
 @pytest.mark.parametrize("method", ["nonlinear", "linear"])
 def test_xi_at_origin_is_zero(setup, method):
     result = disentanglement_error(evaluator(setup, method), T1, T2, [0.0], [0.0])
-    assert result["xi"] == [[0.0]]
+    assert result.xi == [[0.0]]
 
 
 @pytest.mark.parametrize("method", ["nonlinear", "posthoc", "linear"])
@@ -92,14 +93,14 @@ def test_zero_second_vector(setup, method):
     zero = TaskVector({n: torch.zeros_like(t) for n, t in tau1.vector.items()}, tau1.mode, tau1.base, (T2,))
     ev = evaluator(setup, method, **{T2: zero})
     result = disentanglement_error(ev, T1, T2, A1, A2)
-    np.testing.assert_array_equal(result["xi_terms"][T1], 0.0)
-    xi = np.array(result["xi"])
+    np.testing.assert_array_equal(result.xi_terms[T1], 0.0)
+    xi = np.array(result.xi)
     np.testing.assert_array_equal(xi, xi[:, :1].repeat(len(A2), axis=1))  # constant in α2
     np.testing.assert_array_equal(xi[A1.index(0.0)], 0.0)
     assert xi.max() > 0  # τ1 does move task 2's predictions somewhere: the check is not vacuous
     # both vectors zero: nothing moves anywhere
     ev0 = evaluator(setup, method, **{T1: zero, T2: zero})
-    np.testing.assert_array_equal(disentanglement_error(ev0, T1, T2, A1, A2)["xi"], 0.0)
+    np.testing.assert_array_equal(disentanglement_error(ev0, T1, T2, A1, A2).xi, 0.0)
 
 
 @pytest.mark.parametrize("method", ["nonlinear", "linear"])
@@ -110,22 +111,22 @@ def test_max_examples_subsets_and_reuses_caches(setup, method):
     sizes = {t: len(ev.sets[(t, "val")]) for t in (T1, T2)}
     assert min(sizes.values()) > 10
     result = disentanglement_error(ev, T1, T2, A1, A2, max_examples=10, seed=3)
-    assert result["examples"] == {T1: 10, T2: 10}
-    assert result["forward_passes"] == 0  # everything sliced from the full-set caches
+    assert result.examples == {T1: 10, T2: 10}
+    assert result.forward_passes == 0  # everything sliced from the full-set caches
     assert ev.forward_passes == passes
     rows = {t: torch.from_numpy(np.sort(np.random.default_rng(3).permutation(sizes[t])[:10])) for t in (T1, T2)}
-    np.testing.assert_array_equal(result["xi"], brute_force(ev, A1, A2, rows))
-    assert full_xi["examples"] == sizes
+    np.testing.assert_array_equal(result.xi, brute_force(ev, A1, A2, rows))
+    assert full_xi.examples == sizes
     # a fresh evaluator computes the same subset from scratch
     fresh = disentanglement_error(evaluator(setup, method), T1, T2, A1, A2, max_examples=10, seed=3)
-    assert fresh["xi"] == result["xi"] and fresh["forward_passes"] > 0
+    assert fresh.xi == result.xi and fresh.forward_passes > 0
 
 
 def test_linear_cost_does_not_grow_with_the_grid(setup):
     result = disentanglement_error(evaluator(setup, "linear"), T1, T2)  # default 13 × 13 grid
-    assert result["alphas1"] == result["alphas2"] == disentanglement_grid() == [x / 2 for x in range(-6, 7)]
-    assert np.array(result["xi"]).shape == (13, 13)
-    assert result["forward_passes"] == 2 + 4  # θ0 per eval set + one JVP per (vector, eval set)
+    assert result.alphas1 == result.alphas2 == disentanglement_grid() == [x / 2 for x in range(-6, 7)]
+    assert np.array(result.xi).shape == (13, 13)
+    assert result.forward_passes == 2 + 4  # θ0 per eval set + one JVP per (vector, eval set)
 
 
 def test_bad_arguments(setup):
@@ -141,7 +142,7 @@ def test_plot_is_a_png(setup, tmp_path):
     path = plot_disentanglement(results, tmp_path / "fig" / "xi.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["xi.png"]  # no temporary file left
-    zero = {"linear": {**results["linear"], "xi": np.zeros((4, 3)).tolist()}}
+    zero = {"linear": dataclasses.replace(results["linear"], xi=np.zeros((4, 3)).tolist())}
     plot_disentanglement(zero, tmp_path / "zero.png", search_box=None)  # all-zero map, no box
     assert (tmp_path / "zero.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -149,6 +150,9 @@ def test_plot_is_a_png(setup, tmp_path):
 def test_mean_xi_over_the_grid_and_inside_the_box():
     from taskvec.analysis import mean_xi
 
-    result = {"alphas1": [-1.0, 0.0, 1.0], "alphas2": [0.0, 2.0], "xi": [[0.9, 0.8], [0.0, 0.6], [0.2, 0.4]]}
+    from taskvec.results import Disentanglement
+
+    result = Disentanglement(task1="a", task2="b", alphas1=[-1.0, 0.0, 1.0], alphas2=[0.0, 2.0], xi=[[0.9, 0.8], [0.0, 0.6], [0.2, 0.4]],
+                             method="linear", split="val", xi_terms={}, examples={}, seconds=0.0, forward_passes=0)
     assert mean_xi(result) == pytest.approx(2.9 / 6)
     assert mean_xi(result, box=(0.0, 1.0)) == pytest.approx(0.1)  # cells (0, 0) and (1, 0)

@@ -97,9 +97,9 @@ def test_sweeps_choose_the_same_alpha_as_direct_evaluation(setup, method):
     finetuned = {s: {t: fast.accuracy(t, s, {t: 1.0}) for t in TASKS} for s in ("val", "test")}
     a, b = (task_addition(ev, TASKS, finetuned, alphas) for ev in (fast, direct))
     assert direct.forward_passes >= len(alphas) * len(TASKS)  # really evaluated directly
-    assert a["alpha"] == b["alpha"]
-    assert a["curve"] == b["curve"]
-    assert a["absolute"] == b["absolute"]
+    assert a.alpha == b.alpha
+    assert a.curve == b.curve
+    assert a.absolute == b.absolute
     control_val = fast.accuracy("toy-noise", "val", {})
     n1, n2 = (task_negation(ev, "toy-squares", "toy-noise", control_val, alphas) for ev in (fast, direct))
     assert n1 == n2
@@ -113,8 +113,8 @@ def test_addition_picks_best_validation_alpha():
 
     finetuned = {"val": {"a": 1.0, "b": 1.0}, "test": {"a": 1.0, "b": 0.5}}
     result = task_addition(Fake(), ["a", "b"], finetuned, alpha_grid())
-    assert result["alpha"] == 0.6
-    assert result["absolute"] == 0.5 and result["normalized"] == 0.75
+    assert result.alpha == 0.6
+    assert result.absolute == 0.5 and result.normalized == 0.75
 
 
 def test_negation_respects_control_threshold():
@@ -125,8 +125,8 @@ def test_negation_respects_control_threshold():
 
     result = task_negation(Fake(), "t", "c", control_pretrained_val=0.8, alphas=alpha_grid(), threshold=0.95)
     # control ≥ 0.76 ⇔ 0.8 − 0.2α ≥ 0.76 ⇔ α ≤ 0.2
-    assert result["alpha"] == 0.2
-    assert result["target"] == pytest.approx(0.8)
+    assert result.alpha == 0.2
+    assert result.target == pytest.approx(0.8)
 
 
 def test_negation_control_choice():
@@ -142,3 +142,71 @@ def test_evaluator_refuses_wrong_vector_mode(setup):
     model, heads, sets, vectors = setup
     with pytest.raises(TaskvecError, match="needs linear"):
         Evaluator(model, heads, sets, vectors["nonlinear"], "linear")
+
+
+# ----- merged directions: one JVP per evaluation set, every α exact -------------------------------
+
+def test_merged_linear_vector_fast_path_equals_direct_evaluation_at_every_alpha(setup):
+    from taskvec.merging import MERGE_METHODS
+
+    model, heads, sets, vectors = setup
+    linear = [vectors["linear"][t] for t in TASKS]
+    for method in MERGE_METHODS:
+        merged = method(linear)
+        fast = Evaluator(model, heads, sets, {}, "linear")
+        fast.add_vector("merged", merged)
+        fast.pretrained_features("toy-squares", "val")
+        passes = fast.forward_passes
+        for alpha in method.alpha_grid(alpha_grid(0, 1, 0.25)):
+            direct_model = merged.apply_to(model, alpha)  # f_lin at θ0 + α d, built and run directly
+            direct = heads["toy-squares"](encode(direct_model, sets[("toy-squares", "val")].inputs))
+            got = fast.logits("toy-squares", "val", {"merged": alpha})
+            torch.testing.assert_close(got, direct, rtol=1e-4, atol=1e-4, msg=lambda m: f"{method.name} α={alpha}: {m}")
+        assert fast.forward_passes == passes + 1, method.name  # one JVP of d for the whole α grid
+
+
+def _normalizers(evaluators):
+    return {s: {m.name: {t: ev.accuracy(t, s, {t: 1.0}) for t in TASKS} for m, ev in evaluators.items()} for s in ("val", "test")}
+
+
+def test_select_merge_chooses_as_direct_evaluation_and_task_arithmetic_is_addition(setup):
+    from taskvec.edits import select_merge
+    from taskvec.kinds import LINEARIZED, LINEARIZED_FT, NONLINEAR, NONLINEAR_FT, POSTHOC
+    from taskvec.merging import MERGE_METHODS
+
+    model, heads, sets, vectors = setup
+    modes = {NONLINEAR: [vectors["nonlinear"][t] for t in TASKS], LINEARIZED: [vectors["linear"][t] for t in TASKS]}
+    alphas = alpha_grid(0, 1, 0.25)
+    picks = {}
+    for kind in (Evaluator, DirectEvaluator):
+        evaluators = {m: kind(model, heads, sets, {t: vectors[m.vectors.name][t] for t in TASKS}, m) for m in (NONLINEAR_FT, POSTHOC, LINEARIZED_FT)}
+        finetuned = _normalizers(evaluators)
+        ties = MERGE_METHODS.get("ties")
+        grid = [{"k": 0.2}, {"k": 1.0}]
+        picks[kind] = {name: select_merge(evaluators, modes, MERGE_METHODS.get(name), grid if name == "ties" else [{}], alphas, TASKS, finetuned)
+                       for name in ("task_arithmetic", "ties")}
+        for m, ev in evaluators.items():  # merged directions are dropped once chosen
+            assert set(ev.vectors) == set(TASKS) and not any("ties" in str(k) for k in ev._jvps)
+        ta = picks[kind]["task_arithmetic"]
+        for m, ev in evaluators.items():  # the task-arithmetic merge is plain addition
+            plain = task_addition(ev, TASKS, {s: finetuned[s][m.name] for s in ("val", "test")}, alphas)
+            assert (ta[m.name].alpha, ta[m.name].absolute) == (plain.alpha, plain.absolute)
+            assert [p.val_normalized for p in ta[m.name].curve] == pytest.approx([p.val_normalized for p in plain.curve], abs=1e-9)
+        assert [p.settings for p in picks[kind]["ties"][LINEARIZED_FT.name].search] == grid
+        assert ties.name in picks[kind] and picks[kind]["ties"][NONLINEAR_FT.name].settings in grid
+    for name in ("task_arithmetic", "ties"):
+        for m in (NONLINEAR_FT.name, POSTHOC.name, LINEARIZED_FT.name):
+            fast, direct = picks[Evaluator][name][m], picks[DirectEvaluator][name][m]
+            assert (fast.settings, fast.alpha, fast.absolute, fast.normalized) == (direct.settings, direct.alpha, direct.absolute, direct.normalized)
+
+
+def test_evaluator_refuses_a_merged_vector_of_another_mode(setup):
+    from taskvec.merging import merge
+
+    model, heads, sets, vectors = setup
+    ev = Evaluator(model, heads, sets, {}, "linear")
+    with pytest.raises(TaskvecError, match="needs linear task vectors"):
+        ev.add_vector("m", merge([vectors["nonlinear"][t] for t in TASKS]))
+    ev.add_vector("m", merge([vectors["linear"][t] for t in TASKS]))
+    with pytest.raises(TaskvecError, match="already holds"):
+        ev.add_vector("m", merge([vectors["linear"][t] for t in TASKS]))

@@ -178,28 +178,27 @@ def test_localization_on_disjoint_supports_is_complete():
     train, control = disjoint_sets(5, 4)
     for m, output in ((model, "logits"), (encoder, "features")):
         res = ntk_localization(m, train, control, top_k=9, output=output, chunk=2)
-        assert (res["n_train"], res["n_control"]) == (5, 4)
-        assert len(res["eigenvalues"]) == 9
-        assert res["eigenvalues"] == sorted(res["eigenvalues"], reverse=True)
-        for et, ec in zip(res["energy_train"], res["energy_control"]):
+        assert (res.n_train, res.n_control) == (5, 4)
+        assert len(res.eigenvalues) == 9
+        assert res.eigenvalues == sorted(res.eigenvalues, reverse=True)
+        for et, ec in zip(res.energy_train, res.energy_control):
             assert et + ec == pytest.approx(1.0, abs=1e-12)
             assert min(et, ec) < 1e-10  # each eigenfunction lives on one support only
-        assert sum(e > 0.5 for e in res["energy_train"]) == 5  # one per training sample (full rank)
-        assert res["localization"] == pytest.approx(1.0, abs=1e-10)
+        assert sum(e > 0.5 for e in res.energy_train) == 5  # one per training sample (full rank)
+        assert res.localization == pytest.approx(1.0, abs=1e-10)
 
 
 def test_localization_energies_sum_to_one_and_figure(tmp_path):
     model = classifier("tiny-attn")
     train, control = pixels(6, seed=7), pixels(5, seed=8)
     res = ntk_localization(model, train, control, top_k=4)
-    assert set(res) >= {"eigenvalues", "energy_train", "energy_control", "n_train", "n_control", "localization"}
-    assert len(res["energy_train"]) == len(res["energy_control"]) == 4
-    for et, ec in zip(res["energy_train"], res["energy_control"]):
+    assert len(res.energy_train) == len(res.energy_control) == 4
+    for et, ec in zip(res.energy_train, res.energy_control):
         assert et + ec == pytest.approx(1.0, abs=1e-10) and 0 <= et <= 1
-    assert 0.5 <= res["localization"] <= 1.0
+    assert 0.5 <= res.localization <= 1.0
     gram = empirical_ntk(model, {k: torch.cat([train[k], control[k]]) for k in train}, kernel="trace")
-    assert res["trace_share_train"] == pytest.approx(float(gram.diagonal()[:6].sum() / gram.diagonal().sum()), rel=1e-4)
-    assert len(ntk_localization(model, train, control, top_k=50)["eigenvalues"]) == 11  # capped at N
+    assert res.trace_share_train == pytest.approx(float(gram.diagonal()[:6].sum() / gram.diagonal().sum()), rel=1e-4)
+    assert len(ntk_localization(model, train, control, top_k=50).eigenvalues) == 11  # capped at N
     with pytest.raises(TaskvecError):
         ntk_localization(model, train, control, top_k=0)
 
@@ -224,5 +223,5 @@ def test_union_of_batches_with_different_input_shapes():
     gram[:3, 3:] = empirical_ntk(model, small, large)
     gram[3:, :3] = gram[:3, 3:].T
     values, vectors = torch.linalg.eigh(gram)
-    torch.testing.assert_close(torch.tensor(res["eigenvalues"], dtype=torch.float64), values.flip(0))
-    torch.testing.assert_close(torch.tensor(res["energy_train"], dtype=torch.float64), vectors[:3].square().sum(0).flip(0))
+    torch.testing.assert_close(torch.tensor(res.eigenvalues, dtype=torch.float64), values.flip(0))
+    torch.testing.assert_close(torch.tensor(res.energy_train, dtype=torch.float64), vectors[:3].square().sum(0).flip(0))

@@ -67,7 +67,7 @@ def test_save_load_roundtrip_with_metadata(tiny, tmp_path):
     path = tmp_path / "v.safetensors"
     v.save(path)
     loaded = TaskVector.load(path)
-    assert (loaded.mode, loaded.tasks, loaded.base, loaded.info) == ("linear", ("mnist",), v.base, {"steps": 7})
+    assert (loaded.mode.name, loaded.tasks, loaded.base, loaded.info) == ("linear", ("mnist",), v.base, {"steps": 7})
     for n in v.vector:
         assert torch.equal(loaded.vector[n], v.vector[n])
 

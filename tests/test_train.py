@@ -32,7 +32,7 @@ def test_finetuning_learns_and_leaves_base_untouched(mode):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = TrainConfig(steps=30, batch_size=16, lr=1e-2, warmup_steps=3)
     vector = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, task="toy-squares", progress=False)
-    assert vector.mode == mode and vector.norm() > 0
+    assert vector.mode.name == mode and vector.norm() > 0
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n])
     edited = vector.apply_to(model)

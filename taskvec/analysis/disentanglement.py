@@ -9,11 +9,11 @@ vector alone disturbs the other task relative to θ0.
 
 All edits go through an `Evaluator`, so the three methods share one code path:
 
-- "posthoc" / "linear": the evaluator computes f(x; θ0) and one JVP J τ_t per (vector, eval
+- post-hoc / linearized FT (methods on f_lin): the evaluator computes f(x; θ0) and one JVP J τ_t per (vector, eval
   set), i.e. 2 forward passes and 4 JVPs for a pair of tasks, whatever the grid; every grid
   point is then a few additions. If the evaluator already holds those on the full eval sets
   (e.g. after the addition sweep), they are sliced and ξ costs no pass through the network.
-- "nonlinear": every distinct (α1, α2) edit is one forward pass of the edited model per eval
+- non-linear FT (on f): every distinct (α1, α2) edit is one forward pass of the edited model per eval
   set, plus building that edited model once (a deep copy and a weight update: for
   EfficientNet-Lite0 about as costly as a forward pass of 200 images at 32 px). A 13×13 grid
   is 169 model builds and 2 × 169 forward passes of `max_examples` inputs, minutes on a CPU
@@ -31,9 +31,9 @@ import torch
 from ..edits import alpha_grid
 from ..errors import TaskvecError
 from ..evaluate import Evaluator
+from ..kinds import EVAL_METHODS
+from ..results import Disentanglement
 
-METHOD_ORDER = ("nonlinear", "posthoc", "linear")
-TITLES = {"nonlinear": "Non-linear FT", "posthoc": "Post-hoc linearization", "linear": "Linearized FT"}
 
 
 def disentanglement_grid(start: float = -3.0, stop: float = 3.0, step: float = 0.5) -> list[float]:
@@ -64,21 +64,19 @@ def disentanglement_error(
     max_examples: int | None = 200,
     seed: int = 0,
     progress: bool = False,
-) -> dict:
+) -> "Disentanglement":
     """ξ(α1, α2) for every α1 in `alphas1` and α2 in `alphas2` (default: [−3, 3], step 0.5).
 
     `evaluator` must hold task vectors, heads and `split` eval sets for both tasks; its method
-    ("nonlinear", "posthoc" or "linear") decides how the edits are evaluated. Each eval set is
+    (non-linear FT, post-hoc linearization or linearized FT) decides how the edits are evaluated. Each eval set is
     cut to a seeded random `max_examples` rows (None: all rows).
 
-    Cost: "posthoc"/"linear" need 2 forward passes and 4 JVPs in all (none if the evaluator
-    already computed them), then additions. "nonlinear" needs one forward pass per distinct
+    Cost: methods on f_lin need 2 forward passes and 4 JVPs in all (none if the evaluator
+    already computed them), then additions. Non-linear FT needs one forward pass per distinct
     edit and eval set: len(alphas1) × len(alphas2) × 2 passes of ≤ max_examples inputs
     (338 for the default 13×13 grid) — keep the sets small.
 
-    Returns {"task1", "task2", "alphas1", "alphas2", "xi", "method", ...} where xi[i][j] is
-    ξ(alphas1[i], alphas2[j]); "xi_terms" holds the two summands per task (same layout),
-    "examples" the number of inputs per task, "seconds" and "forward_passes" the cost.
+    Returns a `Disentanglement` (ξ grid, its two terms, example counts, seconds and passes).
     """
     if task1 == task2:
         raise TaskvecError(f"disentanglement needs two different tasks, got {task1!r} twice")
@@ -117,31 +115,17 @@ def disentanglement_error(
         term1[i, j] = float((both[task1].argmax(-1) != own1[i]).float().mean())
         term2[i, j] = float((both[task2].argmax(-1) != own2[j]).float().mean())
     xi = term1 + term2
-    return {
-        "task1": task1,
-        "task2": task2,
-        "alphas1": alphas1,
-        "alphas2": alphas2,
-        "xi": xi.tolist(),
-        "method": ev.method,
-        "split": split,
-        "xi_terms": {task1: term1.tolist(), task2: term2.tolist()},
-        "examples": {task1: len(ev._set(task1, split)), task2: len(ev._set(task2, split))},
-        "seconds": round(time.perf_counter() - started, 3),
-        "forward_passes": ev.forward_passes - passes_before,
-    }
+    return Disentanglement(
+        task1=task1, task2=task2, alphas1=alphas1, alphas2=alphas2, xi=xi.tolist(), method=ev.method.name, split=split,
+        xi_terms={task1: term1.tolist(), task2: term2.tolist()},
+        examples={task1: len(ev._set(task1, split)), task2: len(ev._set(task2, split))},
+        seconds=round(time.perf_counter() - started, 3), forward_passes=ev.forward_passes - passes_before,
+    )
 
 
-def mean_xi(result: Mapping, box: tuple[float, float] | None = None) -> float:
-    """Mean ξ of a `disentanglement_error` result over its grid, or over the cells whose α1 and α2
-    both lie in `box` (lo, hi), e.g. the addition search range (0, 1)."""
-    xi = np.asarray(result["xi"], dtype=float)
-    if box is None:
-        return float(xi.mean())
-    lo, hi = box
-    rows = [i for i, a in enumerate(result["alphas1"]) if lo <= a <= hi]
-    cols = [j for j, a in enumerate(result["alphas2"]) if lo <= a <= hi]
-    return float(xi[np.ix_(rows, cols)].mean())
+def mean_xi(result: Disentanglement, box: tuple[float, float] | None = None) -> float:
+    """Mean ξ of a `disentanglement_error` result (see `Disentanglement.mean`)."""
+    return result.mean(box)
 
 
 def _edges(values: Sequence[float]) -> np.ndarray:
@@ -153,7 +137,7 @@ def _edges(values: Sequence[float]) -> np.ndarray:
     return np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]])
 
 
-def plot_disentanglement(results_by_method: Mapping[str, dict], path: str | Path, search_box: tuple[float, float] | None = (0.0, 1.0)) -> Path:
+def plot_disentanglement(results_by_method: Mapping[str, Disentanglement], path: str | Path, search_box: tuple[float, float] | None = (0.0, 1.0)) -> Path:
     """One row of ξ heatmaps (one per method), α1 on x, α2 on y, shared colour scale 0..max.
 
     `search_box` (lo, hi) draws the α search range of task addition as the square
@@ -169,32 +153,33 @@ def plot_disentanglement(results_by_method: Mapping[str, dict], path: str | Path
 
     if not results_by_method:
         raise TaskvecError("plot_disentanglement needs at least one result")
-    methods = [m for m in METHOD_ORDER if m in results_by_method] + [m for m in results_by_method if m not in METHOD_ORDER]
+    order = EVAL_METHODS.names()
+    methods = sorted(results_by_method, key=lambda m: order.index(m) if m in order else len(order))
     first = results_by_method[methods[0]]
-    vmax = max(float(np.max(results_by_method[m]["xi"])) for m in methods)
+    vmax = max(float(np.max(results_by_method[m].xi)) for m in methods)
     vmax = vmax if vmax > 0 else 1.0  # an all-zero map still gets a readable scale
 
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 0.9, 3.7), squeeze=False, constrained_layout=True)
     mesh = None
     for ax, m in zip(axes[0], methods):
         r = results_by_method[m]
-        xi = np.asarray(r["xi"], dtype=float)  # [i][j] = (α1_i, α2_j): rows are x, so transpose
-        mesh = ax.pcolormesh(_edges(r["alphas1"]), _edges(r["alphas2"]), xi.T, cmap="viridis", vmin=0.0, vmax=vmax, shading="flat")
+        xi = np.asarray(r.xi, dtype=float)  # [i][j] = (α1_i, α2_j): rows are x, so transpose
+        mesh = ax.pcolormesh(_edges(r.alphas1), _edges(r.alphas2), xi.T, cmap="viridis", vmin=0.0, vmax=vmax, shading="flat")
         if search_box is not None:
             lo, hi = search_box
             ax.add_patch(Rectangle((lo, lo), hi - lo, hi - lo, fill=False, edgecolor="white", linewidth=1.8, linestyle="--"))
         ax.axhline(0, color="white", lw=0.5, alpha=0.5)
         ax.axvline(0, color="white", lw=0.5, alpha=0.5)
-        ax.set_title(TITLES.get(m, m))
-        ax.set_xlabel(f"α1 ({r['task1']})")
+        ax.set_title(EVAL_METHODS.get(m).label if m in EVAL_METHODS else m)
+        ax.set_xlabel(f"α1 ({r.task1})")
         ax.set_aspect("equal")
-    axes[0][0].set_ylabel(f"α2 ({first['task2']})")
+    axes[0][0].set_ylabel(f"α2 ({first.task2})")
     for ax in axes[0][1:]:
         ax.tick_params(labelleft=False)
     bar = fig.colorbar(mesh, ax=axes[0].tolist(), shrink=0.9, pad=0.02)
     bar.set_label("disentanglement error ξ")
     box = "" if search_box is None else f"; dashed box: addition search range [{search_box[0]:g}, {search_box[1]:g}]²"
-    fig.suptitle(f"Weight disentanglement error ξ(α1, α2), {first['task1']} + {first['task2']}{box}", fontsize=10)
+    fig.suptitle(f"Weight disentanglement error ξ(α1, α2), {first.task1} + {first.task2}{box}", fontsize=10)
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -44,6 +44,7 @@ from ..io import atomic_path
 from ..linearize import LinearizedBackbone, forward_ad_safe_attention
 from ..models.base import Batch
 from ..models.heads import Classifier
+from ..results import NtkLocalization
 
 Output = Literal["logits", "features"]
 Kernel = Literal["trace", "full"]
@@ -105,12 +106,12 @@ def ntk_localization(
     chunk: int = 32,
     max_memory: int | None = None,
     progress: bool = False,
-) -> dict:
+) -> "NtkLocalization":
     """Local energy of the NTK's top eigenfunctions on a training task D_t and a control D_c.
 
     The trace-kernel Gram matrix on D_t ∪ D_c is eigendecomposed (float64, eigenvalues
     descending). For each of the top_k unit eigenvectors v: energy_train = Σ_{i∈D_t} v_i²,
-    energy_control = Σ_{i∈D_c} v_i² (the two sum to 1). Returns plain JSON-able values:
+    energy_control = Σ_{i∈D_c} v_i² (the two sum to 1). Returns an `NtkLocalization`:
     eigenvalues, eigenvalue_share (eigenvalue / trace K), energy_train, energy_control
     (lists of length min(top_k, N)), n_train, n_control, trace_share_train (D_t's share of
     trace K: the kernel's scale on each task), and localization = the mean over
@@ -129,21 +130,21 @@ def ntk_localization(
     energy_train = energy[:n_train].sum(0)
     energy_control = energy[n_train:].sum(0)
     trace = float(gram.diagonal().sum())
-    return {
+    return NtkLocalization(
         # D_t's share of trace K: far from its share of the samples, the kernel's scale alone
         # (e.g. larger gradients on one task's inputs) tilts the eigenvectors towards one task.
-        "trace_share_train": float(gram.diagonal()[:n_train].sum()) / trace if trace > 0 else 0.0,
-        "eigenvalues": values.tolist(),
-        "eigenvalue_share": (values / trace).tolist() if trace > 0 else [0.0] * len(values),
-        "energy_train": energy_train.tolist(),
-        "energy_control": energy_control.tolist(),
-        "localization": float(torch.maximum(energy_train, energy_control).mean()),
-        "n_train": n_train,
-        "n_control": n_control,
-    }
+        trace_share_train=float(gram.diagonal()[:n_train].sum()) / trace if trace > 0 else 0.0,
+        eigenvalues=values.tolist(),
+        eigenvalue_share=(values / trace).tolist() if trace > 0 else [0.0] * len(values),
+        energy_train=energy_train.tolist(),
+        energy_control=energy_control.tolist(),
+        localization=float(torch.maximum(energy_train, energy_control).mean()),
+        n_train=n_train,
+        n_control=n_control,
+    )
 
 
-def plot_ntk_localization(results: Mapping[str, dict], path: str | Path, train_name: str, control_name: str) -> None:
+def plot_ntk_localization(results: Mapping[str, NtkLocalization], path: str | Path, train_name: str, control_name: str) -> None:
     """Fig. 6: for each model (one panel each), stacked bars of the local energy of the top
     eigenfunctions on D_t and on D_c, x = eigenfunction index by decreasing eigenvalue."""
     from matplotlib.figure import Figure
@@ -154,12 +155,12 @@ def plot_ntk_localization(results: Mapping[str, dict], path: str | Path, train_n
     fig = Figure(figsize=(max(7.5, 0.6 + 3.6 * len(results)), 3.4), layout="constrained")
     axes = fig.subplots(1, len(results), sharey=True, squeeze=False)[0]
     for ax, (label, res) in zip(axes, results.items()):
-        k = len(res["energy_train"])
+        k = len(res.energy_train)
         xs = range(1, k + 1)
-        ax.bar(xs, res["energy_train"], 0.8, color=colors["train"], label=f"energy on D_t ({train_name})")
-        ax.bar(xs, res["energy_control"], 0.8, bottom=res["energy_train"], color=colors["control"], label=f"energy on D_c ({control_name})")
-        ax.axhline(res["n_train"] / (res["n_train"] + res["n_control"]), color="k", lw=0.8, ls=":", label="D_t's share of the samples")
-        ax.set_title(f"{label}\nlocalization (mean of the larger share) {res['localization']:.2f}", fontsize=9)
+        ax.bar(xs, res.energy_train, 0.8, color=colors["train"], label=f"energy on D_t ({train_name})")
+        ax.bar(xs, res.energy_control, 0.8, bottom=res.energy_train, color=colors["control"], label=f"energy on D_c ({control_name})")
+        ax.axhline(res.n_train / (res.n_train + res.n_control), color="k", lw=0.8, ls=":", label="D_t's share of the samples")
+        ax.set_title(f"{label}\nlocalization (mean of the larger share) {res.localization:.2f}", fontsize=9)
         ax.set_xlabel("eigenfunction (by decreasing eigenvalue)")
         ax.set_xticks(list(xs) if k <= 12 else list(range(1, k + 1, max(1, k // 10))))
         ax.set_xlim(0.4, k + 0.6)

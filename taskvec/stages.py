@@ -1,0 +1,163 @@
+"""A run as a declarative graph of stages, walked by `taskvec run` and by its dry run alike.
+
+A stage names its outputs in the run directory, the settings that invalidate them, what data
+and weights it needs (for the dry run) and how to compute it. `state` says whether it is done
+(outputs present, readable, made with the same settings); `execute` computes the stages that
+are not, in graph order, and reads the results of those that are. JSON stage files keep the
+result, the settings and the seconds the stage took, so a resumed run still knows both.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+
+from .errors import TaskvecError
+from .io import check_tensors, read_json, write_json
+from .typed import check_value, to_data
+
+if TYPE_CHECKING:
+    from .plan import Need, Needs
+
+
+class State(Enum):
+    DONE = "done"
+    TODO = "to do"
+    REDO = "settings changed"
+
+
+class Context(Protocol):
+    """What stages compute with (the pipeline's RunContext); `outcome` collects the result and
+    seconds of every stage executed or read so far, for the stages after it."""
+
+    outcome: "Outcome"
+
+    def log(self, message: str) -> None: ...
+
+
+@dataclass
+class Stage:
+    """One unit of work of a run.
+
+    key: unique id, also the stage file's name (`stages/<key>.json`) for JSON stages.
+    outputs: files that hold the result; the first is the JSON stage file when `result_type`
+        is set (the result is read back as that type), else the outputs are written by
+        `compute` itself (task vectors, heads, the report) and only checked to exist and open.
+    settings: JSON data the result depends on beyond the run's config; a change redoes it.
+    needs: the data, weights and devices it needs (dry run only).
+    every_rank: under torchrun, every process runs it (fine-tuning); else rank 0 alone.
+    current: for outputs drawn from other stages (the report), whether they are still newer
+        than what they were drawn from.
+    """
+
+    key: str
+    title: str
+    outputs: list[Path]
+    compute: Callable[[Any], Any]
+    needs: Callable[["Needs"], list["Need"]] = lambda needs: []
+    settings: Any = None
+    result_type: Any = None
+    detail: str = ""
+    every_rank: bool = False
+    after: tuple[str, ...] = ()
+    current: Callable[[], bool] | None = None
+
+    @property
+    def stage_file(self) -> Path | None:
+        return self.outputs[0] if self.result_type is not None else None
+
+    def state(self) -> State:
+        """DONE, TODO or REDO; a present but unreadable output is a TaskvecError naming it."""
+        if not all(p.exists() for p in self.outputs):
+            return State.TODO
+        if self.stage_file is None:
+            for path in self.outputs:
+                if path.suffix == ".safetensors":
+                    check_tensors(path)
+            return State.DONE if self.current is None or self.current() else State.TODO
+        saved = read_json(self.stage_file)
+        if not isinstance(saved, dict) or saved.get("stage") != self.key or "result" not in saved:
+            return State.REDO  # written by an older taskvec: recompute rather than guess
+        if saved.get("settings") != to_data(self.settings):
+            return State.REDO
+        return State.DONE if self.current is None or self.current() else State.TODO
+
+    def load(self) -> tuple[Any, float | None]:
+        """The saved result (typed) and the seconds it took."""
+        saved = read_json(self.stage_file)
+        try:
+            return check_value(saved["result"], self.result_type, self.key), saved.get("seconds")
+        except TaskvecError as exc:
+            raise TaskvecError(f"corrupt stage file {self.stage_file}: {exc}") from None
+
+    def save(self, result: Any, seconds: float) -> None:
+        write_json(self.stage_file, {"stage": self.key, "settings": to_data(self.settings), "seconds": seconds,
+                                     "result": to_data(result)})
+
+
+@dataclass
+class Graph:
+    """The stages of one run, in an order where every stage comes after those it reads."""
+
+    stages: list[Stage] = field(default_factory=list)
+
+    def add(self, stage: Stage) -> Stage:
+        known = {s.key for s in self.stages}
+        if stage.key in known:
+            raise ValueError(f"stage {stage.key!r} added twice")
+        missing = [k for k in stage.after if k not in known]
+        if missing:
+            raise ValueError(f"stage {stage.key!r} comes after unknown stages {missing}")
+        self.stages.append(stage)
+        return stage
+
+    def __iter__(self) -> Iterator[Stage]:
+        return iter(self.stages)
+
+    def __getitem__(self, key: str) -> Stage:
+        for stage in self.stages:
+            if stage.key == key:
+                return stage
+        raise KeyError(key)
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.stages]
+
+
+@dataclass
+class Outcome:
+    """What `execute` did: each stage's result and seconds (None where not recorded)."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float | None] = field(default_factory=dict)
+    computed: list[str] = field(default_factory=list)
+
+
+def execute(graph: Graph, ctx: Context, *, main: bool = True, select: Callable[[Stage], bool] = lambda s: True) -> Outcome:
+    """Compute every selected stage that is not done, in order; read the results of the others.
+
+    `main`: this process is rank 0 (the others run only `every_rank` stages).
+    """
+    outcome = ctx.outcome
+    for stage in graph:
+        if not select(stage) or not (main or stage.every_rank):
+            continue
+        state = stage.state()
+        if state is State.DONE:
+            ctx.log(f"[skip] {stage.key}: done")
+            if stage.stage_file is not None:
+                outcome.results[stage.key], outcome.seconds[stage.key] = stage.load()
+            continue
+        if state is State.REDO:
+            ctx.log(f"[redo] {stage.key}: its settings changed")
+        started = time.perf_counter()
+        result = stage.compute(ctx)
+        seconds = round(time.perf_counter() - started, 1)
+        if stage.stage_file is not None and main:
+            stage.save(result, seconds)
+        outcome.results[stage.key], outcome.seconds[stage.key] = result, seconds
+        outcome.computed.append(stage.key)
+        ctx.log(f"[done] {stage.key} in {seconds:.1f}s")
+    return outcome
