@@ -38,11 +38,34 @@ def chunks(batch: Batch, size: int, device: str | torch.device):
         yield {k: v[start : start + size].to(device) for k, v in batch.items()}
 
 
-@torch.no_grad()
+def _first_conv(module: torch.nn.Module) -> torch.nn.Conv2d | None:
+    return next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+
+
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """A model this code owns (an edited copy), converted in place to channels-last weights when it
+    has 2-D convolutions and lives on the CPU, where oneDNN's convolutions (depthwise above all)
+    run about 1.4× faster that way (EfficientNet-Lite0 at 32 px). Values are unchanged; outputs
+    differ from the contiguous layout's at rounding level (~1e-5)."""
+    conv = _first_conv(model)
+    if conv is not None and conv.weight.device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _in_layout_of(encoder: torch.nn.Module, part: Batch) -> Batch:
+    """4-D inputs in channels-last when the encoder's convolutions are (mixed layouts are slower)."""
+    conv = _first_conv(encoder)
+    if conv is None or not conv.weight.is_contiguous(memory_format=torch.channels_last) or conv.weight.ndim != 4:
+        return part
+    return {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v for k, v in part.items()}
+
+
+@torch.no_grad()  # not inference mode: it would drop the dual numbers of a linearized encoder
 def encode(encoder: torch.nn.Module, inputs: Batch, chunk: int = 256, device: str | torch.device = "cpu") -> torch.Tensor:
     """Features of all inputs, in chunks, without gradients."""
     encoder = encoder.to(device).eval()
-    return torch.cat([encoder(**part).float().cpu() for part in chunks(inputs, chunk, device)])
+    return torch.cat([encoder(**_in_layout_of(encoder, part)).float().cpu() for part in chunks(inputs, chunk, device)])
 
 
 @torch.no_grad()
@@ -172,7 +195,7 @@ class Evaluator:
         if not self.method.linearized:
             missing = [t for t in tasks if (key, t, split) not in self._logits]
             if missing:
-                edited = self.edited_model(coeffs)
+                edited = channels_last(self.edited_model(coeffs))
                 for t in missing:
                     self._logits[(key, t, split)] = self.heads[t](encode(edited, self._set(t, split).inputs, self.chunk, self.device))
                     self.forward_passes += 1

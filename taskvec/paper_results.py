@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .kinds import LINEARIZED_FT, NONLINEAR_FT, POSTHOC, PRETRAINED, EvalMethod
+from .merging import BREADCRUMBS, CONSENSUS, DARE, ISO_C, ISO_CTS, LINES, TASK_ARITHMETIC, TIES, TSV_M, MergeMethod
 
 if TYPE_CHECKING:
     from .results import RunResults
@@ -30,6 +31,22 @@ TABLE2_NEGATION: dict[EvalMethod, dict[str, tuple[float, float]]] = {
     NONLINEAR_FT: {"ViT-B-32": (24.0, 60.7), "ViT-B-16": (19.2, 64.6), "ViT-L-14": (18.0, 72.5)},
     POSTHOC: {"ViT-B-32": (14.8, 60.3), "ViT-B-16": (10.8, 64.8), "ViT-L-14": (12.1, 71.8)},
     LINEARIZED_FT: {"ViT-B-32": (10.9, 60.8), "ViT-B-16": (11.3, 64.8), "ViT-L-14": (7.9, 72.5)},
+}
+
+# Published CLIP ViT-B/32 8-task merges (absolute test accuracy, %), as restated in shared/paper.md
+# ("Beyond the paper"), each from its own paper and its own fine-tuned checkpoints: context for a
+# run of the paper's protocol, not a like-for-like comparison. "≈" where only an approximate value
+# was restated; "–" where the method's paper reports no CLIP ViT-B/32 number we could check.
+PUBLISHED_MERGES_VIT_B32: dict[MergeMethod, str] = {
+    TASK_ARITHMETIC: "71.4",  # this paper's Table 1, non-linear FT (Ortiz-Jimenez et al., 2305.12827)
+    TIES: "≈72",  # Yadav et al., NeurIPS 2023, 2306.01708
+    DARE: "–",  # Yu et al., ICML 2024, 2311.03099: language models only
+    BREADCRUMBS: "–",  # Davari & Belilovsky, ECCV 2024, 2312.06795
+    TSV_M: "85.9",  # Gargiulo et al., CVPR 2025, 2412.00081
+    ISO_C: "≈86",  # Marczak et al., ICML 2025, 2502.04959
+    ISO_CTS: "≈86",  # Marczak et al., ICML 2025, 2502.04959
+    CONSENSUS: "≈75",  # Wang et al., ICML 2024, 2405.07813
+    LINES: "TA + a few points",  # Wang et al., ICLR 2025, 2410.17146
 }
 
 
@@ -53,8 +70,6 @@ def _num(value: float | None) -> str:
 def comparison_tables(results: "RunResults") -> str:
     """Markdown: our Table 1 and Table 2 numbers beside the paper's, for a run of a paper model.
     Empty string when the run's backbone is not one the paper reports."""
-    from .merging import TASK_ARITHMETIC
-
     model = paper_model(str(results.config.get("backbone", "")))
     if model is None:
         return ""
@@ -78,6 +93,15 @@ def comparison_tables(results: "RunResults") -> str:
         paper_t, paper_c = TABLE2_NEGATION[m][model]
         lines.append(f"| {m.label} | {_pct(row.target)} / {_pct(row.control)} | {_num(paper_t)} / {_num(paper_c)} | "
                      f"{100 * row.target - paper_t:+.1f} |")
+    if results.merge:
+        lines += ["", f"Merge methods (absolute test accuracy, our non-linear FT vectors, {model}) beside the numbers their "
+                  "papers publish for CLIP ViT-B/32 on the eight tasks, each on its own checkpoints (context, not a "
+                  "like-for-like comparison; sources in taskvec/paper_results.py).", "",
+                  f"| merge method | ours ({model}) | published (ViT-B/32) |", "|---|---|---|"]
+        for method, published in PUBLISHED_MERGES_VIT_B32.items():
+            ours = results.merge.get(method.name, {}).get(NONLINEAR_FT.name)
+            if ours is not None:
+                lines.append(f"| {method.label} | {_pct(ours.absolute)} | {published} |")
     if sorted(results.tasks) != sorted(PAPER_TASKS):
         lines += ["", f"Note: this run's tasks ({', '.join(results.tasks)}) are not the paper's eight; the numbers are not comparable."]
     return "\n".join(lines) + "\n"

@@ -233,10 +233,86 @@ def test_dry_run_of_paper_config_names_what_is_missing(tmp_path, capsys):
     assert not (tmp_path / "o" / "config.json").exists()  # a dry run writes nothing
 
 
-def test_dry_run_of_ready_config_succeeds(finished_run, capsys):
+def test_dry_run_of_finished_run_reports_every_stage_done(finished_run, capsys):
+    from taskvec.config import load_config
+    from taskvec.plan import plan_run
+
     config, out = finished_run
     main(["run", "--config", str(config), "--dry-run", "--out", str(out)])
-    assert "done, skipped" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    stages = [line for line in printed.splitlines() if line[:5].strip().rstrip(".").isdigit()]
+    planned = plan_run(load_config(config), out)
+    assert len(stages) == len(planned) and all(line.endswith("[done, skipped]") for line in stages)
+    keys = [s.key for s in planned]
+    for key in ("heads", "single_task", "negation", "disentanglement", "ntk", "random_init", "report"):
+        assert key in keys  # the analyses and the report included
+    assert all(s.done for s in planned)
+
+
+def test_changed_merge_settings_redo_only_that_merge(finished_run, tmp_path, capsys):
+    import shutil
+
+    config, out = finished_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    changed = tmp_path / "ties.toml"
+    changed.write_text(CONFIG + "[merge.ties]\nk = [0.5]\n")
+    main(["run", "--config", str(changed), "--out", str(copy), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "[redo] merge/ties" in err and "[skip] merge/task_arithmetic" in err and "[skip] negation" in err
+    assert err.count("[skip] finetune/") == 6 and "[done] report" in err
+    results = json.loads((copy / "results.json").read_text())
+    assert all(r["settings"] == {"k": 0.5} for r in results["merge"]["ties"].values())
+    assert results["merge"]["dare"] == json.loads((out / "results.json").read_text())["merge"]["dare"]
+
+
+def test_merge_command_writes_a_merged_direction_with_its_recipe(finished_run, tmp_path, capsys):
+    import taskvec
+
+    _, out = finished_run
+    vectors = [out / "vectors" / f"{t}.linear.safetensors" for t in ("toy-squares", "toy-stripes", "toy-noise")]
+    target = tmp_path / "ties.safetensors"
+    main(["merge", *map(str, vectors), "--method", "ties", "--set", "k=0.3", "--alpha", "0.5", "--out", str(target)])
+    assert "TIES of toy-squares + toy-stripes + toy-noise (linear)" in capsys.readouterr().out
+    merged = TaskVector.load(target)
+    expected = 0.5 * taskvec.merge([TaskVector.load(p) for p in vectors], method="ties", k=0.3)
+    assert merged.mode.name == "linear" and merged.tasks == ("toy-squares", "toy-stripes", "toy-noise")
+    assert all(merged.vector[n].equal(expected.vector[n]) for n in merged.vector)
+    recipe = merged.info["merge"]
+    assert (recipe["method"], recipe["settings"], recipe["alpha"]) == ("ties", {"k": 0.3}, 0.5)
+    assert recipe["inputs"] == [["toy-squares"], ["toy-stripes"], ["toy-noise"]] and recipe["files"] == list(map(str, vectors))
+    before = target.read_bytes()
+    nonlinear = out / "vectors" / "toy-squares.nonlinear.safetensors"
+    for argv, message in [
+        (["--method", "ties", "--set", "k=0.3"], "exists; pass --force"),
+        (["--method", "magic", "--force"], "unknown merge method 'magic'"),
+        (["--method", "ties", "--set", "kk=1", "--force"], "ties has no setting 'kk'; its settings: k"),
+        (["--method", "ties", "--set", "k=2", "--force"], "must be in [0"),
+        (["--method", "ties", "--set", "k", "--force"], "--set takes name=value"),
+        (["--method", "dare", "--set", "combine=mean", "--force"], "must be one of ['sum', 'ties']"),
+        (["--method", "ties", "--alpha", "nan", "--force"], "--alpha must be a finite number"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["merge", *map(str, vectors), *argv, "--out", str(target)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, (argv, err)
+    with pytest.raises(SystemExit):
+        main(["merge", str(vectors[0]), str(nonlinear), "--method", "iso_c", "--out", str(target), "--force"])
+    assert "cannot combine a linear task vector with a nonlinear one" in capsys.readouterr().err
+    assert target.read_bytes() == before  # refused merges leave the file as it was
+
+
+def test_list_shows_modes_methods_and_merge_settings(capsys):
+    from taskvec.kinds import FINETUNE_MODES
+
+    main(["list"])
+    printed = capsys.readouterr().out
+    for kind in [*FINETUNE_MODES, *EVAL_METHODS, *MERGE_METHODS]:
+        assert f"  {kind.name:<18} {kind.label}" in printed
+    for method in MERGE_METHODS:
+        for setting in method.settings:
+            assert setting.describe() in printed
+    assert "k=0.2 (float in [0, 1]; grid 0.1, 0.2, 0.3)" in printed
 
 
 def test_sharded_fine_tuning_fills_one_run_directory(tmp_path, capsys):

@@ -129,12 +129,17 @@ def test_results_table_puts_ours_beside_the_papers():
     single = SingleTask(val={}, test={PRETRAINED.name: {t: 0.48 for t in tasks}, LINEARIZED_FT.name: {t: 0.9 for t in tasks}})
     ta = next(iter(MERGE_METHODS))
     added = MergeResult(alpha=0.5, absolute=0.77, normalized=0.86, per_task={}, settings={}, seconds=0.0, curve=[])
+    from taskvec.kinds import NONLINEAR_FT
+
+    ties = MERGE_METHODS.get("ties")
     results = RunResults(config={"backbone": "openclip:ViT-B-32/openai"}, tasks=tasks, single_task=single,
-                         merge={ta.name: {LINEARIZED_FT.name: added}},
+                         merge={ta.name: {LINEARIZED_FT.name: added}, ties.name: {NONLINEAR_FT.name: added}},
                          negation={LINEARIZED_FT.name: NegationResult(target=0.1, control=0.6, per_task={})})
     table = comparison_tables(results)
     assert "| Linearized FT | 77.0 / 86.0 | 76.5 / 85.4 | +0.5 |" in table
     assert "| Pre-trained | 48.0 / – | 48.4 / – | -0.4 |" in table
     assert "| Linearized FT | 10.0 / 60.0 | 10.9 / 60.8 | -0.9 |" in table
+    assert "| TIES | 77.0 | ≈72 |" in table  # a merge method beside its published ViT-B/32 number
+    assert "| Task Arithmetic |" not in table.split("Merge methods")[1]  # no non-linear TA result: no row
     other = RunResults(config={"backbone": "effnet-lite0"}, tasks=tasks, single_task=single, merge={}, negation={})
     assert comparison_tables(other) == ""
