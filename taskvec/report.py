@@ -128,6 +128,18 @@ def plot_merge_methods(results: RunResults, path: Path) -> None:
     _save(fig, path)
 
 
+def _alpha(r: MergeResult) -> str:
+    """The chosen α, marked ↑ at the top of its grid and ↓ at a bottom above 0: the best α may lie
+    outside the grid."""
+    grid = [p.alpha for p in r.curve]
+    mark = ""
+    if len(grid) > 1 and r.alpha == max(grid):
+        mark = " ↑"
+    elif len(grid) > 1 and r.alpha == min(grid) > 0:
+        mark = " ↓"
+    return f"{r.alpha:.2f}{mark}"
+
+
 def _merge_sections(results: RunResults) -> list[str]:
     """The merge-method table (accuracies) and its details (choices and cost)."""
     methods = _editing(results)
@@ -145,13 +157,14 @@ def _merge_sections(results: RunResults) -> list[str]:
         lines.append(f"| {MERGE_METHODS.get(name).label} | " + " | ".join(cells) + " |")
     lines += ["", "![merge methods](figures/merge_methods.png)", "",
               "Chosen settings and cost (seconds: merging and the validation sweeps of every setting tried, and the test "
-              "evaluation, for that evaluation method):", "",
+              "evaluation, for that evaluation method; a merge of non-linear vectors counts for both methods that use it). "
+              "↑ / ↓ mark an α at the top / bottom (above 0) of its grid: an α outside the grid might have scored higher on validation.", "",
               "| merge method | evaluation | α | settings | tried | seconds |", "|---|---|---|---|---|---|"]
     for name, by_method in results.merge.items():
         for m in methods:
             r: MergeResult | None = by_method.get(m.name)
             if r is not None:
-                lines.append(f"| {MERGE_METHODS.get(name).label} | {m.label} | {r.alpha:g} | {format_settings(r.settings) or '–'} | "
+                lines.append(f"| {MERGE_METHODS.get(name).label} | {m.label} | {_alpha(r)} | {format_settings(r.settings) or '–'} | "
                              f"{max(1, len(r.search))} | {r.seconds:.1f} |")
     return lines + [""]
 
@@ -228,7 +241,7 @@ def render_markdown(results: RunResults, figures: Path | None = None) -> str:
             "## Table 1: task addition (absolute / normalized)",
             "",
             "One α for all tasks from the grid, chosen on validation by mean normalized accuracy; "
-            "normalized = edited accuracy / single-task accuracy of the same method.",
+            "normalized = edited accuracy / single-task accuracy of the same method; ↑: α at the top of the grid.",
             "",
             "| method | absolute | normalized | α | " + " | ".join(tasks) + " |",
             "|---|---|---|---|" + "---|" * len(tasks),
@@ -237,7 +250,7 @@ def render_markdown(results: RunResults, figures: Path | None = None) -> str:
         ]
         for m in _methods(addition):
             a = addition[m.name]
-            lines.append(f"| {m.label} | {pct(a.absolute)} | {pct(a.normalized)} | {a.alpha:.2f} | "
+            lines.append(f"| {m.label} | {pct(a.absolute)} | {pct(a.normalized)} | {_alpha(a)} | "
                          + " | ".join(pct(a.per_task[t].accuracy) for t in tasks) + " |")
         lines.append("")
     targets = list(neg[PRETRAINED.name].per_task)
