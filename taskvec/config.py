@@ -204,7 +204,7 @@ class MergeConfig:
             raise TaskvecError(f"merge.methods has duplicates: {list(self.methods)}")
         for name in self.methods:
             MERGE_METHODS.get(name)
-        for name, grid in self.grids.items():
+        for name in self.grids:
             method = MERGE_METHODS.get(name)
             if name not in self.methods:
                 raise TaskvecError(f"[merge.{name}] sets a grid for a method that merge.methods leaves out")

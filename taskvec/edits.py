@@ -124,7 +124,7 @@ def select_merge(
                 started = time.perf_counter()
                 ev = evaluators[m]
                 ev.add_vector(key, merged)
-                curve = sweep(ev, lambda a: {key: a}, tasks, finetuned["val"][m.name], alphas)
+                curve = sweep(ev, lambda a, key=key: {key: a}, tasks, finetuned["val"][m.name], alphas)
                 point = best_point(curve)
                 search[m].append(SearchPoint(settings=dict(settings), alpha=point.alpha, val_normalized=point.val_normalized,
                                              merge_seconds=round(merge_seconds, 3)))

@@ -138,8 +138,12 @@ class Setting:
         bounds = ""
         if self.choices:
             bounds = f" of {', '.join(map(str, self.choices))}"
-        elif self.low is not None or self.high is not None:
-            bounds = f" in [{'' if self.low is None else f'{self.low:g}'}, {'' if self.high is None else f'{self.high:g}'}]"
+        elif self.low is not None and self.high is not None:
+            bounds = f" in [{self.low:g}, {self.high:g}]"
+        elif self.low is not None:
+            bounds = f" ≥ {self.low:g}"
+        elif self.high is not None:
+            bounds = f" ≤ {self.high:g}"
         grid = f"; grid {', '.join(map(_fmt, self.grid))}" if self.grid else ""
         return f"{self.name}={_fmt(self.default)} ({self.type.__name__}{bounds}{grid}): {self.doc}"
 

@@ -185,7 +185,7 @@ def test_select_merge_chooses_as_direct_evaluation_and_task_arithmetic_is_additi
         grid = [{"k": 0.2}, {"k": 1.0}]
         picks[kind] = {name: select_merge(evaluators, modes, MERGE_METHODS.get(name), grid if name == "ties" else [{}], alphas, TASKS, finetuned)
                        for name in ("task_arithmetic", "ties")}
-        for m, ev in evaluators.items():  # merged directions are dropped once chosen
+        for ev in evaluators.values():  # merged directions are dropped once chosen
             assert set(ev.vectors) == set(TASKS) and not any("ties" in str(k) for k in ev._jvps)
         ta = picks[kind]["task_arithmetic"]
         for m, ev in evaluators.items():  # the task-arithmetic merge is plain addition
