@@ -193,6 +193,10 @@ def test_select_merge_chooses_as_direct_evaluation_and_task_arithmetic_is_additi
             assert (ta[m.name].alpha, ta[m.name].absolute) == (plain.alpha, plain.absolute)
             assert [p.val_normalized for p in ta[m.name].curve] == pytest.approx([p.val_normalized for p in plain.curve], abs=1e-9)
         assert [p.settings for p in picks[kind]["ties"][LINEARIZED_FT.name].search] == grid
+        for chosen in picks[kind]["ties"].values():  # the setting with the best validation score (first on a tie)
+            best = max(chosen.search, key=lambda p: p.val_normalized)
+            assert (chosen.settings, chosen.alpha) == (best.settings, best.alpha)
+            assert max(p.val_normalized for p in chosen.curve) == best.val_normalized
         assert ties.name in picks[kind] and picks[kind]["ties"][NONLINEAR_FT.name].settings in grid
     for name in ("task_arithmetic", "ties"):
         for m in (NONLINEAR_FT.name, POSTHOC.name, LINEARIZED_FT.name):
@@ -210,3 +214,42 @@ def test_evaluator_refuses_a_merged_vector_of_another_mode(setup):
     ev.add_vector("m", merge([vectors["linear"][t] for t in TASKS]))
     with pytest.raises(TaskvecError, match="already holds"):
         ev.add_vector("m", merge([vectors["linear"][t] for t in TASKS]))
+
+
+def test_select_merge_picks_the_best_settings_and_alpha_on_validation():
+    """A fake evaluator whose validation score peaks at k = 0.2, α = 1.5 (and whose test score
+    says which edit was evaluated): selection must find that peak for every method."""
+    from taskvec.edits import select_merge
+    from taskvec.kinds import LINEARIZED, LINEARIZED_FT, NONLINEAR, NONLINEAR_FT, POSTHOC
+    from taskvec.merging import MERGE_METHODS
+    from taskvec.task_vector import TaskVector
+
+    class Fake:
+        def __init__(self):
+            self.vectors, self.dropped = {}, []
+
+        def add_vector(self, key, vector):
+            self.vectors[key] = vector
+
+        def drop_vector(self, key):
+            self.dropped.append(key)
+            del self.vectors[key]
+
+        def accuracies(self, tasks, split, coeffs):
+            ((key, alpha),) = coeffs.items()
+            k = self.vectors[key].info["merge"]["settings"]["k"]
+            score = 1 - abs(k - 0.2) - abs(alpha - 1.5) / 10 if split == "val" else k + alpha
+            return {t: score for t in tasks}
+
+    base = {"backbone": "fake"}
+    vectors = {mode: [TaskVector({"w": torch.randn(5)}, mode, base, (t,)) for t in ("a", "b")] for mode in (NONLINEAR, LINEARIZED)}
+    evaluators = {m: Fake() for m in (NONLINEAR_FT, POSTHOC, LINEARIZED_FT)}
+    finetuned = {s: {m.name: {"a": 1.0, "b": 1.0} for m in evaluators} for s in ("val", "test")}
+    grid = [{"k": 0.1}, {"k": 0.2}, {"k": 0.3}]
+    results = select_merge(evaluators, vectors, MERGE_METHODS.get("ties"), grid, [1.0, 1.5, 2.0], ["a", "b"], finetuned)
+    for m in evaluators:
+        r = results[m.name]
+        assert (r.settings, r.alpha) == ({"k": 0.2}, 1.5)
+        assert r.absolute == pytest.approx(0.2 + 1.5)  # the test set saw the chosen edit
+        assert [p.settings for p in r.search] == grid and [p.alpha for p in r.search] == [1.5, 1.5, 1.5]
+        assert not evaluators[m].vectors  # every merged direction is dropped once used
