@@ -14,3 +14,23 @@ def test_readme_example_runs_in_both_modes():
             single = vectors[name].apply_to(base)
             assert task.accuracy(single) >= task.accuracy(base)
             assert 0.0 <= task.accuracy(edited) <= 1.0
+        # merge methods, as in the README: a direction with its recipe, applied like any vector
+        d = tv.merge(list(vectors.values()), method="ties", k=0.2)
+        assert d.info["merge"] == {"method": "ties", "settings": {"k": 0.2}, "inputs": [["toy-squares"], ["toy-stripes"]]}
+        merged = (1.2 * d).apply_to(base)
+        assert isinstance(merged, tv.LinearizedBackbone) == (mode == "linear")
+        assert "ties" in [m.name for m in tv.MERGE_METHODS]
+
+
+def test_finetune_task_defaults_to_the_modes_learning_rate(monkeypatch):
+    import taskvec.api
+
+    seen = []
+    monkeypatch.setattr(taskvec.api, "finetune", lambda *args, mode, cfg, **kw: seen.append((mode, cfg.lr)))
+    base = tv.build_backbone("tiny-cnn")
+    task = tv.setup_task(base, "toy-squares", max_train=32, max_val=16, max_test=16)
+    for mode in tv.FINETUNE_MODES:
+        tv.finetune_task(base, task, mode=mode.name, steps=2, warmup_steps=1, progress=False)
+    tv.finetune_task(base, task, mode="linear", lr=1e-3, steps=2, warmup_steps=1, progress=False)
+    assert seen == [(m, m.lr) for m in tv.FINETUNE_MODES] + [(tv.FINETUNE_MODES.get("linear"), 1e-3)]
+    assert len({lr for _, lr in seen[:-1]}) == len(tv.FINETUNE_MODES)  # the modes' rates differ: the default is the mode's
