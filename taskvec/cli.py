@@ -74,9 +74,7 @@ def _echo_summary(results) -> None:
     from .kinds import EVAL_METHODS
     from .merging import MERGE_METHODS
     from .merging import TASK_ARITHMETIC
-
-    def pct(value) -> str:
-        return "–" if value is None else f"{100 * value:.1f}"
+    from .report import pct
 
     addition = results.merge.get(TASK_ARITHMETIC.name, {})
     for m in EVAL_METHODS:
@@ -162,18 +160,11 @@ def merge(
     import math
 
     from .merging import MERGE_METHODS
+    from .registry import parse_settings
     from .task_vector import TaskVector
 
     kind = MERGE_METHODS.get(method)
-    declared = {s.name: s for s in kind.settings}
-    given = {}
-    for item in settings:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise TaskvecError(f"--set takes name=value, got {item!r}")
-        if name not in declared:
-            raise TaskvecError(f"merge method {kind.name} has no setting {name!r}; its settings: {', '.join(declared) or 'none'}")
-        given[name] = declared[name].parse(text, kind.name)
+    given = parse_settings(kind.settings, settings, kind.name)
     if not math.isfinite(alpha):
         raise TaskvecError(f"--alpha must be a finite number, got {alpha}")
     if out.exists() and not force:

@@ -13,7 +13,6 @@ from .edits import alpha_grid
 from .errors import TaskvecError
 from .kinds import FINETUNE_MODES, FinetuneMode
 from .merging import MERGE_METHODS, MergeMethod
-from .registry import settings_grid
 from .train import TrainConfig
 from .typed import check_value, from_data, to_data
 
@@ -214,11 +213,11 @@ class MergeConfig:
     def settings_grid(self, method: MergeMethod) -> list[dict[str, Any]]:
         """Every combination of the method's settings to try on validation."""
         grid = {k: v for k, v in self.grids.get(method.name, {}).items() if k != ALPHAS}
-        return settings_grid(method.settings, grid, f"merge.{method.name}")
+        return method.grid(grid, where=f"merge.{method.name}")
 
     def alphas(self, method: MergeMethod, default: list[float]) -> list[float]:
         """The α grid of `method`: the config's, else the method's own, else `default` (the run's)."""
-        values = self.grids.get(method.name, {}).get(ALPHAS) or list(method.alphas) or list(default)
+        values = self.grids.get(method.name, {}).get(ALPHAS) or list(method.alpha_grid(default))
         for a in values:
             if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
                 raise TaskvecError(f"merge.{method.name}.{ALPHAS} must be finite numbers, got {a!r}")

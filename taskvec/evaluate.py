@@ -15,7 +15,7 @@ import torch
 
 from .errors import TaskvecError
 from .kinds import EVAL_METHODS, EvalMethod
-from .linearize import jvp
+from .linearize import jvp, preferred_layout
 from .models.base import Backbone, Batch
 from .models.heads import ClassificationHead
 from .task_vector import TaskVector, base_identity
@@ -54,11 +54,12 @@ def channels_last(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _in_layout_of(encoder: torch.nn.Module, part: Batch) -> Batch:
-    """4-D inputs in channels-last when the encoder's convolutions are (mixed layouts are slower)."""
+    """Channels-last inputs for an encoder with channels-last convolutions (mixed layouts are
+    slower than either); other encoders get the inputs as given."""
     conv = _first_conv(encoder)
-    if conv is None or not conv.weight.is_contiguous(memory_format=torch.channels_last) or conv.weight.ndim != 4:
+    if conv is None or not conv.weight.is_contiguous(memory_format=torch.channels_last):
         return part
-    return {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v for k, v in part.items()}
+    return preferred_layout(encoder, part)
 
 
 @torch.no_grad()  # not inference mode: it would drop the dual numbers of a linearized encoder

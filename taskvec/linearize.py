@@ -73,7 +73,7 @@ def jvp(module: torch.nn.Module, primals: Params, tangents: Params, batch: Batch
     modules are passed channels-last (see the module docstring): both change speed, not values
     beyond floating-point rounding.
     """
-    batch = _preferred_layout(module, batch)
+    batch = preferred_layout(module, batch)
     with forward_ad_safe_attention(), fwAD.dual_level(), _NormalizationTangents():
         duals = {name: fwAD.make_dual(primals[name], tangents[name]) for name in primals}
         out = functional_call(module, duals, args=(), kwargs=batch, strict=False)
@@ -83,7 +83,7 @@ def jvp(module: torch.nn.Module, primals: Params, tangents: Params, batch: Batch
     return primal, tangent
 
 
-def _preferred_layout(module: torch.nn.Module, batch: Batch) -> Batch:
+def preferred_layout(module: torch.nn.Module, batch: Batch) -> Batch:
     """Channels-last copies of the 4-D floating CPU inputs of a module with Conv2d layers.
 
     Values are unchanged; only strides differ. oneDNN's CPU convolutions (depthwise above all)

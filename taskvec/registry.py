@@ -162,6 +162,20 @@ def resolve_settings(settings: Sequence[Setting], given: Mapping[str, Any], owne
     return {s.name: s.check(given[s.name], owner) if s.name in given else s.default for s in settings}
 
 
+def parse_settings(settings: Sequence[Setting], items: Sequence[str], owner: str) -> dict[str, Any]:
+    """Command-line `name=value` items as checked values; an unknown name is a TaskvecError."""
+    known = {s.name: s for s in settings}
+    values = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise TaskvecError(f"--set takes name=value, got {item!r}")
+        if name not in known:
+            resolve_settings(settings, {name: text}, owner)  # raises the one message for unknown names
+        values[name] = known[name].parse(text, owner)
+    return values
+
+
 def settings_grid(settings: Sequence[Setting], grids: Mapping[str, Sequence[Any]], owner: str) -> list[dict[str, Any]]:
     """Every combination of the settings' grids (a setting's `grids` entry replaces its own)."""
     known = {s.name: s for s in settings}

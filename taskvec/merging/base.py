@@ -83,9 +83,10 @@ class MergeMethod(Kind):
         """Defaults overridden by `given`; unknown or out-of-range values are a TaskvecError."""
         return resolve_settings(self.settings, given, self.name)
 
-    def grid(self, overrides: Mapping[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
-        """Every settings combination searched on validation (`overrides` replace a setting's grid)."""
-        return settings_grid(self.settings, overrides or {}, self.name)
+    def grid(self, overrides: Mapping[str, Sequence[Any]] | None = None, where: str = "") -> list[dict[str, Any]]:
+        """Every settings combination searched on validation (`overrides` replace a setting's grid);
+        `where` names the method in errors (default: its name)."""
+        return settings_grid(self.settings, overrides or {}, where or self.name)
 
     def alpha_grid(self, standard: Sequence[float]) -> tuple[float, ...]:
         """The α values to sweep: the method's own grid, else the run's standard one."""
