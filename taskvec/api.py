@@ -1,7 +1,8 @@
 """A few-line Python API over the building blocks (see the README's example)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any, Sequence
 
 import torch
 
@@ -43,16 +44,20 @@ def setup_task(backbone: Backbone, name: str, *, head: str = "auto", head_scale:
 
 
 def finetune_task(backbone: Backbone, setup: TaskSetup, mode: FinetuneMode | str = NONLINEAR, progress: bool = True,
-                  **train_options) -> TaskVector:
+                  others: Sequence[TaskSetup] = (), **options: Any) -> TaskVector:
     """Fine-tune `backbone` on the task in a registered mode (`taskvec list`) and return its task
     vector.
 
-    `train_options` are `TrainConfig` fields: steps, batch_size, lr, weight_decay, warmup_steps, ...
-    The learning rate defaults to the mode's own.
+    `options` are `TrainConfig` fields (steps, batch_size, lr, weight_decay, warmup_steps, ...)
+    and the mode's own settings (e.g. `rank=4` for LoRA). The learning rate defaults to the
+    mode's own. `others`: the other tasks, for a mode that penalizes τ on their inputs (τJp).
     """
     mode = FINETUNE_MODES.get(mode)
-    cfg = TrainConfig(**{"lr": mode.lr, **train_options})
-    return finetune(backbone, setup.head, setup.train.inputs, setup.train.labels, mode=mode, cfg=cfg, task=setup.name, progress=progress)
+    loop = {f.name for f in fields(TrainConfig)}
+    settings = {k: v for k, v in options.items() if k not in loop}
+    cfg = TrainConfig(**{"lr": mode.lr, **{k: v for k, v in options.items() if k in loop}, "settings": settings})
+    return finetune(backbone, setup.head, setup.train.inputs, setup.train.labels, mode=mode, cfg=cfg, task=setup.name, progress=progress,
+                    others=[o.train.inputs for o in others])
 
 
 __all__ = ["TaskSetup", "setup_task", "finetune_task", "Classifier"]

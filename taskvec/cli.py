@@ -113,23 +113,39 @@ def finetune(
     mode: ModeChoice = typer.Option(NONLINEAR.name, "--mode", "-m", help="Fine-tuning mode (see `taskvec list`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the task vector (.safetensors)."),
     config: Optional[Path] = ConfigOpt,
+    settings: List[str] = typer.Option([], "--set", "-s", help="A setting of the mode, name=value (repeatable; see `taskvec list`)."),
+    others: List[str] = typer.Option([], "--other", help="Another task whose inputs a penalized mode (tjp) keeps τ away from (repeatable)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Resumable checkpoint file."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Fine-tune one task and save its task vector."""
+    """Fine-tune one task and save its task vector (the mode's [train.<mode>] table of the config,
+    else its defaults; --set overrides its settings)."""
+    import dataclasses
+
+    from .kinds import FINETUNE_MODES
     from .models import build_backbone
     from .pipeline import build_head, prepare_tasks
+    from .registry import parse_settings
+    from .train import TrainConfig
     from .train import finetune as run_finetune
 
     cfg = _config(config)
+    kind = FINETUNE_MODES.get(mode.value)
+    given = parse_settings(kind.settings, settings, f"--mode {kind.name}")
+    if kind.penalty and not others:
+        raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' inputs: name them with --other TASK")
+    train_modes = cfg.train if kind.name in cfg.train.modes else dataclasses.replace(
+        cfg.train, modes={kind.name: TrainConfig(lr=kind.lr, settings=kind.resolve({}))})
     backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
-    prepared = prepare_tasks(backbone, [task], cfg)[task]
-    head = build_head(backbone, prepared, cfg)
-    train = prepared.sets["train"]
-    vector = run_finetune(backbone, head, train.inputs, train.labels, mode=mode.value, cfg=cfg.train.for_task(mode.value, task, len(train)), task=task,
-                          checkpoint=checkpoint, device=cfg.device, progress=progress)
+    prepared = prepare_tasks(backbone, [task, *others], cfg)
+    head = build_head(backbone, prepared[task], cfg)
+    train = prepared[task].sets["train"]
+    loop = train_modes.for_task(kind, task, len(train))
+    loop = dataclasses.replace(loop, settings=kind.resolve({**loop.settings, **given}))
+    vector = run_finetune(backbone, head, train.inputs, train.labels, mode=kind, cfg=loop, task=task, checkpoint=checkpoint,
+                          device=cfg.device, progress=progress, others=[prepared[o].sets["train"].inputs for o in others])
     vector.save(out)
-    typer.echo(f"wrote {out} ({mode.value} task vector of {task}, norm {vector.norm():.4f})")
+    typer.echo(f"wrote {out} ({kind.name} task vector of {task}, norm {vector.norm():.4f})")
 
 
 @app.command()
@@ -340,9 +356,12 @@ def list_names() -> None:
     from .models import available_backbones
     from .tasks import available_tasks, get_task
 
-    typer.echo("fine-tuning modes ([train.<mode>] in configs, --mode):")
+    typer.echo("fine-tuning modes ([train] modes = [...] and [train.<mode>] in configs; --mode and --set):")
     for mode in FINETUNE_MODES:
-        typer.echo(f"  {mode.name:<18} {mode.label}: {mode.description} (default lr {mode.lr:g})")
+        typer.echo(f"  {mode.name:<18} {mode.label}: {mode.description} [{mode.reference}]; default lr {mode.lr:g}"
+                   + ("; a paper mode, trained by default" if mode.paper else ""))
+        for setting in mode.settings:
+            typer.echo(f"  {'':<20}{setting.describe()}")
     typer.echo("evaluation methods:")
     for m in EVAL_METHODS:
         typer.echo(f"  {m.name:<18} {m.label}: {m.description}")

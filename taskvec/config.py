@@ -112,10 +112,13 @@ class AnalysisConfig:
 
 @dataclass(frozen=True)
 class TrainModes:
-    """Fine-tuning settings per registered mode, and optional per-task lengths shared by all modes.
+    """The fine-tuning modes a run trains, each with its settings, and optional per-task lengths
+    shared by all modes.
 
-    TOML: one `[train.<mode>]` table per mode (see `taskvec list`), each overriding that mode's
-    defaults (its registered learning rate and TrainConfig's other defaults).
+    TOML: `[train] modes = [...]` (registered modes, `taskvec list`; default: the paper's two),
+    and per mode an optional `[train.<mode>]` table overriding that mode's defaults: the loop's
+    settings (TrainConfig: steps, batch_size, lr — default the mode's own — ...) and the mode's
+    declared settings (e.g. `params = "attention"` for subset, `rank = 8` for lora).
     epochs: {task: epochs}; a task listed runs epochs × ceil(n_train / batch_size) steps (the
     paper's protocol: Cars 35, DTD 76, ...). steps: {task: steps}, which wins over epochs.
     Tasks in neither table run the mode's `steps`.
@@ -126,10 +129,10 @@ class TrainModes:
     steps: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        filled = {m.name: self.modes.get(m.name) or TrainConfig(lr=m.lr) for m in FINETUNE_MODES}
-        for name in self.modes:
-            FINETUNE_MODES.get(name)
-        object.__setattr__(self, "modes", filled)
+        modes = self.modes or {m.name: TrainConfig(lr=m.lr) for m in FINETUNE_MODES if m.paper}
+        for name, train in modes.items():
+            FINETUNE_MODES.get(name).resolve(train.settings)
+        object.__setattr__(self, "modes", dict(modes))
         for table in ("epochs", "steps"):
             for task, value in getattr(self, table).items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -138,7 +141,10 @@ class TrainModes:
                     raise TaskvecError(f"train.steps.{task} must be an integer, got {value!r}")
 
     def __getitem__(self, mode: str | FinetuneMode) -> TrainConfig:
-        return self.modes[FINETUNE_MODES.get(mode).name]
+        mode = FINETUNE_MODES.get(mode)
+        if mode.name not in self.modes:
+            raise TaskvecError(f"mode {mode.name!r} is not among this run's train.modes: {', '.join(self.modes)}")
+        return self.modes[mode.name]
 
     def replace_each(self, change: Callable[[TrainConfig], TrainConfig]) -> "TrainModes":
         """The same tables with `change` applied to every mode's TrainConfig."""
@@ -148,23 +154,36 @@ class TrainModes:
     def from_table(cls, data: Any, where: str) -> "TrainModes":
         if not isinstance(data, dict):
             raise TaskvecError(f"{where}: expected a table, got {data!r}")
-        allowed = FINETUNE_MODES.names() + ["epochs", "steps"]
+        allowed = ["modes", "epochs", "steps"] + FINETUNE_MODES.names()
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise TaskvecError(f"unknown key '{where}.{unknown[0]}'; allowed: {', '.join(allowed)}")
+        names = check_value(data["modes"], list[str], f"{where}.modes") if "modes" in data else [m.name for m in FINETUNE_MODES if m.paper]
+        if not names:
+            raise TaskvecError(f"{where}.modes is empty: name at least one fine-tuning mode")
+        if len(set(names)) != len(names):
+            raise TaskvecError(f"{where}.modes has duplicates: {names}")
+        for name in data:
+            if name in FINETUNE_MODES and name not in names:
+                raise TaskvecError(f"[{where}.{name}] configures a mode that {where}.modes leaves out ({', '.join(names)})")
         modes = {}
-        for mode in FINETUNE_MODES:
-            if mode.name in data:
-                table = data[mode.name]
-                if not isinstance(table, dict):
-                    raise TaskvecError(f"{where}.{mode.name}: expected a table, got {table!r}")
-                modes[mode.name] = from_data(TrainConfig, {"lr": mode.lr, **table}, f"{where}.{mode.name}")
+        for name in names:
+            mode = FINETUNE_MODES.get(name)
+            table = data.get(name, {})
+            if not isinstance(table, dict):
+                raise TaskvecError(f"{where}.{name}: expected a table, got {table!r}")
+            modes[name] = _mode_train_config(mode, table, f"{where}.{name}")
         lengths = {k: check_value(data.get(k, {}), dict[str, float] if k == "epochs" else dict[str, int | float], f"{where}.{k}")
                    for k in ("epochs", "steps")}
         return cls(modes=modes, **lengths)
 
     def to_table(self) -> dict:
-        return {**{name: to_data(t) for name, t in self.modes.items()}, "epochs": dict(self.epochs), "steps": dict(self.steps)}
+        def flat(t: TrainConfig) -> dict:
+            table = to_data(t)
+            return {**{k: v for k, v in table.items() if k != "settings"}, **table["settings"]}
+
+        return {"modes": list(self.modes), **{name: flat(t) for name, t in self.modes.items()},
+                "epochs": dict(self.epochs), "steps": dict(self.steps)}
 
     def for_task(self, mode: str | FinetuneMode, task: str, n_train: int) -> TrainConfig:
         """The TrainConfig of `mode` with this task's length resolved from the tables."""
@@ -241,6 +260,17 @@ class MergeConfig:
 
     def to_table(self) -> dict:
         return {"methods": list(self.methods), **{name: {k: list(v) for k, v in g.items()} for name, g in self.grids.items()}}
+
+
+def _mode_train_config(mode: FinetuneMode, table: dict, where: str) -> TrainConfig:
+    """A `[train.<mode>]` table: the loop's settings (TrainConfig) and the mode's own, side by side."""
+    own = {s.name for s in mode.settings}
+    loop = {f.name for f in dataclasses.fields(TrainConfig)} - {"settings"}
+    unknown = sorted(set(table) - own - loop)
+    if unknown:
+        raise TaskvecError(f"unknown key '{where}.{unknown[0]}'; allowed: {', '.join(sorted(loop | own))}")
+    settings = mode.resolve({k: v for k, v in table.items() if k in own})
+    return from_data(TrainConfig, {"lr": mode.lr, **{k: v for k, v in table.items() if k in loop}, "settings": settings}, where)
 
 
 def steps_for_epochs(epochs: float, n_train: int, batch_size: int) -> int:

@@ -7,31 +7,85 @@ method is named by a string only here and in files it is saved to.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from .registry import Kind, Registry
+from .finetuning.build import Builder, full_weights, low_rank, sparse_least_sensitive, weight_subset
+from .registry import Kind, Registry, Setting, resolve_settings
 
 PAPER = "https://arxiv.org/abs/2305.12827"
 
 
 @dataclass(frozen=True)
 class FinetuneMode(Kind):
-    """How a task vector is fine-tuned. `linearized`: the trained model is f_lin, so its vectors
-    live in the tangent space and only make sense applied to f_lin. `lr`: the learning rate a
-    config or the Python API uses when none is given."""
+    """How a task vector is fine-tuned.
+
+    `linearized`: the trained model is f_lin (in the trained part), so its vectors live in the
+    tangent space and only make sense applied to f_lin. `lr`: the learning rate a config or the
+    Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
+    with its declared `settings`. `penalty`: τJp's term λ Σ_{t'≠t} ‖J(x_t'; θ0) τ‖², which needs
+    the other tasks' training inputs. `paper`: one of the paper's modes, which a run trains
+    unless its config names others.
+    """
 
     linearized: bool = False
     lr: float = 3e-5
+    builds: Builder = field(default=full_weights, compare=False, repr=False)
+    settings: tuple[Setting, ...] = ()
+    penalty: bool = False
+    paper: bool = False
+
+    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by `given`; unknown or out-of-range values are a TaskvecError."""
+        return resolve_settings(self.settings, given, f"train.{self.name}")
+
+    @property
+    def trains(self) -> str:
+        """What is trained, for `taskvec list` and reports (the builder's docstring)."""
+        return (self.builds.__doc__ or "").strip().splitlines()[0]
 
 
 FINETUNE_MODES: Registry[FinetuneMode] = Registry("fine-tuning mode")
 
+_SUBSET = Setting("params", str, "attention", "which parameters: all, attention, last-blocks:N, norm-bias, matrices, or globs")
+_LORA = (Setting("params", str, "matrices", "where adapters go: a parameter selection (its matrices)"),
+         Setting("rank", int, 8, "adapter rank r", low=1),
+         Setting("alpha", float, 16.0, "LoRA alpha; the update is (alpha / r)·B·A", low=1e-12))
+
 NONLINEAR = FINETUNE_MODES.register(FinetuneMode(
-    name="nonlinear", label="Non-linear FT", color="#1f77b4", linearized=False, lr=3e-5,
+    name="nonlinear", label="Non-linear FT", color="#1f77b4", linearized=False, lr=3e-5, paper=True,
     description="fine-tune f(x; θ) itself", reference=PAPER))
 LINEARIZED = FINETUNE_MODES.register(FinetuneMode(
-    name="linear", label="Linearized FT", color="#2ca02c", linearized=True, lr=3e-4,
+    name="linear", label="Linearized FT", color="#2ca02c", linearized=True, lr=3e-4, paper=True,
     description="fine-tune f_lin(x; θ) = f(x; θ0) + J(x; θ0)(θ − θ0)", reference=PAPER))
+SUBSET = FINETUNE_MODES.register(FinetuneMode(
+    name="subset", label="Subset FT", color="#9467bd", linearized=False, lr=3e-5, builds=weight_subset, settings=(_SUBSET,),
+    description="fine-tune f in a subset of its parameters (default: the attention projections)",
+    reference="Jin et al., Fine-tuning attention modules only, ICLR 2025"))
+LINEAR_SUBSET = FINETUNE_MODES.register(FinetuneMode(
+    name="linear-subset", label="Linearized subset FT", color="#c5b0d5", linearized=True, lr=3e-4, builds=weight_subset,
+    settings=(_SUBSET,), description="fine-tune f linearized in a subset of its parameters, the rest frozen at θ0",
+    reference=PAPER))
+LORA = FINETUNE_MODES.register(FinetuneMode(
+    name="lora", label="LoRA", color="#8c564b", linearized=False, lr=3e-4, builds=low_rank, settings=_LORA,
+    description="low-rank adapters W0 + (alpha/r)·B·A, trained through f; the vector is (alpha/r)·B·A",
+    reference="Hu et al., LoRA, ICLR 2022"))
+LINEAR_LORA = FINETUNE_MODES.register(FinetuneMode(
+    name="linear-lora", label="Linearized LoRA", color="#c49c94", linearized=True, lr=1e-3, builds=low_rank, settings=_LORA,
+    description="L-LoRA: f linearized in the adapters around (A0, 0); the vector is (alpha/r)·B·A0",
+    reference="Tang et al., Partial linearization for parameter-efficient model fusion (L-LoRA), ICLR 2024"))
+TALOS = FINETUNE_MODES.register(FinetuneMode(
+    name="talos", label="TaLoS", color="#e377c2", linearized=False, lr=3e-5, builds=sparse_least_sensitive,
+    settings=(Setting("fraction", float, 0.1, "fraction of weight entries trained (the least sensitive)", low=1e-9, high=1.0),
+              Setting("batches", int, 8, "mini-batches of the task's training data scored at θ0", low=1)),
+    description="fine-tune f in the entries with the lowest diagonal Fisher score on the task",
+    reference="Iurada et al., Task-localized sparse fine-tuning (TaLoS), ICLR 2025"))
+TJP = FINETUNE_MODES.register(FinetuneMode(
+    name="tjp", label="τJp", color="#17becf", linearized=True, lr=3e-4, penalty=True,
+    settings=(Setting("lam", float, 0.1, "weight λ (tune it: it scales with the features) of Σ_{t'≠t} mean ‖J(x_t'; θ0) τ‖² over the other tasks' inputs", low=0.0),
+              Setting("penalty_batch", int, 8, "examples of each other task per step for the penalty", low=1)),
+    description="linearized FT penalizing τ's tangent features on the other tasks' training inputs",
+    reference="Yoshida et al., τJp, ICLR 2025"))
 
 
 @dataclass(frozen=True)
@@ -65,6 +119,14 @@ POSTHOC = EVAL_METHODS.register(EvalMethod(
 LINEARIZED_FT = EVAL_METHODS.register(EvalMethod(
     name="linear", label=LINEARIZED.label, color=LINEARIZED.color, vectors=LINEARIZED, linearized=True,
     description="linearized vectors applied to f_lin", reference=PAPER))
+
+# Every other mode's vectors are evaluated on the model they were trained through, under the
+# mode's own name (as the paper's two are).
+for _mode in FINETUNE_MODES:
+    if _mode.name not in EVAL_METHODS:
+        EVAL_METHODS.register(EvalMethod(name=_mode.name, label=_mode.label, color=_mode.color, vectors=_mode,
+                                         linearized=_mode.linearized, description=f"{_mode.name} vectors applied to "
+                                         + ("f_lin" if _mode.linearized else "f"), reference=_mode.reference))
 
 
 def editing_methods(modes: list[FinetuneMode] | None = None) -> list[EvalMethod]:

@@ -23,12 +23,13 @@ from .edits import negation_control, select_merge, task_negation
 from .errors import TaskvecError
 from .evaluate import EvalSet, Evaluator, encode
 from .io import check_tensors, load_tensors, read_json, save_tensors, write_json
-from .kinds import FINETUNE_MODES, PRETRAINED, EvalMethod, FinetuneMode, editing_methods
+from .kinds import FINETUNE_MODES, PRETRAINED, EvalMethod, FinetuneMode, editing_methods, method_for_vector
 from .merging import MERGE_METHODS, TASK_ARITHMETIC
 from .models import Backbone, Batch, build_backbone
 from .models.heads import ClassificationHead, prototype_head, probe_head, text_head
-from .results import (Disentanglement, MergeResult, NegationResult, NegationTarget, NtkResult, RandomInitResult, RunResults,
-                      SingleTask, Timing)
+from .results import (Disentanglement, FinetuneCost, Linearity, MergeResult, NegationResult, NegationTarget, NtkResult,
+                      RandomInitResult, RunResults, SingleTask, Timing)
+from .registry import format_settings
 from .stages import Graph, Outcome, Stage, execute
 from .task_vector import TaskVector, base_identity
 from .tasks import Task, get_task, make_splits
@@ -225,9 +226,10 @@ class RunContext:
         """Fine-tune one task in one mode (resumable from its checkpoint) and save the vector."""
         train = self.prepared(task).sets["train"]
         checkpoint = self.dir.checkpoint(task, mode)
+        others = [self.prepared(t).sets["train"].inputs for t in penalty_tasks(self.roles, task, mode)]
         vector = finetune(self.backbone, self.head(task), train.inputs, train.labels, mode=mode,
                           cfg=self.cfg.train.for_task(mode, task, len(train)), task=task, checkpoint=checkpoint,
-                          device=self.device, progress=self.progress and is_main())
+                          device=self.device, progress=self.progress and is_main(), others=others)
         if is_main():  # under torchrun every rank holds the same vector; one writes it
             vector.save(self.dir.vector(task, mode))
             checkpoint.unlink(missing_ok=True)
@@ -251,8 +253,22 @@ class RunContext:
 # ----- the stages' computations ------------------------------------------------------------------
 
 def run_modes(cfg: RunConfig) -> list[FinetuneMode]:
-    """The fine-tuning modes a run trains (every registered mode has a [train.<mode>] table)."""
+    """The fine-tuning modes a run trains (train.modes), in the config's order."""
     return [FINETUNE_MODES.get(name) for name in cfg.train.modes]
+
+
+def penalty_tasks(roles: Roles, task: str, mode: FinetuneMode) -> list[str]:
+    """The tasks whose training inputs a fine-tune of `task` reads besides its own: the other
+    tasks of the run for a mode with a penalty on them (τJp), else none."""
+    return [t for t in roles.tasks if t != task] if mode.penalty else []
+
+
+def linearity_stage(ctx: RunContext) -> dict[str, dict[str, Linearity]]:
+    """f(θ0 + τ) against f_lin(θ0 + τ) on validation, for each task and non-linearly trained mode."""
+    from .analysis.linearity import linearity_gap
+
+    return {mode.name: {t: linearity_gap(ctx.evaluator(method_for_vector(mode)), t) for t in ctx.roles.tasks}
+            for mode in run_modes(ctx.cfg) if not mode.linearized}
 
 
 def single_task_results(ctx: RunContext) -> SingleTask:
@@ -429,6 +445,7 @@ def assemble_results(ctx: RunContext) -> RunResults:
     """The typed results of every stage, as results.json holds them."""
     r, cfg = ctx.results, ctx.cfg
     single: SingleTask = r["single_task"]
+    cost = {mode.name: {task: _finetune_cost(ctx.dir.vector(task, mode)) for task in ctx.roles.tasks} for mode in run_modes(cfg)}
     return RunResults(
         config=to_dict(cfg),
         tasks=list(ctx.roles.tasks),
@@ -440,15 +457,22 @@ def assemble_results(ctx: RunContext) -> RunResults:
         random_init=r.get("random_init"),
         seconds=round(time.perf_counter() - ctx.started, 1),
         timing=Timing(
-            finetune={f"{task}.{mode.name}": _finetune_seconds(ctx.dir.vector(task, mode)) for mode in run_modes(cfg) for task in ctx.roles.tasks},
+            finetune={f"{task}.{mode.name}": cost[mode.name][task].seconds for mode in run_modes(cfg) for task in ctx.roles.tasks},
             stages={k: s for k, s in ctx.outcome.seconds.items() if not k.startswith(FINETUNE) and k not in (HEADS, REPORT)},
         ),
+        cost=cost,
+        linearity=r.get(LINEARITY),
     )
 
 
-def _finetune_seconds(path: Path) -> float | None:
+def _finetune_cost(path: Path) -> FinetuneCost:
+    """The cost a fine-tune recorded in its vector's metadata (older vectors: seconds only)."""
     info = check_tensors(path).get("info", {})
-    return info.get("seconds") if isinstance(info, dict) else None
+    info = info if isinstance(info, dict) else {}
+    measured = info.get("cost") if isinstance(info.get("cost"), dict) else {}
+    return FinetuneCost(seconds=info.get("seconds"), step_ms=measured.get("step_ms"), peak_mib=measured.get("peak_mib"),
+                        memory=measured.get("memory"), trained_entries=info.get("trained_entries"),
+                        changed_entries=info.get("changed_entries"))
 
 
 def report_stage(ctx: RunContext) -> list[str]:
@@ -464,7 +488,7 @@ def report_stage(ctx: RunContext) -> list[str]:
 
 # ----- the graph ---------------------------------------------------------------------------------
 
-HEADS, FINETUNE, REPORT = "heads", "finetune/", "report"
+HEADS, FINETUNE, LINEARITY, REPORT = "heads", "finetune/", "linearity", "report"
 
 
 def finetune_key(task: str, mode: FinetuneMode) -> str:
@@ -480,7 +504,9 @@ def _train_detail(cfg: RunConfig, task: str, mode: FinetuneMode) -> str:
     else:
         length = f"{train.steps} steps"
     return (f"{length}, batch {train.batch_size}, lr {train.lr:g}, warm-up {train.warmup_steps}, {train.precision}"
-            + (f", {train.grad_accumulation} micro-batches" if train.grad_accumulation > 1 else ""))
+            + (f", {train.grad_accumulation} micro-batches" if train.grad_accumulation > 1 else "")
+            + (f"; {format_settings(train.settings)}" if train.settings else "")
+            + (f"; penalty on the inputs of {', '.join(penalty_tasks(Roles.of(cfg), task, mode))}" if mode.penalty else ""))
 
 
 def _build_heads(ctx: RunContext) -> None:
@@ -505,12 +531,18 @@ def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
     for mode in modes:
         for task in roles.tasks:
             graph.add(Stage(finetune_key(task, mode), f"fine-tune {task} ({mode.name})", [run_dir.vector(task, mode)],
-                            lambda ctx, t=task, m=mode: ctx.finetune(t, m), lambda n, t=task: n.model + n.device + n.data([t]),
+                            lambda ctx, t=task, m=mode: ctx.finetune(t, m),
+                            lambda n, t=task, m=mode: n.model + n.device + n.data([t, *penalty_tasks(roles, t, m)]),
                             detail=_train_detail(cfg, task, mode), every_rank=True, after=(HEADS,)))
     finetunes = tuple(k for k in graph.keys() if k.startswith(FINETUNE))
     every = lambda n: n.model + n.device + n.data(roles.names)  # noqa: E731
     graph.add(Stage("single_task", f"single-task accuracy ({PRETRAINED.label}, {labels}; val and test)", [run_dir.stage("single_task")],
                     single_task_results, every, result_type=SingleTask, after=finetunes))
+    if any(not m.linearized for m in modes):
+        graph.add(Stage(LINEARITY, "linearity of non-linear fine-tuning: f(θ0 + τ) vs f_lin(θ0 + τ) on validation",
+                        [run_dir.stage(LINEARITY)], linearity_stage, lambda n: n.model + n.device + n.data(roles.tasks),
+                        result_type=dict[str, dict[str, Linearity]], after=("single_task",),
+                        detail=f"for {', '.join(m.label for m in modes if not m.linearized)}: both accuracies and ‖f − f_lin‖ / ‖f − f(θ0)‖ of the logits"))
     for name in cfg.merge.methods:
         method = MERGE_METHODS.get(name)
         grid, merge_alphas = cfg.merge.settings_grid(method), cfg.merge.alphas(method, alphas)

@@ -106,7 +106,7 @@ class Setting:
             if not math.isfinite(value):
                 raise TaskvecError(f"setting {name} must be finite, got {value!r}")
             if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-                raise TaskvecError(f"setting {name} must be in [{self.low}, {self.high}], got {value!r}")
+                raise TaskvecError(f"setting {name} must be{self._bounds()}, got {value!r}")
         elif not isinstance(value, self.type):
             raise TaskvecError(f"setting {name} must be a {self.type.__name__}, got {value!r}")
         if self.choices and value not in self.choices:
@@ -133,17 +133,18 @@ class Setting:
     def search(self) -> tuple[Any, ...]:
         return self.grid or (self.default,)
 
+    def _bounds(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f" in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f" ≥ {self.low:g}"
+        if self.high is not None:
+            return f" ≤ {self.high:g}"
+        return ""
+
     def describe(self) -> str:
         """`k=0.2 (float in [0, 1]; grid 0.1, 0.2, 0.3): doc` for `taskvec list`."""
-        bounds = ""
-        if self.choices:
-            bounds = f" of {', '.join(map(str, self.choices))}"
-        elif self.low is not None and self.high is not None:
-            bounds = f" in [{self.low:g}, {self.high:g}]"
-        elif self.low is not None:
-            bounds = f" ≥ {self.low:g}"
-        elif self.high is not None:
-            bounds = f" ≤ {self.high:g}"
+        bounds = f" of {', '.join(map(str, self.choices))}" if self.choices else self._bounds()
         grid = f"; grid {', '.join(map(_fmt, self.grid))}" if self.grid else ""
         return f"{self.name}={_fmt(self.default)} ({self.type.__name__}{bounds}{grid}): {self.doc}"
 

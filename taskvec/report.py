@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .io import atomic_path, write_text  # noqa: E402
-from .kinds import EVAL_METHODS, FINETUNE_MODES, PRETRAINED, EvalMethod  # noqa: E402
+from .kinds import EVAL_METHODS, FINETUNE_MODES, NONLINEAR, PRETRAINED, EvalMethod, method_for_vector  # noqa: E402
 from .merging import MERGE_METHODS  # noqa: E402
 from .merging import TASK_ARITHMETIC  # noqa: E402
 from .registry import format_settings  # noqa: E402
@@ -82,8 +82,12 @@ def plot_addition_curves(results: RunResults, path: Path) -> None:
 def plot_negation_curves(results: RunResults, path: Path) -> None:
     methods = [m for m in _editing(results) if m.name in results.negation]
     targets = list(results.negation[methods[0].name].per_task)
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.3), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], methods):
+    cols = min(4, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, methods):
         for t in targets:
             entry = results.negation[m.name].per_task[t]
             alphas = [p.alpha for p in entry.curve]
@@ -92,8 +96,9 @@ def plot_negation_curves(results: RunResults, path: Path) -> None:
         ax.set_title(f"{m.label}: θ0 − α τ")
         ax.set_xlabel("α")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("val. accuracy (%) — solid: target, dashed: control")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("val. accuracy (%)\nsolid: target, dashed: control")
+    axes.flat[len(methods) - 1].legend(fontsize=7)
     _save(fig, path)
 
 
@@ -219,9 +224,70 @@ def _analysis_sections(results: RunResults, figures: Path) -> list[str]:
 
 def _training_line(config: dict) -> str:
     train = config["train"]
-    parts = [f"{mode.label} {train[mode.name]['steps']} steps at lr {train[mode.name]['lr']}, batch {train[mode.name]['batch_size']}"
-             for mode in FINETUNE_MODES if mode.name in train]
+    parts = []
+    for mode in FINETUNE_MODES:
+        if mode.name not in train:
+            continue
+        t = train[mode.name]
+        own = {s.name: t[s.name] for s in mode.settings if s.name in t}
+        parts.append(f"{mode.label} {t['steps']} steps at lr {t['lr']}, batch {t['batch_size']}"
+                     + (f" ({format_settings(own)})" if own else ""))
     return "Fine-tuning: " + "; ".join(parts) + "."
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _with_ratio(value: float | None, reference: float | None, fmt: str) -> str:
+    if value is None:
+        return "–"
+    ratio = f" ({value / reference:.2f}×)" if reference else ""
+    return f"{value:{fmt}}{ratio}"
+
+
+def _modes_section(results: RunResults) -> list[str]:
+    """Each fine-tuning mode's accuracy beside its cost (means over the tasks' fine-tunes)."""
+    if not results.cost:
+        return []
+    modes = [m for m in FINETUNE_MODES if m.name in results.cost]
+    addition = results.merge.get(TASK_ARITHMETIC.name, {})
+    linearity = results.linearity or {}
+
+    def cost(mode, field: str) -> float | None:
+        return _mean([getattr(c, field) for c in results.cost[mode.name].values()])
+
+    ref = NONLINEAR if NONLINEAR.name in results.cost else None
+    lines = ["## Fine-tuning modes: accuracy and cost", "",
+             "Each mode's vectors on the model they were trained through. Cost: mean over the tasks' fine-tunes of wall time, "
+             "median step time and the peak memory a fine-tune added"
+             + (f" (in parentheses: ÷ {ref.label})" if ref else "") + "; entries: weight entries trained (φ) / that can change in θ. "
+             "Linearity gap (non-linearly trained modes): ‖f(θ0+τ) − f_lin(θ0+τ)‖ / ‖f(θ0+τ) − f(θ0)‖ of the validation logits, "
+             "mean over tasks (0: the fine-tune stayed in the tangent space).", "",
+             "| mode | single-task | addition abs / norm | negation target / control | time per task (s) | step (ms) | peak (MiB) | entries | linearity gap |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mode in modes:
+        method = method_for_vector(mode)
+        single = results.mean_single(method) if method.name in results.single_task.test else None
+        add = addition.get(method.name)
+        neg = results.negation.get(method.name)
+        gaps = linearity.get(mode.name)
+        trained, changed = cost(mode, "trained_entries"), cost(mode, "changed_entries")
+        lines.append(
+            f"| {mode.label} | {pct(single)} | {pct(add.absolute) + ' / ' + pct(add.normalized) if add else '–'} | "
+            f"{pct(neg.target) + ' / ' + pct(neg.control) if neg else '–'} | "
+            + " | ".join(_with_ratio(cost(mode, f), cost(ref, f) if ref else None, fmt)
+                         for f, fmt in (("seconds", ".0f"), ("step_ms", ".0f"), ("peak_mib", ".0f")))
+            + f" | {_count(trained)} / {_count(changed)} | "
+            + (f"{_mean([g.relative_gap for g in gaps.values()]):.2f}" if gaps else "–") + " |")
+    return lines + [""]
+
+
+def _count(n: float | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
 
 def render_markdown(results: RunResults, figures: Path | None = None) -> str:
@@ -282,6 +348,7 @@ def render_markdown(results: RunResults, figures: Path | None = None) -> str:
         vals = [single[m.name][t] for t in tasks]
         lines.append(f"| {m.label} | {pct(sum(vals) / len(vals))} | " + " | ".join(pct(v) for v in vals) + " |")
     lines.append("")
+    lines += _modes_section(results)
     lines += _merge_sections(results)
     lines += [
         "## Figures",

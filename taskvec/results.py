@@ -162,6 +162,30 @@ class NtkResult:
 
 
 @dataclass
+class FinetuneCost:
+    """What one fine-tune cost (taskvec.finetuning.cost): wall seconds, median step time, the
+    peak memory it added (`memory` says what was counted), and how many entries it trained (φ)
+    and could change in θ."""
+
+    seconds: float | None = None
+    step_ms: float | None = None
+    peak_mib: float | None = None
+    memory: str | None = None
+    trained_entries: int | None = None
+    changed_entries: int | None = None
+
+
+@dataclass
+class Linearity:
+    """f(θ0 + τ) against its linearization f_lin(θ0 + τ) on a task's validation set
+    (taskvec.analysis.linearity): both accuracies and the relative distance of their logits."""
+
+    nonlinear: float
+    linearized: float
+    relative_gap: float
+
+
+@dataclass
 class Timing:
     """Seconds each part took when it was computed (possibly by an earlier, resumed run)."""
 
@@ -181,6 +205,8 @@ class RunResults:
     random_init: RandomInitResult | None = None
     seconds: float | None = None
     timing: Timing = field(default_factory=Timing)
+    cost: dict[str, dict[str, FinetuneCost]] = field(default_factory=dict)  # mode -> task -> its fine-tune's cost
+    linearity: dict[str, dict[str, Linearity]] | None = None  # non-linearly trained mode -> task -> gap
     format: str = FORMAT
 
     def mean_single(self, method: EvalMethod, split: str = "test") -> float:

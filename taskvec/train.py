@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +29,12 @@ from tqdm.auto import tqdm
 
 from .errors import TaskvecError
 from .io import load_tensors, save_tensors
-from .linearize import LinearizedBackbone
-from .models.base import Backbone, Batch
-from .models.heads import ClassificationHead, Classifier
+from .finetuning.build import FitData
+from .finetuning.cost import CostMeter
+from .finetuning.parts import TunedEncoder
 from .kinds import FINETUNE_MODES, FinetuneMode
+from .models.base import Backbone, Batch
+from .models.heads import ClassificationHead
 from .task_vector import TaskVector, base_identity
 
 CHECKPOINT_FORMAT = "taskvec.checkpoint/1"
@@ -51,6 +52,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     grad_accumulation: int = 1  # equal micro-batches per (process's share of a) step
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: CUDA autocast for forward and backward
+    settings: dict[str, Any] = field(default_factory=dict)  # the mode's own (FinetuneMode.settings)
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -112,9 +114,23 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
-def _trainable(encoder: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    module = encoder.model if isinstance(encoder, LinearizedBackbone) else encoder
-    return dict(module.named_parameters())
+class TrainedModel(torch.nn.Module):
+    """The model a step differentiates: the tuned encoder, its frozen head and, for a mode with a
+    penalty, λ Σ_{t'} mean_x ‖J(x; θ0) τ‖² over batches of the other tasks (one JVP each)."""
+
+    def __init__(self, encoder: TunedEncoder, head: ClassificationHead, penalty: float = 0.0):
+        super().__init__()
+        self.encoder, self.head, self.penalty = encoder, head, penalty
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, batch: Batch, others: Sequence[Batch] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(self.encoder(**batch))
+        term = logits.new_zeros(())
+        for other in others:
+            tangent = self.encoder.tangent_features(other)[1]
+            term = term + tangent.to(torch.promote_types(tangent.dtype, torch.float32)).pow(2).sum(-1).mean()
+        return logits, self.penalty * term
 
 
 def save_checkpoint(path: Path, step: int, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, meta: dict) -> None:
@@ -162,19 +178,24 @@ def finetune(
     progress: bool = True,
     stop_after: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    others: Sequence[Batch] = (),
 ) -> TaskVector:
     """Fine-tune a copy of `base` (θ0) on one task and return its task vector.
 
     `mode` (a registered fine-tuning mode or its name) says what is trained: f itself, or
     f_lin = linearize(f) for a linearized mode. `checkpoint` makes the run resumable;
-    `stop_after` ends the run early after that many steps (an interruption).
+    `stop_after` ends the run early after that many steps (an interruption). `others`: the other
+    tasks' training inputs, for a mode with a penalty on them (τJp).
     """
     mode = FINETUNE_MODES.get(mode)
+    settings = mode.resolve(cfg.settings)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if len(labels) == 0:
         raise TaskvecError(f"task {task!r} has no training examples")
+    others = list(others) if mode.penalty else []
+    if mode.penalty and not others:
+        raise TaskvecError(f"mode {mode.name} penalizes τ on the other tasks' inputs: give their training inputs (others=...)")
     identity = base_identity(base)
-    pretrained = {n: p.detach().clone() for n, p in base.named_parameters()}
 
     rank, world = _distributed()
     per_process, rest = divmod(cfg.batch_size, world * cfg.grad_accumulation)
@@ -184,12 +205,12 @@ def finetune(
     device = torch.device(device)
     _autocast(device, cfg.precision)  # refuse bf16 off CUDA before any work
 
-    encoder: torch.nn.Module = copy.deepcopy(base)
-    if mode.linearized:
-        encoder = LinearizedBackbone(encoder)
-    model = Classifier(encoder, head).to(device)
+    backbone = copy.deepcopy(base)
+    fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
+    trainable = mode.builds(backbone, settings, fit, mode.linearized)
+    model = TrainedModel(TunedEncoder(backbone, trainable, mode.linearized), head, settings.get("lam", 0.0)).to(device)
     model.train()
-    params = _trainable(encoder)
+    params = trainable.trained
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     meta = {"mode": mode.name, "task": task, "base": identity, "config": asdict(cfg)}
     forward: torch.nn.Module = model
@@ -211,17 +232,29 @@ def finetune(
         index = batch_indices(len(labels), cfg.batch_size, step, cfg.seed)
         return list(index[rank::world].chunk(cfg.grad_accumulation))
 
-    def load(step: int) -> list[tuple[Batch, torch.Tensor]]:
-        return [({key: value[part] for key, value in inputs.items()}, labels[part]) for part in parts(step)]
+    def penalty_batches(step: int) -> list[Batch]:
+        """This process's share of each other task's penalty batch of the step (seeded)."""
+        size = settings.get("penalty_batch", 0)
+        out = []
+        for k, other in enumerate(others):
+            n = len(next(iter(other.values())))
+            index = batch_indices(n, size, step, cfg.seed + 1 + k)[rank::world]
+            out.append({key: value[index] for key, value in other.items()})
+        return out
 
-    started = time.perf_counter()
+    def load(step: int) -> tuple[list[tuple[Batch, torch.Tensor]], list[Batch]]:
+        return ([({key: value[part] for key, value in inputs.items()}, labels[part]) for part in parts(step)],
+                penalty_batches(step))
+
+    meter = CostMeter(device).start()
     loss = torch.zeros(())
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{mode.name:>9} {task}", disable=not progress or rank != 0, leave=False)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskvec-prefetch") as prefetch:
         upcoming = prefetch.submit(load, start) if start < end else None
         for step in bar:
-            micro = upcoming.result()  # type: ignore[union-attr]
+            micro, penalized = upcoming.result()  # type: ignore[union-attr]
             upcoming = prefetch.submit(load, step + 1) if step + 1 < end else None
+            meter.step_begins()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, cfg)
             optimizer.zero_grad(set_to_none=True)
@@ -229,12 +262,15 @@ def finetune(
             for k, (cpu_batch, part_labels) in enumerate(micro):
                 batch = {key: value.to(device, non_blocking=True) for key, value in cpu_batch.items()}
                 sync = k == len(micro) - 1 or world == 1
+                others_k = [{key: value.to(device) for key, value in o.items()} for o in penalized] if k == 0 else []
                 with (nullcontext() if sync else forward.no_sync()), _autocast(device, cfg.precision):  # type: ignore[operator]
-                    part_loss = F.cross_entropy(forward(**batch).float(), part_labels.to(device)) / len(micro)
+                    logits, penalty = forward(batch, others_k)
+                    part_loss = F.cross_entropy(logits.float(), part_labels.to(device)) / len(micro) + penalty  # penalty: first micro-batch only
                 part_loss.backward()
                 total += part_loss.detach()
             torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
             optimizer.step()
+            meter.step_ends()
             if world > 1:
                 import torch.distributed as dist
 
@@ -250,7 +286,10 @@ def finetune(
                     save_checkpoint(checkpoint, done, params, optimizer, meta)
                 _barrier(world)
     bar.close()
-    finetuned = {n: p.detach().cpu() for n, p in params.items()}
-    info = {"steps": cfg.steps, "seconds": round(time.perf_counter() - started, 2),
-            "last_loss": round(float(loss.item()), 4) if end > start else None, "processes": world, "precision": cfg.precision}
-    return TaskVector.from_weights(pretrained, finetuned, mode=mode, base=identity, task=task, info=info)
+    changed = {n: t.detach().cpu() for n, t in trainable.vector(mode.linearized).items()}
+    vector = {n: changed[n] if n in changed else torch.zeros_like(p, device="cpu") for n, p in backbone.named_parameters()}
+    cost = meter.summary()
+    info = {"steps": cfg.steps, "seconds": cost.pop("seconds"), "last_loss": round(float(loss.item()), 4) if end > start else None,
+            "processes": world, "precision": cfg.precision, "settings": settings, "cost": cost,
+            "trained_entries": sum(p.numel() for p in params.values()), "changed_entries": trainable.entries()}
+    return TaskVector(vector, mode, identity, (task,), info)

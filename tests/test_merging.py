@@ -406,10 +406,10 @@ def test_every_method_refuses_unknown_settings(name):
     ("dare", {"p": 1.0}, "p must be in"), ("dare", {"combine": "max"}, "combine must be one of"),
     ("dare", {"seed": 1.5}, "seed must be an integer"),
     ("breadcrumbs", {"bottom": -0.1}, "bottom must be in"), ("breadcrumbs", {"bottom": 0.9, "top": 0.2}, "bottom \\+ top"),
-    ("tsv_m", {"share": -1.0}, "share must be in"), ("tsv_m", {"share": 0.0}, "share must be > 0"),
+    ("tsv_m", {"share": -1.0}, "share must be ≥ 0"), ("tsv_m", {"share": 0.0}, "share must be > 0"),
     ("iso_cts", {"common": 2.0}, "common must be in"),
-    ("consensus", {"k": -1}, "k must be in"), ("consensus", {"lam": -0.5}, "lam must be in"),
-    ("lines", {"beta": -1.0}, "beta must be in"), ("lines", {"alpha_scale": float("inf")}, "must be finite"),
+    ("consensus", {"k": -1}, "k must be ≥ 0"), ("consensus", {"lam": -0.5}, "lam must be ≥ 0"),
+    ("lines", {"beta": -1.0}, "beta must be ≥ 0"), ("lines", {"alpha_scale": float("inf")}, "must be finite"),
 ])
 def test_out_of_range_settings_are_refused(name, settings, message):
     with pytest.raises(TaskvecError, match=message):

@@ -28,7 +28,8 @@ def test_paper_configs_have_the_papers_protocol(path):
     assert cfg.head.kind == "zeroshot" and cfg.device == "cuda"
     assert (cfg.data.max_train, cfg.data.max_val, cfg.data.max_test) == (None, None, None)
     assert (cfg.data.val_fraction, cfg.data.val_cap, cfg.data.seed) == (0.1, 5000, 0)
-    for mode in FINETUNE_MODES:
+    assert [FINETUNE_MODES.get(m) for m in cfg.train.modes] == [NONLINEAR, LINEARIZED]  # the paper's two modes
+    for mode in cfg.train.modes:
         t = cfg.train[mode]
         assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps, t.grad_clip) == (1e-5, 0.1, 128, 500, 1.0)
     assert cfg.train.epochs == {"Cars": 35, "DTD": 76, "EuroSAT": 12, "GTSRB": 11, "MNIST": 5, "RESISC45": 15, "SUN397": 14, "SVHN": 4}
@@ -45,7 +46,9 @@ def test_epochs_resolve_to_about_2000_steps_per_task():
     assert steps_for_epochs(76, 3384, 128) == 76 * 27
     with pytest.raises(TaskvecError, match="fewer than warmup_steps"):
         modes.for_task(NONLINEAR, "MNIST", 100)
-    assert modes[LINEARIZED].lr == LINEARIZED.lr  # a mode without a table keeps its registered defaults
+    assert TrainModes()[LINEARIZED].lr == LINEARIZED.lr  # a mode without a table keeps its registered defaults
+    with pytest.raises(TaskvecError, match="mode 'linear' is not among this run's train.modes: nonlinear"):
+        modes[LINEARIZED]
 
 
 def test_config_validation_of_the_new_keys():
@@ -60,7 +63,7 @@ def test_config_validation_of_the_new_keys():
     cfg = from_dict(RunConfig, {"data": {"max_val": "all", "root": "/d"}, "train": {"linear": {"grad_accumulation": 2}}})
     assert cfg.data.max_val is None and cfg.data.root == "/d" and cfg.train[LINEARIZED].grad_accumulation == 2
     assert cfg.train[LINEARIZED].lr == TrainModes()[LINEARIZED].lr == LINEARIZED.lr  # mode tables override the mode's defaults
-    with pytest.raises(TaskvecError, match="unknown key 'train.lienar'; allowed: nonlinear, linear, epochs, steps"):
+    with pytest.raises(TaskvecError, match="unknown key 'train.lienar'; allowed: modes, epochs, steps, nonlinear, linear, subset"):
         from_dict(RunConfig, {"train": {"lienar": {"lr": 1e-3}}})
 
 
@@ -72,10 +75,10 @@ def test_dry_run_plan_lists_every_stage_and_names_what_is_missing(tmp_path):
                               data=dataclasses.replace(load_config(B32).data, root=str(tmp_path)))
     stages = plan_run(cfg)
     names = [s.title for s in stages]
-    assert sum(s.key.startswith("finetune/") for s in stages) == 16 == len(cfg.tasks) * len(FINETUNE_MODES)
+    assert sum(s.key.startswith("finetune/") for s in stages) == 16 == len(cfg.tasks) * len(cfg.train.modes)
     assert "fine-tune DTD (linear)" in names and names[0].startswith("heads (zeroshot)")
     merges = [f"merge/{m}" for m in cfg.merge.methods]
-    assert [s.key for s in stages if not s.key.startswith("finetune/")] == ["heads", "single_task", *merges, "negation", "report"]
+    assert [s.key for s in stages if not s.key.startswith("finetune/")] == ["heads", "single_task", "linearity", *merges, "negation", "report"]
     assert all(s.state is None for s in stages)  # no run directory given: nothing is looked up
     ready = {s.title for s in stages if s.ready}
     assert "fine-tune EuroSAT (nonlinear)" in ready and "fine-tune Cars (nonlinear)" not in ready

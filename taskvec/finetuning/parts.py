@@ -1,0 +1,198 @@
+"""What a fine-tune trains: the parameters φ it optimizes and the weights θ(φ) they give.
+
+Every fine-tuning mode is one of three parameterizations of the change to θ0, trained either
+through f or through its linearization f_lin:
+
+* `WeightSubset`: φ = the selected weights themselves (all of them for the paper's modes);
+  θ = φ on the selection, θ0 elsewhere.
+* `SparseWeights`: φ = the weights holding at least one selected entry; θ = φ on the selected
+  entries (a boolean mask per tensor), θ0 everywhere else (TaLoS).
+* `LowRank`: φ = (A, B) per selected matrix W, θ = W0 + s·B·A with s = alpha / rank, B
+  starting at 0 (LoRA). Linearized in (A, B) around (A0, 0) the change is s·B·A0: A gets no
+  gradient there, so the linearized variant (L-LoRA) trains B alone.
+
+`TunedEncoder` runs the frozen backbone with θ(φ) (non-linear) or as θ0's dual numbers with
+the tangent θ(φ) − θ0 restricted to the changed tensors (linearized, `linearize.jvp`): the
+partial linearization f(x; θ0) + J_S(x; θ0)(θ_S − θ0_S) of the subset S. The task vector is
+always a full-weight difference (zeros outside the selection), so every merge method and
+analysis applies to it unchanged.
+
+LoRA is written here rather than taken from `peft`: as a parameterization of the weights it
+needs no module surgery (it works on any backbone, open_clip's fused attention projections
+included), and its linearized variant needs the change as a tangent, which a wrapped module
+does not expose.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..errors import TaskvecError
+from ..linearize import jvp
+from ..models.base import Backbone, Batch
+
+Tensors = dict[str, torch.Tensor]
+
+
+class Trainable(nn.Module):
+    """The trained parameters φ of one fine-tune and the weights they give.
+
+    `trained` maps stable names (checkpoint keys) to φ; `names` lists the backbone parameters
+    that can change. `weights()` gives θ on those names (non-linear forward), `tangent()` the
+    first-order change θ − θ0 on them (linearized forward).
+    """
+
+    def __init__(self, pretrained: Tensors, names: list[str]):
+        super().__init__()
+        self.names = list(names)
+        # θ0: the frozen backbone's own parameters (shared, so they move with it, not copied)
+        self.pretrained = {n: pretrained[n] for n in self.names}
+        self.trained: dict[str, nn.Parameter] = {}
+
+    def _add(self, name: str, value: torch.Tensor) -> nn.Parameter:
+        param = nn.Parameter(value)
+        self.register_parameter(f"phi{len(self.trained)}", param)
+        self.trained[name] = param
+        return param
+
+    def weights(self) -> Tensors:
+        raise NotImplementedError
+
+    def tangent(self) -> Tensors:
+        raise NotImplementedError
+
+    def vector(self, linearized: bool) -> Tensors:
+        """The task vector on the changed tensors: θ − θ0 (non-linear), or the tangent."""
+        with torch.no_grad():
+            if linearized:
+                return {n: t.detach().clone() for n, t in self.tangent().items()}
+            weights = self.weights()
+            return {n: (weights[n] - self.pretrained[n]).detach() for n in self.names}
+
+    def entries(self) -> int:
+        """How many weight entries this fine-tune can change."""
+        return sum(self.pretrained[n].numel() for n in self.names)
+
+
+class WeightSubset(Trainable):
+    """φ = the selected weights, starting at θ0 (weight decay acts on θ, as in the paper)."""
+
+    def __init__(self, pretrained: Tensors, names: list[str]):
+        super().__init__(pretrained, names)
+        for n in self.names:
+            self._add(n, pretrained[n].detach().clone())
+
+    def weights(self) -> Tensors:
+        return dict(self.trained)
+
+    def tangent(self) -> Tensors:
+        return {n: self.trained[n] - self.pretrained[n] for n in self.names}
+
+
+class SparseWeights(Trainable):
+    """φ on the entries of boolean `masks` ({name: mask}); every other entry stays at θ0."""
+
+    def __init__(self, pretrained: Tensors, masks: dict[str, torch.Tensor]):
+        names = [n for n in pretrained if n in masks and bool(masks[n].any())]
+        super().__init__(pretrained, names)
+        self.masks = {n: masks[n].to(torch.bool) for n in names}
+        for n in self.names:
+            if self.masks[n].shape != pretrained[n].shape:
+                raise TaskvecError(f"mask of {n!r} has shape {tuple(self.masks[n].shape)}, the weight {tuple(pretrained[n].shape)}")
+            self._add(n, pretrained[n].detach().clone())
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.masks = {n: m.to(self.pretrained[n].device) for n, m in self.masks.items()}
+        return self
+
+    def weights(self) -> Tensors:
+        return {n: torch.where(self.masks[n], self.trained[n], self.pretrained[n]) for n in self.names}
+
+    def tangent(self) -> Tensors:
+        return {n: (self.trained[n] - self.pretrained[n]) * self.masks[n] for n in self.names}
+
+    def entries(self) -> int:
+        return sum(int(m.sum()) for m in self.masks.values())
+
+
+class LowRank(Trainable):
+    """LoRA: θ = W0 + s·B·A per selected matrix (Linear weights, 1×1 convolutions seen as
+    (out, in) matrices), A ~ Kaiming-uniform (seeded per parameter name), B = 0, s = alpha/rank.
+    `linearized`: only B is trained and the change is s·B·A0 (see the module docstring)."""
+
+    def __init__(self, pretrained: Tensors, names: list[str], *, rank: int, alpha: float, seed: int, linearized: bool):
+        super().__init__(pretrained, names)
+        self.scale = alpha / rank
+        self.linearized = linearized
+        self.a: dict[str, torch.Tensor] = {}
+        self.b: dict[str, nn.Parameter] = {}
+        for n in self.names:
+            weight = pretrained[n]
+            if weight.ndim not in (2, 4) or (weight.ndim == 4 and weight.shape[2:] != (1, 1)):
+                raise TaskvecError(f"LoRA attaches to matrices and 1×1 convolutions; {n!r} has shape {tuple(weight.shape)}")
+            out_dim, in_dim = weight.shape[0], weight.shape[1]
+            if rank > min(out_dim, in_dim):
+                raise TaskvecError(f"LoRA rank {rank} exceeds the smaller side of {n!r} {tuple(weight.shape)}")
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(n.encode()))
+            bound = 1.0 / math.sqrt(in_dim)  # kaiming_uniform_(a=√5) of an (rank, in) matrix, as peft and nn.Linear
+            a = (torch.rand(rank, in_dim, generator=generator, dtype=torch.float64) * 2 - 1).mul_(bound).to(weight.dtype).to(weight.device)
+            self.a[n] = a if linearized else self._add(f"{n}.lora_A", a)
+            self.b[n] = self._add(f"{n}.lora_B", torch.zeros(out_dim, rank, dtype=weight.dtype, device=weight.device))
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.linearized:
+            self.a = {n: fn(a) for n, a in self.a.items()}
+        return self
+
+    def _delta(self, n: str) -> torch.Tensor:
+        return (self.scale * (self.b[n] @ self.a[n])).view(self.pretrained[n].shape)
+
+    def weights(self) -> Tensors:
+        return {n: self.pretrained[n] + self._delta(n) for n in self.names}
+
+    def tangent(self) -> Tensors:
+        if not self.linearized:
+            raise TaskvecError("the tangent of non-linear LoRA is taken at (A0, 0): use the linearized variant")
+        return {n: self._delta(n) for n in self.names}
+
+    def vector(self, linearized: bool) -> Tensors:
+        with torch.no_grad():  # s·B·A itself, not (W0 + s·B·A) − W0 with its rounding
+            return {n: self._delta(n).detach().clone() for n in self.names}
+
+    def entries(self) -> int:
+        return sum(self.pretrained[n].numel() for n in self.names)
+
+
+class TunedEncoder(nn.Module):
+    """The frozen backbone evaluated at θ(φ): f(x; θ(φ)), or f_lin restricted to the changed
+    tensors when `linearized`. The backbone's own parameters hold θ0 and get no gradient."""
+
+    def __init__(self, backbone: Backbone, trainable: Trainable, linearized: bool):
+        super().__init__()
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone = backbone
+        self.trainable = trainable
+        self.linearized = linearized
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        if self.linearized:
+            primal, tangent = self.tangent_features(batch)
+            return primal + tangent
+        return functional_call(self.backbone, self.trainable.weights(), args=(), kwargs=batch, strict=False)
+
+    def tangent_features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(x; θ0), J_S(x; θ0)(θ_S − θ0_S)) for the changed tensors S."""
+        primals = {n: self.trainable.pretrained[n] for n in self.trainable.names}
+        return jvp(self.backbone, primals, self.trainable.tangent(), batch)
+
+    def train(self, mode: bool = True) -> "TunedEncoder":
+        super().train(mode)
+        self.backbone.train(mode)  # keeps normalization statistics frozen (Backbone.train)
+        return self
+
