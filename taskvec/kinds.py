@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .finetuning.build import Builder, full_weights, low_rank, sparse_least_sensitive, weight_subset
+from .finetuning.build import (ADAPTED, ALPHA, BATCHES, FRACTION, PARAMS, PENALTY_BATCH, PENALTY_WEIGHT, RANK, Builder, full_weights,
+                               low_rank, sparse_least_sensitive, weight_subset)
 from .registry import Kind, Registry, Setting, resolve_settings
 
 PAPER = "https://arxiv.org/abs/2305.12827"
@@ -47,10 +48,7 @@ class FinetuneMode(Kind):
 
 FINETUNE_MODES: Registry[FinetuneMode] = Registry("fine-tuning mode")
 
-_SUBSET = Setting("params", str, "attention", "which parameters: all, attention, last-blocks:N, norm-bias, matrices, or globs")
-_LORA = (Setting("params", str, "matrices", "where adapters go: a parameter selection (its matrices)"),
-         Setting("rank", int, 8, "adapter rank r", low=1),
-         Setting("alpha", float, 16.0, "LoRA alpha; the update is (alpha / r)·B·A", low=1e-12))
+_LORA = (ADAPTED, RANK, ALPHA)
 
 NONLINEAR = FINETUNE_MODES.register(FinetuneMode(
     name="nonlinear", label="Non-linear FT", color="#1f77b4", linearized=False, lr=3e-5, paper=True,
@@ -59,12 +57,12 @@ LINEARIZED = FINETUNE_MODES.register(FinetuneMode(
     name="linear", label="Linearized FT", color="#2ca02c", linearized=True, lr=3e-4, paper=True,
     description="fine-tune f_lin(x; θ) = f(x; θ0) + J(x; θ0)(θ − θ0)", reference=PAPER))
 SUBSET = FINETUNE_MODES.register(FinetuneMode(
-    name="subset", label="Subset FT", color="#9467bd", linearized=False, lr=3e-5, builds=weight_subset, settings=(_SUBSET,),
+    name="subset", label="Subset FT", color="#9467bd", linearized=False, lr=3e-5, builds=weight_subset, settings=(PARAMS,),
     description="fine-tune f in a subset of its parameters (default: the attention projections)",
     reference="Jin et al., Fine-tuning attention modules only, ICLR 2025"))
 LINEAR_SUBSET = FINETUNE_MODES.register(FinetuneMode(
     name="linear-subset", label="Linearized subset FT", color="#c5b0d5", linearized=True, lr=3e-4, builds=weight_subset,
-    settings=(_SUBSET,), description="fine-tune f linearized in a subset of its parameters, the rest frozen at θ0",
+    settings=(PARAMS,), description="fine-tune f linearized in a subset of its parameters, the rest frozen at θ0",
     reference=PAPER))
 LORA = FINETUNE_MODES.register(FinetuneMode(
     name="lora", label="LoRA", color="#8c564b", linearized=False, lr=3e-4, builds=low_rank, settings=_LORA,
@@ -76,14 +74,12 @@ LINEAR_LORA = FINETUNE_MODES.register(FinetuneMode(
     reference="Tang et al., Partial linearization for parameter-efficient model fusion (L-LoRA), ICLR 2024"))
 TALOS = FINETUNE_MODES.register(FinetuneMode(
     name="talos", label="TaLoS", color="#e377c2", linearized=False, lr=3e-5, builds=sparse_least_sensitive,
-    settings=(Setting("fraction", float, 0.1, "fraction of weight entries trained (the least sensitive)", low=1e-9, high=1.0),
-              Setting("batches", int, 8, "mini-batches of the task's training data scored at θ0", low=1)),
+    settings=(FRACTION, BATCHES),
     description="fine-tune f in the entries with the lowest diagonal Fisher score on the task",
     reference="Iurada et al., Task-localized sparse fine-tuning (TaLoS), ICLR 2025"))
 TJP = FINETUNE_MODES.register(FinetuneMode(
     name="tjp", label="τJp", color="#17becf", linearized=True, lr=3e-4, penalty=True,
-    settings=(Setting("lam", float, 0.1, "weight λ (tune it: it scales with the features) of Σ_{t'≠t} mean ‖J(x_t'; θ0) τ‖² over the other tasks' inputs", low=0.0),
-              Setting("penalty_batch", int, 8, "examples of each other task per step for the penalty", low=1)),
+    settings=(PENALTY_WEIGHT, PENALTY_BATCH),
     description="linearized FT penalizing τ's tangent features on the other tasks' training inputs",
     reference="Yoshida et al., τJp, ICLR 2025"))
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import TaskvecError
 from .io import load_tensors, save_tensors
-from .finetuning.build import FitData
+from .finetuning.build import PENALTY_BATCH, PENALTY_WEIGHT, FitData
 from .finetuning.cost import CostMeter
 from .finetuning.parts import TunedEncoder
 from .kinds import FINETUNE_MODES, FinetuneMode
@@ -208,7 +208,8 @@ def finetune(
     backbone = copy.deepcopy(base)
     fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
     trainable = mode.builds(backbone, settings, fit, mode.linearized)
-    model = TrainedModel(TunedEncoder(backbone, trainable, mode.linearized), head, settings.get("lam", 0.0)).to(device)
+    weight = settings[PENALTY_WEIGHT.name] if mode.penalty else 0.0
+    model = TrainedModel(TunedEncoder(backbone, trainable, mode.linearized), head, weight).to(device)
     model.train()
     params = trainable.trained
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -234,11 +235,10 @@ def finetune(
 
     def penalty_batches(step: int) -> list[Batch]:
         """This process's share of each other task's penalty batch of the step (seeded)."""
-        size = settings.get("penalty_batch", 0)
         out = []
         for k, other in enumerate(others):
             n = len(next(iter(other.values())))
-            index = batch_indices(n, size, step, cfg.seed + 1 + k)[rank::world]
+            index = batch_indices(n, settings[PENALTY_BATCH.name], step, cfg.seed + 1 + k)[rank::world]
             out.append({key: value[index] for key, value in other.items()})
         return out
 

@@ -2,7 +2,8 @@
 
 A builder takes the backbone copy being fine-tuned (holding θ0), the mode's resolved settings,
 whether the mode is linearized, and the task's training data (`FitData`, which only TaLoS
-reads: it scores entries on the task before training).
+reads: it scores entries on the task before training). The settings each builder reads are
+declared here, beside it; taskvec.kinds gives them to the modes.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..errors import TaskvecError
+from ..registry import Setting
 from ..models.base import Backbone, Batch
 from ..models.heads import ClassificationHead, Classifier
 from .parts import LowRank, SparseWeights, Trainable, WeightSubset
@@ -31,6 +33,17 @@ class FitData:
     device: torch.device
 
 
+PARAMS = Setting("params", str, "attention", "which parameters: all, attention, last-blocks:N, norm-bias, matrices, or globs")
+ADAPTED = Setting("params", str, "matrices", "where adapters go: a parameter selection (its matrices)")
+RANK = Setting("rank", int, 8, "adapter rank r", low=1)
+ALPHA = Setting("alpha", float, 16.0, "LoRA alpha; the update is (alpha / r)·B·A", low=1e-12)
+FRACTION = Setting("fraction", float, 0.1, "fraction of weight entries trained (the least sensitive)", low=1e-9, high=1.0)
+BATCHES = Setting("batches", int, 8, "mini-batches of the task's training data scored at θ0", low=1)
+# τJp's penalty is a term of the training loss (taskvec.train), not a parameterization:
+PENALTY_WEIGHT = Setting("lam", float, 0.1, "weight λ (tune it: it scales with the features) of "
+                         "Σ_{t'≠t} mean ‖J(x_t'; θ0) τ‖² over the other tasks' inputs", low=0.0)
+PENALTY_BATCH = Setting("penalty_batch", int, 8, "examples of each other task per step for the penalty", low=1)
+
 Builder = Callable[[Backbone, Mapping[str, Any], "FitData", bool], Trainable]
 
 
@@ -46,17 +59,18 @@ def full_weights(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, 
 
 def weight_subset(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
     """The parameters the `params` selection names (taskvec.finetuning.subsets)."""
-    return WeightSubset(_pretrained(backbone), select_parameters(backbone, settings["params"]))
+    return WeightSubset(_pretrained(backbone), select_parameters(backbone, settings[PARAMS.name]))
 
 
 def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
     """LoRA adapters on the matrices among the `params` selection."""
-    selected = select_parameters(backbone, settings["params"])
+    selected = select_parameters(backbone, settings[ADAPTED.name])
     matrices = set(matrix_parameters(backbone))
     names = [n for n in selected if n in matrices]
     if not names:
-        raise TaskvecError(f"parameter selection {settings['params']!r} holds no matrix or 1×1 convolution for LoRA")
-    return LowRank(_pretrained(backbone), names, rank=settings["rank"], alpha=settings["alpha"], seed=fit.seed, linearized=linearized)
+        raise TaskvecError(f"parameter selection {settings[ADAPTED.name]!r} holds no matrix or 1×1 convolution for LoRA")
+    return LowRank(_pretrained(backbone), names, rank=settings[RANK.name], alpha=settings[ALPHA.name], seed=fit.seed,
+                   linearized=linearized)
 
 
 def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
@@ -64,6 +78,6 @@ def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit:
     params = _pretrained(backbone)
     model = Classifier(backbone, fit.head).to(fit.device)
     model.train()
-    scores = fisher_scores(model, params, fit.inputs, fit.labels, batches=settings["batches"], batch_size=fit.batch_size,
+    scores = fisher_scores(model, params, fit.inputs, fit.labels, batches=settings[BATCHES.name], batch_size=fit.batch_size,
                            seed=fit.seed, device=fit.device)
-    return SparseWeights(params, least_sensitive(scores, settings["fraction"]))
+    return SparseWeights(params, least_sensitive(scores, settings[FRACTION.name]))
