@@ -42,18 +42,30 @@ def test_finetuning_learns_and_leaves_base_untouched(mode):
     assert loss1 < 0.7 * loss0
 
 
-@pytest.mark.parametrize("mode", ["nonlinear", "linear"])
+# every registered mode, with settings that fit tiny-cnn (it has no attention)
+MODE_SETTINGS = {"nonlinear": {}, "linear": {}, "subset": {"params": "fc.*"}, "linear-subset": {"params": "conv.*"},
+                 "lora": {"rank": 2}, "linear-lora": {"rank": 2}, "talos": {"fraction": 0.3}, "tjp": {}}
+
+
+@pytest.mark.parametrize("mode", list(MODE_SETTINGS))
 def test_interrupted_run_resumes_to_the_same_vector(mode, tmp_path):
     model, head, inputs, labels = _setup()
-    cfg = TrainConfig(steps=12, batch_size=16, lr=1e-2, warmup_steps=2, checkpoint_every=4)
-    full = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, progress=False)
+    cfg = TrainConfig(steps=12, batch_size=16, lr=1e-2, warmup_steps=2, checkpoint_every=4, settings=MODE_SETTINGS[mode])
+    others = [{"pixels": inputs["pixels"].flip(0)}]  # read by tjp only
+    full = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, progress=False, others=others)
     ckpt = tmp_path / "ckpt.safetensors"
-    partial = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, checkpoint=ckpt, progress=False, stop_after=5)
+    partial = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, checkpoint=ckpt, progress=False, stop_after=5, others=others)
     assert ckpt.exists()
     assert any(not torch.equal(partial.vector[n], full.vector[n]) for n in full.vector)
-    resumed = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, checkpoint=ckpt, progress=False)
+    resumed = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, checkpoint=ckpt, progress=False, others=others)
     for n in full.vector:
         assert torch.equal(resumed.vector[n], full.vector[n]), n
+
+
+def test_every_registered_mode_is_covered_by_the_resume_test():
+    from taskvec.kinds import FINETUNE_MODES
+
+    assert list(MODE_SETTINGS) == FINETUNE_MODES.names()
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
