@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .finetuning.build import (ADAPTED, ALPHA, BATCHES, FRACTION, PARAMS, PENALTY_BATCH, PENALTY_WEIGHT, RANK, Builder, full_weights,
+from .finetuning.build import (ADAPTED, ALPHA, BATCHES, CANDIDATES, FRACTION, PARAMS, PENALTY_BATCH, PENALTY_WEIGHT, RANK, Builder, full_weights,
                                low_rank, sparse_least_sensitive, weight_subset)
 from .registry import Kind, Registry, Setting, resolve_settings
 
@@ -74,8 +74,8 @@ LINEAR_LORA = FINETUNE_MODES.register(FinetuneMode(
     reference="Tang et al., Partial linearization for parameter-efficient model fusion (L-LoRA), ICLR 2024"))
 TALOS = FINETUNE_MODES.register(FinetuneMode(
     name="talos", label="TaLoS", color="#e377c2", linearized=False, lr=3e-5, builds=sparse_least_sensitive,
-    settings=(FRACTION, BATCHES),
-    description="fine-tune f in the entries with the lowest diagonal Fisher score on the task",
+    settings=(FRACTION, BATCHES, CANDIDATES),
+    description="fine-tune f in the entries with the lowest diagonal Fisher score on the task (of the candidates)",
     reference="Iurada et al., Task-localized sparse fine-tuning (TaLoS), ICLR 2025"))
 TJP = FINETUNE_MODES.register(FinetuneMode(
     name="tjp", label="τJp", color="#17becf", linearized=True, lr=3e-4, penalty=True,

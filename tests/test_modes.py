@@ -14,6 +14,7 @@ import taskvec
 from conftest import tiny_training_setup
 from taskvec.config import from_dict, RunConfig
 from taskvec.errors import TaskvecError
+from taskvec.finetuning.build import FitData
 from taskvec.finetuning.cost import CostMeter
 from taskvec.finetuning.parts import LowRank, TunedEncoder, WeightSubset
 from taskvec.finetuning.sensitivity import fisher_scores, least_sensitive
@@ -358,3 +359,32 @@ def test_cli_finetunes_a_new_mode_with_its_settings(tmp_path, capsys):
     main(["finetune", "--task", "toy-squares", "--mode", "tjp", "--other", "toy-stripes", "--config", str(config),
           "--out", str(tmp_path / "tjp.safetensors"), "--no-progress"])
     assert TaskVector.load(tmp_path / "tjp.safetensors").mode is TJP
+
+
+class TinyText(Backbone):
+    """A token table and a linear layer: TaLoS must not spend its budget on unused rows."""
+
+    name = "tiny-text"
+    modality = "text"
+    embed_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(50, 4)
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, *, ids):
+        return self.proj(self.table(ids).mean(1))
+
+
+def test_talos_leaves_lookup_tables_out_by_default():
+    torch.manual_seed(0)
+    model = TinyText()
+    ids = torch.randint(0, 5, (32, 3))  # only tokens 0..4 appear: rows 5..49 score exactly 0
+    labels = torch.randint(0, 2, (32,))
+    head = taskvec.models.heads.ClassificationHead(torch.randn(2, 4), 1.0)
+    fit = FitData(head, {"ids": ids}, labels, batch_size=16, seed=0, device=torch.device("cpu"))
+    default = TALOS.builds(model, TALOS.resolve({"fraction": 0.5}), fit, False)
+    assert set(default.names) == {"proj.weight", "proj.bias"} and default.entries() == 10
+    everything = TALOS.builds(model, TALOS.resolve({"fraction": 0.5, "params": "all"}), fit, False)
+    assert everything.names == ["table.weight"]  # the 90 unused-row entries of the table win

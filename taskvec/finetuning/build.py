@@ -37,7 +37,9 @@ PARAMS = Setting("params", str, "attention", "which parameters: all, attention, 
 ADAPTED = Setting("params", str, "matrices", "where adapters go: a parameter selection (its matrices)")
 RANK = Setting("rank", int, 8, "adapter rank r", low=1)
 ALPHA = Setting("alpha", float, 16.0, "LoRA alpha; the update is (alpha / r)·B·A", low=1e-12)
-FRACTION = Setting("fraction", float, 0.1, "fraction of weight entries trained (the least sensitive)", low=1e-9, high=1.0)
+CANDIDATES = Setting("params", str, "non-embedding", "where entries are chosen: a parameter selection (default: all but lookup "
+                     "tables, whose rows for tokens absent from the scored batches score 0)")
+FRACTION = Setting("fraction", float, 0.1, "fraction of the candidate entries trained (the least sensitive)", low=1e-9, high=1.0)
 BATCHES = Setting("batches", int, 8, "mini-batches of the task's training data scored at θ0", low=1)
 # τJp's penalty is a term of the training loss (taskvec.train), not a parameterization:
 PENALTY_WEIGHT = Setting("lam", float, 0.1, "weight λ (tune it: it scales with the features) of "
@@ -75,9 +77,10 @@ def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, line
 
 def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
     """The fraction of entries with the lowest diagonal Fisher score on the task (TaLoS)."""
-    params = _pretrained(backbone)
+    pretrained = _pretrained(backbone)
+    params = {n: pretrained[n] for n in select_parameters(backbone, settings[CANDIDATES.name])}
     model = Classifier(backbone, fit.head).to(fit.device)
     model.train()
     scores = fisher_scores(model, params, fit.inputs, fit.labels, batches=settings[BATCHES.name], batch_size=fit.batch_size,
                            seed=fit.seed, device=fit.device)
-    return SparseWeights(params, least_sensitive(scores, settings[FRACTION.name]))
+    return SparseWeights(pretrained, least_sensitive(scores, settings[FRACTION.name]))

@@ -5,9 +5,10 @@ task is smallest: a change there moves the network's outputs least to first orde
 the fine-tuned model stays close to its linearization and its task vector interferes little
 with others. The score here is the empirical diagonal Fisher, Σ_b (∂L_b/∂θ)², summed over a
 few training mini-batches of the task at θ0 (the loss of the task's frozen head). The
-fraction k of entries with the lowest scores is selected over all parameters at once; equal
-scores are broken by position (parameter order, then entry), so exactly round(k·n) entries
-are chosen.
+fraction k of entries with the lowest scores is selected over all candidate parameters at once
+(by default all but lookup tables: the rows of tokens absent from the scored batches score
+exactly 0 and would be chosen first, though training never moves them); equal scores are
+broken by position (parameter order, then entry), so exactly round(k·n) entries are chosen.
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ A selection is one string, as a config line gives it:
 * `norm-bias`: the parameters of normalization layers and every bias.
 * `matrices`: the weights that are matrices: `nn.Linear` weights, attention projections and
   1×1 convolution kernels (what low-rank adapters attach to).
+* `non-embedding`: every parameter except lookup tables (`nn.Embedding`): a row of a token
+  table only matters for the inputs that contain its token.
 * anything else: an `fnmatch` glob over parameter names (or a parameter's name), e.g. `*.attn.*`.
 
 A selection is a comma-separated union of these: `last-blocks:3, _conv_head.*`.
@@ -28,7 +30,7 @@ from torch import nn
 
 from ..errors import TaskvecError
 
-PRESETS = ("all", "attention", "last-blocks:N", "norm-bias", "matrices")
+PRESETS = ("all", "attention", "last-blocks:N", "norm-bias", "matrices", "non-embedding")
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 _ATTENTION_WORDS = ("attention", "attn")
 
@@ -63,6 +65,10 @@ def _select_one(module: nn.Module, names: list[str], item: str) -> set[str]:
                  for p, _ in sub.named_parameters(recurse=False)} | {n for n in names if n.rsplit(".", 1)[-1].endswith("bias")})
     if item == "matrices":
         return set(matrix_parameters(module))
+    if item == "non-embedding":
+        tables = {f"{m}.{p}" if m else p for m, sub in module.named_modules() if isinstance(sub, nn.Embedding)
+                  for p, _ in sub.named_parameters(recurse=False)}
+        return set(names) - tables
     if not any(ch in item for ch in "*?[") and item not in names:
         raise TaskvecError(f"unknown parameter selection {item!r}: use one of {', '.join(PRESETS)}, a parameter name, or globs such as '*.attn.*'")
     return {n for n in names if fnmatch.fnmatchcase(n, item)}
