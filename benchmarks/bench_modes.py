@@ -46,8 +46,8 @@ def probe(args: argparse.Namespace) -> dict:
     cfg = load_config(root / SETUPS[args.backbone]["config"])
     mode = FINETUNE_MODES.get(args._probe)
     backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
-    prepared = prepare_tasks(backbone, list(cfg.tasks), cfg)
     task = cfg.tasks[0]
+    prepared = prepare_tasks(backbone, list(cfg.tasks) if mode.penalty else [task], cfg)
     head = build_head(backbone, prepared[task], cfg)
     train = prepared[task].sets["train"]
     loop = dataclasses.replace(cfg.train[mode], steps=args.steps, warmup_steps=1, checkpoint_every=10**6)

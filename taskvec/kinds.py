@@ -73,7 +73,7 @@ LINEAR_LORA = FINETUNE_MODES.register(FinetuneMode(
     description="L-LoRA: f linearized in the adapters around (A0, 0); the vector is (alpha/r)·B·A0",
     reference="Tang et al., Partial linearization for parameter-efficient model fusion (L-LoRA), ICLR 2024"))
 TALOS = FINETUNE_MODES.register(FinetuneMode(
-    name="talos", label="TaLoS", color="#e377c2", linearized=False, lr=3e-5, builds=sparse_least_sensitive,
+    name="talos", label="TaLoS", color="#e377c2", linearized=False, lr=3e-3, builds=sparse_least_sensitive,
     settings=(FRACTION, BATCHES, CANDIDATES),
     description="fine-tune f in the entries with the lowest diagonal Fisher score on the task (of the candidates)",
     reference="Iurada et al., Task-localized sparse fine-tuning (TaLoS), ICLR 2025"))
