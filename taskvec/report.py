@@ -152,8 +152,8 @@ def _merge_sections(results: RunResults) -> list[str]:
              "Each merge method combines the task vectors of one kind into a direction d; the model is θ0 + α·d. "
              "Its settings (from a small grid) and α are chosen on validation by mean normalized accuracy, "
              "separately for each evaluation method; test accuracy in %. Non-linear FT and post-hoc linearization "
-             "merge the same non-linear vectors (applied to f and f_lin); linearized FT merges the linearized vectors "
-             "in the tangent space.", "",
+             "merge the same non-linear vectors (applied to f and f_lin); every other column merges its own mode's "
+             "vectors and applies them to the model that mode trains (linearized modes: in the tangent space, on f_lin).", "",
              "| merge method | " + " | ".join(m.label for m in methods) + " |",
              "|---|" + "---|" * len(methods),
              f"| {PRETRAINED.label} | " + " | ".join(pct(results.pretrained_addition().accuracy) + " / –" for _ in methods) + " |"]
