@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .errors import TaskvecError
 from .finetuning.build import (ADAPTED, ALPHA, BATCHES, CANDIDATES, FRACTION, PARAMS, PENALTY_BATCH, PENALTY_WEIGHT, RANK, Builder, full_weights,
                                low_rank, sparse_least_sensitive, weight_subset)
 from .registry import Kind, Registry, Setting, resolve_settings
@@ -138,4 +139,5 @@ def method_for_vector(mode: FinetuneMode, *, linearized: bool = False) -> EvalMe
     for method in editing_methods([mode]):
         if method.linearized == wanted:
             return method
-    raise LookupError(f"no evaluation method applies {mode.name} vectors to {'f_lin' if wanted else 'f'}")
+    raise TaskvecError(f"no evaluation method applies {mode.name} vectors to {'f_lin' if wanted else 'f'} "
+                       f"(post-hoc linearization is registered for {', '.join(m.vectors.name for m in EVAL_METHODS if m.post_hoc)} vectors)")

@@ -350,6 +350,11 @@ def test_cli_finetunes_a_new_mode_with_its_settings(tmp_path, capsys):
     vector = TaskVector.load(out)
     assert vector.mode is LORA and vector.info["settings"] == {"params": "fc.*", "rank": 3, "alpha": 16.0}
     assert torch.linalg.matrix_rank(vector.vector["fc.weight"]) <= 3 and not vector.vector["conv.weight"].any()
+    main(["evaluate", str(out), "--config", str(config)])
+    assert "toy-squares" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(out), "--posthoc", "--config", str(config)])
+    assert exit_info.value.code == 2 and "no evaluation method applies lora vectors to f_lin" in capsys.readouterr().err
     for args, message in [(["--mode", "lora", "--set", "rank=0"], "setting --mode lora.rank must be ≥ 1"),
                           (["--mode", "tjp"], "name them with --other TASK"),
                           (["--mode", "talos", "--set", "k=0.1"], "--mode talos has no setting 'k'")]:
