@@ -164,9 +164,6 @@ class LowRank(Trainable):
         with torch.no_grad():  # s·B·A itself, not (W0 + s·B·A) − W0 with its rounding
             return {n: self._delta(n).detach().clone() for n in self.names}
 
-    def entries(self) -> int:
-        return sum(self.pretrained[n].numel() for n in self.names)
-
 
 class TunedEncoder(nn.Module):
     """The frozen backbone evaluated at θ(φ): f(x; θ(φ)), or f_lin restricted to the changed
