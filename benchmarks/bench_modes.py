@@ -53,10 +53,7 @@ def probe(args: argparse.Namespace) -> dict:
     loop = dataclasses.replace(cfg.train[mode], steps=args.steps, warmup_steps=1, checkpoint_every=10**6)
     others = [prepared[t].sets["train"].inputs for t in cfg.tasks[1:]] if mode.penalty else []
     vector = finetune(backbone, head, train.inputs, train.labels, mode=mode, cfg=loop, task=task, progress=False, others=others)
-    cost = vector.info["cost"]
-    return {"mode": mode.name, "step_ms": cost["step_ms"], "peak_mib": cost["peak_mib"], "seconds": vector.info["seconds"],
-            "trained_entries": vector.info["trained_entries"], "changed_entries": vector.info["changed_entries"],
-            "batch_size": loop.batch_size}
+    return {"mode": mode.name, **vector.info["cost"], "batch_size": loop.batch_size}
 
 
 def run_probe(backbone: str, mode: str, args: argparse.Namespace) -> dict:

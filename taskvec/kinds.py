@@ -1,6 +1,7 @@
-"""The paper's ways of getting and using task vectors, each defined once.
+"""The ways of getting and using task vectors (the paper's and later ones), each defined once.
 
-Fine-tuning modes say how a task vector is trained (f or its linearization f_lin); evaluation
+Fine-tuning modes say how a task vector is trained (f or its linearization f_lin, and which
+parameters: all, a subset, sparse entries, low-rank adapters; taskvec.finetuning); evaluation
 methods say which vectors are applied to which model (f or f_lin). Everything else (training,
 the evaluator, configs, the CLI, the report, `taskvec list`) asks these registries; a mode or
 method is named by a string only here and in files it is saved to.
@@ -40,12 +41,6 @@ class FinetuneMode(Kind):
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overridden by `given`; unknown or out-of-range values are a TaskvecError."""
         return resolve_settings(self.settings, given, f"train.{self.name}")
-
-    @property
-    def trains(self) -> str:
-        """What is trained, for `taskvec list` and reports (the builder's docstring)."""
-        return (self.builds.__doc__ or "").strip().splitlines()[0]
-
 
 FINETUNE_MODES: Registry[FinetuneMode] = Registry("fine-tuning mode")
 

@@ -31,6 +31,7 @@ from .results import (Disentanglement, FinetuneCost, Linearity, MergeResult, Neg
                       RandomInitResult, RunResults, SingleTask, Timing)
 from .registry import format_settings
 from .stages import Graph, Outcome, Stage, execute
+from .typed import from_data
 from .task_vector import TaskVector, base_identity
 from .tasks import Task, get_task, make_splits
 from .train import finetune
@@ -466,13 +467,12 @@ def assemble_results(ctx: RunContext) -> RunResults:
 
 
 def _finetune_cost(path: Path) -> FinetuneCost:
-    """The cost a fine-tune recorded in its vector's metadata (older vectors: seconds only)."""
+    """The cost a fine-tune recorded in its vector's metadata (vectors of older releases: seconds only)."""
     info = check_tensors(path).get("info", {})
     info = info if isinstance(info, dict) else {}
-    measured = info.get("cost") if isinstance(info.get("cost"), dict) else {}
-    return FinetuneCost(seconds=info.get("seconds"), step_ms=measured.get("step_ms"), peak_mib=measured.get("peak_mib"),
-                        memory=measured.get("memory"), trained_entries=info.get("trained_entries"),
-                        changed_entries=info.get("changed_entries"))
+    if isinstance(info.get("cost"), dict):
+        return from_data(FinetuneCost, info["cost"], f"{path} info.cost")
+    return FinetuneCost(seconds=info.get("seconds"))
 
 
 def report_stage(ctx: RunContext) -> list[str]:

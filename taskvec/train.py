@@ -35,7 +35,9 @@ from .finetuning.parts import TunedEncoder
 from .kinds import FINETUNE_MODES, FinetuneMode
 from .models.base import Backbone, Batch
 from .models.heads import ClassificationHead
+from .results import FinetuneCost
 from .task_vector import TaskVector, base_identity
+from .typed import to_data
 
 CHECKPOINT_FORMAT = "taskvec.checkpoint/1"
 
@@ -288,8 +290,7 @@ def finetune(
     bar.close()
     changed = {n: t.detach().cpu() for n, t in trainable.vector(mode.linearized).items()}
     vector = {n: changed[n] if n in changed else torch.zeros_like(p, device="cpu") for n, p in backbone.named_parameters()}
-    cost = meter.summary()
-    info = {"steps": cfg.steps, "seconds": cost.pop("seconds"), "last_loss": round(float(loss.item()), 4) if end > start else None,
-            "processes": world, "precision": cfg.precision, "settings": settings, "cost": cost,
-            "trained_entries": sum(p.numel() for p in params.values()), "changed_entries": trainable.entries()}
+    cost = FinetuneCost(**meter.summary(), trained_entries=sum(p.numel() for p in params.values()), changed_entries=trainable.entries())
+    info = {"steps": cfg.steps, "seconds": cost.seconds, "last_loss": round(float(loss.item()), 4) if end > start else None,
+            "processes": world, "precision": cfg.precision, "settings": settings, "cost": to_data(cost)}
     return TaskVector(vector, mode, identity, (task,), info)

@@ -81,7 +81,8 @@ def test_subset_modes_train_only_the_subset_and_leave_theta0_untouched(mode):
             assert delta.abs().sum() > 0, name
         else:
             assert torch.equal(delta, torch.zeros_like(delta)), name  # frozen: exactly zero
-    assert vector.info["trained_entries"] == vector.info["changed_entries"] == sum(before[n].numel() for n in ("fc.weight", "fc.bias"))
+    cost = vector.info["cost"]
+    assert cost["trained_entries"] == cost["changed_entries"] == sum(before[n].numel() for n in ("fc.weight", "fc.bias"))
     assert vector.info["settings"] == {"params": "fc.*"}
 
 
@@ -101,7 +102,7 @@ def test_talos_trains_exactly_the_least_sensitive_fraction():
 
     cfg = TrainConfig(steps=6, batch_size=16, lr=1e-2, warmup_steps=1, settings={"fraction": 0.25, "batches": 3})
     vector = finetune(model, head, inputs, labels, mode=TALOS, cfg=cfg, progress=False)
-    assert vector.info["changed_entries"] == round(0.25 * total)
+    assert vector.info["cost"]["changed_entries"] == round(0.25 * total)
     for name, delta in vector.vector.items():  # nothing outside the mask moved, bit for bit
         assert torch.equal(delta[~masks[name]], torch.zeros_like(delta[~masks[name]])), name
     assert sum(int((d != 0).sum()) for d in vector.vector.values()) > 0

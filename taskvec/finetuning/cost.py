@@ -84,8 +84,8 @@ class CostMeter:
         peak = _status_bytes("VmHWM")
         return None if peak is None else max(0, peak - self._baseline)
 
-    def summary(self) -> dict[str, float | None]:
-        """Fields recorded in the task vector's info (its `cost`)."""
+    def summary(self) -> dict[str, float | str | None]:
+        """What was measured, as fields of `taskvec.results.FinetuneCost`."""
         peak = self.peak_bytes()
         return {
             "seconds": round(time.perf_counter() - self._started, 2),
