@@ -240,6 +240,30 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+def plot_modes_cost(results: RunResults, path: Path) -> None:
+    """Each mode's task-arithmetic addition (filled) and single-task (hollow) test accuracy against
+    its median step time ÷ non-linear FT's."""
+    addition = results.merge.get(TASK_ARITHMETIC.name, {})
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    reference = _mean([c.step_ms for c in results.cost.get(NONLINEAR.name, {}).values()])
+    for mode in FINETUNE_MODES:
+        if mode.name not in results.cost:
+            continue
+        step = _mean([c.step_ms for c in results.cost[mode.name].values()])
+        method = method_for_vector(mode)
+        if step is None or method.name not in addition:
+            continue
+        x = step / reference if reference else step
+        ax.scatter([x], [100 * addition[method.name].absolute], color=mode.color, label=mode.label, zorder=3)
+        ax.scatter([x], [100 * results.mean_single(method)], facecolors="none", edgecolors=mode.color, zorder=3)
+    ax.set_xlabel("median step time ÷ non-linear FT" if reference else "median step time (ms)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fine-tuning modes: addition (filled), single-task (hollow)")
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    _save(fig, path)
+
+
 def _with_ratio(value: float | None, reference: float | None, fmt: str) -> str:
     if value is None:
         return "–"
@@ -281,7 +305,7 @@ def _modes_section(results: RunResults) -> list[str]:
                          for f, fmt in (("seconds", ".0f"), ("step_ms", ".0f"), ("peak_mib", ".0f")))
             + f" | {_count(trained)} / {_count(changed)} | "
             + (f"{_mean([g.relative_gap for g in gaps.values()]):.2f}" if gaps else "–") + " |")
-    return lines + [""]
+    return lines + ["", "![accuracy and cost of the modes](figures/modes_cost.png)", ""]
 
 
 def _count(n: float | None) -> str:
@@ -410,5 +434,7 @@ def write_report(results: RunResults, out: str | Path) -> Path:
     plot_negation_curves(results, figures / "negation_alpha.png")
     plot_nonlinear_advantage(results, figures / "nonlinear_advantage.png")
     plot_merge_methods(results, figures / "merge_methods.png")
+    if results.cost:
+        plot_modes_cost(results, figures / "modes_cost.png")
     write_text(out / "report.md", render_markdown(results, figures))
     return out / "report.md"

@@ -337,6 +337,7 @@ def test_a_run_of_every_mode_reports_accuracy_cost_and_linearity(tmp_path, capsy
     for mode in FINETUNE_MODES:
         assert f"| {mode.label} |" in section
     assert "(1.00×)" in section  # costs relative to non-linear FT
+    assert (out / "figures" / "modes_cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_finetunes_a_new_mode_with_its_settings(tmp_path, capsys):
