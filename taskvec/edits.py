@@ -158,8 +158,9 @@ def task_negation(
     """Sweep θ0 − α τ_target; pick the α minimizing target validation accuracy subject to
     control validation accuracy ≥ threshold × pre-trained control validation accuracy.
 
-    The control is evaluated with its own (pre-trained) head; when no α of the grid meets the
-    constraint the first one is taken. Reported on test.
+    The control is evaluated with its own (pre-trained) head. When no α of the grid meets the
+    constraint (possible when the grid does not start at 0) the result says so (α, target and
+    control are None) rather than report an α that breaks it. Reported on test.
     """
     if target == control:
         raise TaskvecError(f"negation control must differ from the target ({target!r})")
@@ -167,7 +168,9 @@ def task_negation(
     for alpha in alphas:
         val = evaluator.accuracies([target, control], "val", {target: -alpha})
         curve.append(NegationPoint(alpha=alpha, target_val=val[target], control_val=val[control]))
-    allowed = [p for p in curve if p.control_val >= threshold * control_pretrained_val - 1e-12] or [curve[0]]
+    allowed = [p for p in curve if p.control_val >= threshold * control_pretrained_val - 1e-12]
+    if not allowed:
+        return NegationTarget(alpha=None, control_task=control, target=None, control=None, curve=curve)
     alpha = min(allowed, key=lambda p: (p.target_val, p.alpha)).alpha
     test = evaluator.accuracies([target, control], "test", {target: -alpha})
     return NegationTarget(alpha=alpha, control_task=control, target=test[target], control=test[control], curve=curve)

@@ -91,8 +91,9 @@ def comparison_tables(results: "RunResults") -> str:
             continue
         row = results.negation[m.name]
         paper_t, paper_c = TABLE2_NEGATION[m][model]
-        lines.append(f"| {m.label} | {_pct(row.target)} / {_pct(row.control)} | {_num(paper_t)} / {_num(paper_c)} | "
-                     f"{100 * row.target - paper_t:+.1f} |")
+        delta = f"{100 * row.target - paper_t:+.1f}" if row.target is not None else "–"
+        over = f" ({len(row.per_task) - len(row.infeasible)} of {len(row.per_task)} targets)" if row.infeasible else ""
+        lines.append(f"| {m.label} | {_pct(row.target)} / {_pct(row.control)}{over} | {_num(paper_t)} / {_num(paper_c)} | {delta} |")
     if results.merge:
         lines += ["", f"Merge methods (absolute test accuracy, our non-linear FT vectors, {model}) beside the numbers their "
                   "papers publish for CLIP ViT-B/32 on the eight tasks, each on its own checkpoints (context, not a "

@@ -307,8 +307,13 @@ def negation_table(single: SingleTask, per_method: dict[str, dict[str, NegationT
     rows = {PRETRAINED.name: {t: NegationTarget(alpha=0.0, control_task=roles.controls[t], target=pre[t], control=pre[roles.controls[t]])
                               for t in roles.targets}}
     rows.update(per_method)
-    return {m: NegationResult(target=_mean(r[t].target for t in roles.targets), control=_mean(r[t].control for t in roles.targets), per_task=r)
-            for m, r in rows.items()}
+    table = {}
+    for m, r in rows.items():
+        feasible = [t for t in roles.targets if r[t].feasible]
+        table[m] = NegationResult(target=_mean(r[t].target for t in feasible) if feasible else None,
+                                  control=_mean(r[t].control for t in feasible) if feasible else None, per_task=r,
+                                  infeasible=[t for t in roles.targets if not r[t].feasible])
+    return table
 
 
 def _mean(values) -> float:

@@ -15,7 +15,7 @@ from .kinds import EVAL_METHODS, FINETUNE_MODES, NONLINEAR, PRETRAINED, EvalMeth
 from .merging import MERGE_METHODS  # noqa: E402
 from .merging import TASK_ARITHMETIC  # noqa: E402
 from .registry import format_settings  # noqa: E402
-from .results import MergeResult, RunResults  # noqa: E402
+from .results import MergeResult, NegationTarget, RunResults  # noqa: E402
 
 
 def pct(value: float | None) -> str:
@@ -314,6 +314,10 @@ def _count(n: float | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
 
+def _negation_cell(entry: NegationTarget) -> str:
+    return f"{pct(entry.target)} ({entry.alpha:.2f})" if entry.feasible else "no feasible α"
+
+
 def render_markdown(results: RunResults, figures: Path | None = None) -> str:
     tasks, cfg = results.tasks, results.config
     neg, single = results.negation, results.single_task.test
@@ -349,7 +353,8 @@ def render_markdown(results: RunResults, figures: Path | None = None) -> str:
         "## Table 2: task negation (target ↓ / control)",
         "",
         f"Per target, the α minimizing target validation accuracy while the control keeps ≥ "
-        f"{100 * cfg['negation']['threshold']:.0f}% of its pre-trained validation accuracy; mean over targets. "
+        f"{100 * cfg['negation']['threshold']:.0f}% of its pre-trained validation accuracy; mean over targets (a target for which no α of the grid keeps the control "
+        f"shows \"no feasible α\" and is left out of the mean). "
         f"Control task(s): {', '.join(controls)}.",
         "",
         "| method | target | control | " + " | ".join(f"{t} (α)" for t in targets) + " |",
@@ -357,8 +362,9 @@ def render_markdown(results: RunResults, figures: Path | None = None) -> str:
     ]
     for m in _methods(neg):
         n = neg[m.name]
-        lines.append(f"| {m.label} | {pct(n.target)} | {pct(n.control)} | "
-                     + " | ".join(f"{pct(n.per_task[t].target)} ({n.per_task[t].alpha:.2f})" for t in targets) + " |")
+        over = f" ({len(targets) - len(n.infeasible)} of {len(targets)} targets)" if n.infeasible else ""
+        lines.append(f"| {m.label} | {pct(n.target)}{over} | {pct(n.control)} | "
+                     + " | ".join(_negation_cell(n.per_task[t]) for t in targets) + " |")
     lines += [
         "",
         "## Single-task accuracy",

@@ -72,22 +72,29 @@ class NegationPoint:
 
 @dataclass
 class NegationTarget:
-    """θ0 − α τ_target with α chosen on validation under the control constraint; test accuracies."""
+    """θ0 − α τ_target with α chosen on validation under the control constraint; test accuracies.
+    α, target and control are None when no α of the grid keeps the control (infeasible)."""
 
-    alpha: float
+    alpha: float | None
     control_task: str
-    target: float
-    control: float
+    target: float | None
+    control: float | None
     curve: list[NegationPoint] = field(default_factory=list)
+
+    @property
+    def feasible(self) -> bool:
+        return self.alpha is not None
 
 
 @dataclass
 class NegationResult:
-    """Mean target and control test accuracy over the targets, and each target's choice."""
+    """Mean target and control test accuracy over the targets with a feasible α (None if there
+    is none), each target's choice, and the targets without a feasible α."""
 
-    target: float
-    control: float
+    target: float | None
+    control: float | None
     per_task: dict[str, NegationTarget]
+    infeasible: list[str] = field(default_factory=list)
 
 
 @dataclass

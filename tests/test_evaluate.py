@@ -127,6 +127,32 @@ def test_negation_respects_control_threshold():
     # control ≥ 0.76 ⇔ 0.8 − 0.2α ≥ 0.76 ⇔ α ≤ 0.2
     assert result.alpha == 0.2
     assert result.target == pytest.approx(0.8)
+    # a grid that starts past the last feasible α: no α keeps the control, and none is reported
+    late = task_negation(Fake(), "t", "c", control_pretrained_val=0.8, alphas=[0.5, 0.75, 1.0], threshold=0.95)
+    assert not late.feasible and late.alpha is None and late.target is None and late.control is None
+    assert [p.alpha for p in late.curve] == [0.5, 0.75, 1.0]  # the sweep is still recorded
+
+
+def test_negation_table_averages_feasible_targets_and_names_the_others():
+    from taskvec.pipeline import Roles, negation_table
+    from taskvec.report import render_markdown
+    from taskvec.results import NegationTarget, SingleTask
+
+    roles = Roles(tasks=["a", "b"], targets=["a", "b"], controls={"a": "b", "b": "a"})
+    single = SingleTask(val={"pretrained": {"a": 0.9, "b": 0.8}}, test={"pretrained": {"a": 0.9, "b": 0.8}})
+    per_method = {"nonlinear": {"a": NegationTarget(alpha=0.5, control_task="b", target=0.3, control=0.78),
+                                "b": NegationTarget(alpha=None, control_task="a", target=None, control=None)}}
+    table = negation_table(single, per_method, roles)
+    row = table["nonlinear"]
+    assert row.infeasible == ["b"] and row.target == 0.3 and row.control == 0.78
+    assert table["pretrained"].infeasible == [] and table["pretrained"].target == pytest.approx(0.85)
+    from taskvec.results import RunResults
+
+    results = RunResults(config={"name": "t", "backbone": "x", "init": "pretrained", "head": {"kind": "prototype", "scale": 30.0},
+                                 "data": {"seed": 0}, "train": {}, "negation": {"threshold": 0.95}},
+                         tasks=["a", "b"], single_task=single, merge={}, negation=table)
+    report = render_markdown(results)
+    assert "| Non-linear FT | 30.0 (1 of 2 targets) | 78.0 | 30.0 (0.50) | no feasible α |" in report
 
 
 def test_negation_control_choice():
