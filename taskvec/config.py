@@ -49,8 +49,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
+    """kind: how each task's frozen head is built (auto: zero-shot for CLIP, text descriptions
+    for text encoders, class prototypes otherwise). text_encoder: which model embeds the class
+    descriptions of zeroshot and text heads when the backbone is randomly initialized (init =
+    "random", and the random-init ablation): "pretrained" (the paper re-initializes only the
+    image encoder: heads from the pre-trained text tower and logit scale) or "model" (the random
+    model itself)."""
+
     kind: Literal["auto", "prototype", "probe", "text", "zeroshot"] = "auto"
     scale: float = 30.0
+    text_encoder: Literal["pretrained", "model"] = "pretrained"
 
     def __post_init__(self) -> None:
         if self.scale <= 0:

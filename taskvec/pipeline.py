@@ -9,6 +9,7 @@ run reuses the fine-tuned vectors and everything else that is done.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -65,19 +66,48 @@ def prepare_tasks(backbone: Backbone, names: list[str], cfg: RunConfig) -> dict[
     return prepared
 
 
+def head_kind(backbone: Backbone, cfg: RunConfig) -> str:
+    """The configured head kind, with "auto" resolved for this backbone."""
+    if cfg.head.kind != "auto":
+        return cfg.head.kind
+    return "zeroshot" if hasattr(backbone, "logit_scale") else "text" if backbone.modality == "text" else "prototype"
+
+
+_PRETRAINED_TEXT_ENCODERS: dict[str, Backbone] = {}
+
+
+def text_encoder(backbone: Backbone, cfg: RunConfig) -> Backbone:
+    """The model that embeds class descriptions for zeroshot and text heads: the pre-trained
+    backbone when this one is randomly initialized and head.text_encoder = "pretrained" (built
+    once per process), else the backbone itself."""
+    if cfg.init != "random" or cfg.head.text_encoder != "pretrained":
+        return backbone
+    key = json.dumps([cfg.backbone, cfg.backbone_options], sort_keys=True, default=str)
+    if key not in _PRETRAINED_TEXT_ENCODERS:
+        _PRETRAINED_TEXT_ENCODERS[key] = build_backbone(cfg.backbone, init="pretrained", **cfg.backbone_options)
+    return _PRETRAINED_TEXT_ENCODERS[key]
+
+
+def describe_heads(backbone: Backbone, cfg: RunConfig) -> str:
+    """What the run's heads are built from, for reports (which text encoder, at random init)."""
+    kind = head_kind(backbone, cfg)
+    if kind not in ("zeroshot", "text"):
+        return f"{kind} heads on the model's own features"
+    pretrained = cfg.init == "random" and cfg.head.text_encoder == "pretrained"
+    return f"{kind} heads from the {'pre-trained' if pretrained else 'model’s own'} text encoder"
+
+
 def build_head(backbone: Backbone, prepared: PreparedTask, cfg: RunConfig) -> ClassificationHead:
-    kind = cfg.head.kind
-    if kind == "auto":
-        kind = "zeroshot" if hasattr(backbone, "logit_scale") else "text" if backbone.modality == "text" else "prototype"
+    kind = head_kind(backbone, cfg)
     task = prepared.task
     if kind == "zeroshot":
         from .models.zeroshot import zeroshot_head
 
         cache = Path(cfg.data.cache_dir) / "heads" if cfg.data.cache_dir else None
-        return zeroshot_head(backbone, task, cache_dir=cache, device=cfg.device)
+        return zeroshot_head(text_encoder(backbone, cfg), task, cache_dir=cache, device=cfg.device)
     if kind == "text":
         descriptions = list(task.descriptions or [f"An example of {c}." for c in task.classnames])
-        return text_head(backbone.encode_text(descriptions), cfg.head.scale)
+        return text_head(text_encoder(backbone, cfg).encode_text(descriptions), cfg.head.scale)
     train = prepared.sets["train"]
     features = encode(backbone, train.inputs, cfg.eval.chunk, cfg.device)
     if kind == "prototype":
@@ -208,7 +238,8 @@ class RunContext:
         else:
             head = build_head(self.backbone, self.prepared(name), self.cfg)
             if is_main():
-                save_tensors(path, {"weight": head.weight}, {"base": identity, "task": name, "scale": head.scale, "kind": self.cfg.head.kind})
+                save_tensors(path, {"weight": head.weight}, {"base": identity, "task": name, "scale": head.scale, "kind": self.cfg.head.kind,
+                                                             "built_from": describe_heads(self.backbone, self.cfg)})
         self._heads[name] = head
         return head
 
@@ -441,6 +472,7 @@ def random_init_stage(ctx: RunContext) -> RandomInitResult:
     editing = [m for m in editing_methods(run_modes(ctx.cfg)) if not m.post_hoc]  # Table 3: each mode on its own model
     return RandomInitResult(
         run_dir="random_init",
+        heads=describe_heads(ctx.backbone, random_init_config(ctx.cfg)),
         single_task={m.name: results.mean_single(m) for m in [PRETRAINED, *editing]},
         multi_task={m.name: addition[m.name].absolute for m in editing},
         alpha={m.name: addition[m.name].alpha for m in editing},

@@ -213,7 +213,7 @@ def _analysis_sections(results: RunResults, figures: Path) -> list[str]:
         r = results.random_init
         lines += ["## From random initialization (Table 3)", "",
                   f"The same pipeline from a randomly initialized backbone (run in `{r.run_dir}/`): mean single-task and "
-                  "multi-task (task addition) test accuracy.", "",
+                  "multi-task (task addition) test accuracy." + (f" Heads: {r.heads}." if r.heads else ""), "",
                   "| method | single-task | multi-task (α) |", "|---|---|---|",
                   f"| Random init | {pct(r.single_task[PRETRAINED.name])} | – |"]
         for m in _methods(r.multi_task):

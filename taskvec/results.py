@@ -114,6 +114,7 @@ class RandomInitResult:
     single_task: dict[str, float]
     multi_task: dict[str, float]
     alpha: dict[str, float]
+    heads: str = ""  # what the random run's heads were built from (e.g. the pre-trained text encoder)
 
 
 @dataclass

@@ -76,6 +76,7 @@ def test_run_writes_results_report_and_figures(finished_run):
         assert section in report
     for method in MERGE_METHODS:
         assert f"| {method.label} |" in report
+    assert "Heads: prototype heads on the model's own features." in report  # Table 3 says what its heads were built from
     for fig in ("single_task", "addition_alpha", "negation_alpha", "nonlinear_advantage", "merge_methods",
                 "disentanglement_toy-squares_toy-stripes", "ntk_localization"):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG", fig

@@ -208,3 +208,34 @@ def test_pretrained_tag_loads_from_open_clips_cache_offline(tmp_path, monkeypatc
     loaded = build_backbone(spec, weights_dir=str(tmp_path))
     torch.testing.assert_close(loaded.visual.state_dict()["proj"], source.visual.state_dict()["proj"])
     assert loaded.identity() == {"backbone": spec, "arch": clip_tiny.TINY_CLIP, "pretrained": "cached", "init": "pretrained"}
+
+
+def test_random_init_heads_come_from_the_pretrained_text_tower(tmp_path):
+    """The paper re-initializes the image encoder only: in a random-init run, zero-shot heads are
+    built by the pre-trained text tower (and logit scale), unless head.text_encoder = "model"."""
+    import open_clip
+
+    from taskvec.config import RunConfig, from_dict
+    from taskvec.pipeline import build_head, prepare_tasks
+
+    clip_tiny.register()
+    torch.manual_seed(11)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(open_clip.create_model(clip_tiny.TINY_CLIP, pretrained=None).state_dict(), ckpt)
+    spec = f"openclip:{clip_tiny.TINY_CLIP}/{ckpt}"
+    pretrained = build_backbone(spec)
+    torch.manual_seed(0)
+    random = build_backbone(spec, init="random")
+
+    def head(text_encoder: str):
+        cfg = from_dict(RunConfig, {"backbone": spec, "backbone_options": {}, "init": "random", "tasks": ["toy-squares", "toy-noise"],
+                                    "head": {"kind": "zeroshot", "text_encoder": text_encoder}, "data": {"max_train": 8}})
+        return build_head(random, prepare_tasks(random, ["toy-squares"], cfg)["toy-squares"], cfg)
+
+    from_pretrained, from_model = head("pretrained"), head("model")
+    task_cfg = from_dict(RunConfig, {"backbone": spec, "backbone_options": {}, "tasks": ["toy-squares", "toy-noise"], "head": {"kind": "zeroshot"},
+                                     "data": {"max_train": 8}})
+    reference = build_head(pretrained, prepare_tasks(pretrained, ["toy-squares"], task_cfg)["toy-squares"], task_cfg)
+    torch.testing.assert_close(from_pretrained.weight, reference.weight)
+    assert from_pretrained.scale == reference.scale == pretrained.logit_scale
+    assert not torch.allclose(from_model.weight, reference.weight) and from_model.scale == random.logit_scale
