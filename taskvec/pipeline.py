@@ -532,7 +532,7 @@ def finetune_key(task: str, mode: FinetuneMode) -> str:
     return f"{FINETUNE}{task}.{mode.name}"
 
 
-def _train_detail(cfg: RunConfig, task: str, mode: FinetuneMode) -> str:
+def _train_detail(cfg: RunConfig, roles: Roles, task: str, mode: FinetuneMode) -> str:
     train = cfg.train[mode]
     if task in cfg.train.steps:
         length = f"{cfg.train.steps[task]} steps"
@@ -543,7 +543,7 @@ def _train_detail(cfg: RunConfig, task: str, mode: FinetuneMode) -> str:
     return (f"{length}, batch {train.batch_size}, lr {train.lr:g}, warm-up {train.warmup_steps}, {train.precision}"
             + (f", {train.grad_accumulation} micro-batches" if train.grad_accumulation > 1 else "")
             + (f"; {format_settings(train.settings)}" if train.settings else "")
-            + (f"; penalty on the inputs of {', '.join(penalty_tasks(Roles.of(cfg), task, mode))}" if mode.penalty else ""))
+            + (f"; penalty on the inputs of {', '.join(penalty_tasks(roles, task, mode))}" if mode.penalty else ""))
 
 
 def _build_heads(ctx: RunContext) -> None:
@@ -570,7 +570,7 @@ def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
             graph.add(Stage(finetune_key(task, mode), f"fine-tune {task} ({mode.name})", [run_dir.vector(task, mode)],
                             lambda ctx, t=task, m=mode: ctx.finetune(t, m),
                             lambda n, t=task, m=mode: n.model + n.device + n.data([t, *penalty_tasks(roles, t, m)]),
-                            detail=_train_detail(cfg, task, mode), every_rank=True, after=(HEADS,)))
+                            detail=_train_detail(cfg, roles, task, mode), every_rank=True, after=(HEADS,)))
     finetunes = tuple(k for k in graph.keys() if k.startswith(FINETUNE))
     every = lambda n: n.model + n.device + n.data(roles.names)  # noqa: E731
     graph.add(Stage("single_task", f"single-task accuracy ({PRETRAINED.label}, {labels}; val and test)", [run_dir.stage("single_task")],

@@ -240,16 +240,19 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+def _mean_cost(results: RunResults, mode, field: str) -> float | None:
+    """A FinetuneCost field of `mode`, averaged over its tasks' fine-tunes (None if not recorded)."""
+    return _mean([getattr(c, field) for c in results.cost.get(mode.name, {}).values()])
+
+
 def plot_modes_cost(results: RunResults, path: Path) -> None:
     """Each mode's task-arithmetic addition (filled) and single-task (hollow) test accuracy against
     its median step time ÷ non-linear FT's."""
     addition = results.merge.get(TASK_ARITHMETIC.name, {})
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    reference = _mean([c.step_ms for c in results.cost.get(NONLINEAR.name, {}).values()])
+    reference = _mean_cost(results, NONLINEAR, "step_ms")
     for mode in FINETUNE_MODES:
-        if mode.name not in results.cost:
-            continue
-        step = _mean([c.step_ms for c in results.cost[mode.name].values()])
+        step = _mean_cost(results, mode, "step_ms")
         method = method_for_vector(mode)
         if step is None or method.name not in addition:
             continue
@@ -279,9 +282,6 @@ def _modes_section(results: RunResults) -> list[str]:
     addition = results.merge.get(TASK_ARITHMETIC.name, {})
     linearity = results.linearity or {}
 
-    def cost(mode, field: str) -> float | None:
-        return _mean([getattr(c, field) for c in results.cost[mode.name].values()])
-
     ref = NONLINEAR if NONLINEAR.name in results.cost else None
     lines = ["## Fine-tuning modes: accuracy and cost", "",
              "Each mode's vectors on the model they were trained through. Cost: mean over the tasks' fine-tunes of wall time, "
@@ -297,11 +297,11 @@ def _modes_section(results: RunResults) -> list[str]:
         add = addition.get(method.name)
         neg = results.negation.get(method.name)
         gaps = linearity.get(mode.name)
-        trained, changed = cost(mode, "trained_entries"), cost(mode, "changed_entries")
+        trained, changed = _mean_cost(results, mode, "trained_entries"), _mean_cost(results, mode, "changed_entries")
         lines.append(
             f"| {mode.label} | {pct(single)} | {pct(add.absolute) + ' / ' + pct(add.normalized) if add else '–'} | "
             f"{pct(neg.target) + ' / ' + pct(neg.control) if neg else '–'} | "
-            + " | ".join(_with_ratio(cost(mode, f), cost(ref, f) if ref else None, fmt)
+            + " | ".join(_with_ratio(_mean_cost(results, mode, f), _mean_cost(results, ref, f) if ref else None, fmt)
                          for f, fmt in (("seconds", ".0f"), ("step_ms", ".0f"), ("peak_mib", ".0f")))
             + f" | {_count(trained)} / {_count(changed)} | "
             + (f"{_mean([g.relative_gap for g in gaps.values()]):.2f}" if gaps else "–") + " |")
