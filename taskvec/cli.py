@@ -17,11 +17,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task arithme
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config (default: the built-in image benchmark).")
 
 
-def _config(path: Optional[Path], quick: bool = False, analyses: bool = False):
-    from .config import load_config, quick as make_quick, with_analyses
+def _config(path: Optional[Path], quick: bool = False, analyses: bool = False, seeds: Optional[int] = None):
+    from .config import load_config, quick as make_quick, with_analyses, with_seeds
 
     cfg = load_config(path)
     cfg = with_analyses(cfg) if analyses else cfg
+    cfg = with_seeds(cfg, seeds) if seeds is not None else cfg
     return make_quick(cfg) if quick else cfg
 
 
@@ -35,6 +36,7 @@ def run(
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: fine-tune only the i-th of n shares of the (task, mode) units, then stop."),
     analyses: bool = typer.Option(False, "--analyses", help="Also run the paper's analyses: disentanglement heatmaps, NTK localization, random-init ablation."),
     init: Optional[str] = typer.Option(None, "--init", help="pretrained or random: override the config's init (random: Table 3's ablation alone)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Repeat the run over N seeds (data.seed, +1, ...) and report mean ± std (the config's `seeds` list otherwise)."),
 ) -> None:
     """Fine-tune every task in both modes, evaluate addition and negation, write the report.
 
@@ -43,7 +45,7 @@ def run(
     from .distributed import parse_shard
     from .pipeline import run_pipeline
 
-    cfg = _config(config, quick, analyses)
+    cfg = _config(config, quick, analyses, seeds)
     if init is not None:
         import dataclasses
 
@@ -53,19 +55,76 @@ def run(
     if quick and out == Path("runs/default"):
         out = Path("runs/quick")
     if dry_run:
-        from .plan import check_plan, format_plan, plan_run
+        from .pipeline import RunDir, build_graph
 
-        stages = plan_run(cfg, out)
-        typer.echo(format_plan(cfg, stages))
-        missing = check_plan(stages)
-        if missing:
-            typer.echo(f"taskvec: cannot run yet, {len(missing)} missing: " + "; ".join(missing), err=True)
-            raise typer.Exit(1)
+        _dry_run(cfg, build_graph(cfg, RunDir(out)))
         return
     results = run_pipeline(cfg, out, log=lambda msg: typer.echo(msg, err=True), progress=progress,
                            shard=parse_shard(shard) if shard else None)
-    if results is not None:  # None: a shard, or a non-main rank under torchrun
+    if results is None:  # a shard, or a non-main rank under torchrun
+        return
+    from .seeds import SeedResults
+
+    if isinstance(results, SeedResults):
+        _echo_seeds_summary(results)
+    else:
         _echo_summary(results)
+
+
+@app.command()
+def tune(
+    config: Optional[Path] = ConfigOpt,
+    out: Path = typer.Option(Path("runs/tune"), "--out", "-o", help="Tuning directory; finished grid points in it are reused."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: few steps and little data at every grid point."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List every stage of the grid; exit 1 naming what is missing."),
+) -> None:
+    """Choose each mode's learning rate (and steps) on validation: the config's [tune] grid,
+    scored by single-task accuracy and by multi-task accuracy after addition (tune.md, tune.json)."""
+    from .pipeline import RunDir
+    from .protocol import run_tune, tune_graph
+    from .tuning import TUNE_CRITERIA, config_lines
+
+    cfg = _config(config, quick)
+    if dry_run:
+        _dry_run(cfg, tune_graph(cfg, RunDir(out)))
+        return
+    result = run_tune(cfg, out, log=lambda msg: typer.echo(msg, err=True), progress=progress)
+    if result is None:
+        return
+    for mode, tuning in result.modes.items():
+        for criterion, index in tuning.chosen.items():
+            p = tuning.points[index]
+            typer.echo(f"{mode:>12} by {criterion:<12}: {p.label} (single-task val. {100 * p.single_task:.1f}, addition val. {100 * p.addition:.1f})")
+    typer.echo("\n".join(config_lines(result, TUNE_CRITERIA.get(cfg.tune.criterion))))
+    typer.echo(f"wrote {out / 'tune.md'} and {out / 'tune.json'}")
+
+
+def _dry_run(cfg, graph) -> None:
+    """Print the graph's stages with their state; exit 1 naming what is missing."""
+    from .plan import check_plan, format_plan, plan_graph
+
+    stages = plan_graph(cfg, graph)
+    typer.echo(format_plan(cfg, stages))
+    missing = check_plan(stages)
+    if missing:
+        typer.echo(f"taskvec: cannot run yet, {len(missing)} missing: " + "; ".join(missing), err=True)
+        raise typer.Exit(1)
+
+
+def _echo_seeds_summary(results) -> None:
+    """Each claim's verdict and the task-addition row, over the seeds."""
+    from .claims import CLAIMS, format_spread
+    from .kinds import EVAL_METHODS
+    from .merging import TASK_ARITHMETIC
+
+    for m, a in results.merge.get(TASK_ARITHMETIC.name, {}).items():
+        typer.echo(f"{EVAL_METHODS.get(m).label:>24}: addition {format_spread(a.absolute, True)} / {format_spread(a.normalized, True)}, "
+                   f"negation target {format_spread(results.negation[m].target, True)}")
+    for check in results.claims:
+        claim = CLAIMS.get(check.claim)
+        typer.echo(f"  {claim.label}: {check.verdict} ({claim.sides[0]} {format_spread(check.better, claim.points)}, "
+                   f"{claim.sides[1]} {format_spread(check.other, claim.points)})")
 
 
 def _echo_summary(results) -> None:
@@ -315,12 +374,18 @@ def ntk(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory holding results.json.")) -> None:
     """Redraw report.md and every figure (Fig. 2 and the analyses included) from results.json."""
+    from .io import read_json
     from .report import write_report
     from .results import RunResults
+    from .seeds import FORMAT as SEEDS_FORMAT, SeedResults, write_seeds_report
 
     path = run_dir / "results.json"
     if not path.exists():
         raise TaskvecError(f"no results.json in {run_dir}: run `taskvec run --out {run_dir}` first")
+    data = read_json(path)
+    if isinstance(data, dict) and data.get("format") == SEEDS_FORMAT:
+        typer.echo(f"wrote {write_seeds_report(SeedResults.load(path), run_dir)}")
+        return
     typer.echo(f"wrote {write_report(RunResults.load(path), run_dir)}")
 
 
@@ -371,6 +436,15 @@ def list_names() -> None:
         typer.echo(f"  {g.name:<18} {g.label}: {g.description} [{g.reference}]; {alphas}")
         for setting in g.settings:
             typer.echo(f"  {'':<20}{setting.describe()}")
+    from .claims import CLAIMS
+    from .tuning import TUNE_CRITERIA
+
+    typer.echo("tuning criteria (taskvec tune; [tune] criterion):")
+    for c in TUNE_CRITERIA:
+        typer.echo(f"  {c.name:<18} {c.description}")
+    typer.echo("claims checked in every report:")
+    for claim in CLAIMS:
+        typer.echo(f"  {claim.name:<18} {claim.label}: {claim.metric}")
     typer.echo("backbones: " + ", ".join(available_backbones()))
     for name in available_tasks():
         task = get_task(name)

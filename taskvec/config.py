@@ -208,6 +208,41 @@ class TrainModes:
         return dataclasses.replace(base, steps=steps)
 
 
+@dataclass(frozen=True)
+class TuneConfig:
+    """`taskvec tune`'s grid (taskvec.tuning): per fine-tuning mode of the run the learning rates
+    to try (`[tune.lr] <mode> = [...]`; default: the mode's configured lr × 1/3, 1 and 3) and the
+    step counts (default: the configured ones). Every grid point is scored by every criterion;
+    `criterion` names the one whose choice is printed as config lines."""
+
+    lr: dict[str, list[float]] = field(default_factory=dict)
+    steps: list[int] = field(default_factory=list)
+    criterion: str = "single-task"
+
+    def __post_init__(self) -> None:
+        from .tuning import TUNE_CRITERIA
+
+        TUNE_CRITERIA.get(self.criterion)
+        for mode, rates in self.lr.items():
+            FINETUNE_MODES.get(mode)
+            if not rates:
+                raise TaskvecError(f"tune.lr.{mode} is empty: give at least one learning rate")
+            for lr in rates:
+                if not math.isfinite(lr) or lr <= 0:
+                    raise TaskvecError(f"tune.lr.{mode} must hold positive finite numbers, got {lr!r}")
+            if len(set(rates)) != len(rates):
+                raise TaskvecError(f"tune.lr.{mode} has duplicates: {rates}")
+        for n in self.steps:
+            if n <= 0:
+                raise TaskvecError(f"tune.steps must hold positive integers, got {n!r}")
+
+    def rates(self, mode: str, configured: float) -> list[float]:
+        """The learning rates tried for `mode`, ascending."""
+        if mode in self.lr:
+            return sorted(self.lr[mode])
+        return sorted(float(f"{configured * f:.3g}") for f in (1 / 3, 1.0, 3.0))
+
+
 ALPHAS = "alphas"  # the key of a [merge.<method>] table that overrides the method's α grid
 
 
@@ -305,8 +340,22 @@ class RunConfig:
     negation: NegationConfig = field(default_factory=NegationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    # Repeat the run once per seed (data.seed and every mode's train seed set to it: split, data
+    # order, head sampling), each in seed-<s>/, and report mean ± std across them. None: one run.
+    seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.seeds is not None:
+            if not self.seeds:
+                raise TaskvecError("seeds is empty: name at least one seed, or leave it out for a single run")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise TaskvecError(f"seeds has duplicates: {self.seeds}")
+            if any(s < 0 for s in self.seeds):
+                raise TaskvecError(f"seeds must be non-negative integers, got {self.seeds}")
+        unknown = sorted(set(self.tune.lr) - set(self.train.modes))
+        if unknown:
+            raise TaskvecError(f"tune.lr.{unknown[0]} tunes a mode that train.modes leaves out ({', '.join(self.train.modes)})")
         if len(self.tasks) < 2:
             raise TaskvecError(f"tasks needs at least two tasks for task arithmetic, got {self.tasks}")
         if len(set(self.tasks)) != len(self.tasks):
@@ -319,7 +368,7 @@ class RunConfig:
 
 # Config keys a finished run directory may change: the stages they feed record them and are
 # redone when they differ; fine-tuning and the other stages are unaffected.
-CHANGEABLE_SETTINGS = {"analysis", "threads", "merge"}
+CHANGEABLE_SETTINGS = {"analysis", "threads", "merge", "tune"}
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
@@ -347,6 +396,20 @@ def load_config(path: str | Path | None) -> RunConfig:
         return from_dict(RunConfig, data)
     except TaskvecError as exc:
         raise TaskvecError(f"config {path.name}: {exc}") from None
+
+
+def with_seeds(cfg: RunConfig, count: int) -> RunConfig:
+    """The config repeated over `count` seeds, data.seed, data.seed + 1, ... (the CLI's --seeds)."""
+    if count <= 0:
+        raise TaskvecError(f"--seeds must be a positive number of seeds, got {count}")
+    return dataclasses.replace(cfg, seeds=[cfg.data.seed + i for i in range(count)])
+
+
+def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """One seed's run of a multi-seed config: the split, the data order of every mode's
+    fine-tune and any sampling (heads, analyses) all follow `seed`."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}-seed{seed}", seeds=None, data=dataclasses.replace(cfg.data, seed=seed),
+                               train=cfg.train.replace_each(lambda t: dataclasses.replace(t, seed=seed)))
 
 
 def with_analyses(cfg: RunConfig) -> RunConfig:

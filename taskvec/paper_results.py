@@ -32,6 +32,12 @@ TABLE2_NEGATION: dict[EvalMethod, dict[str, tuple[float, float]]] = {
     POSTHOC: {"ViT-B-32": (14.8, 60.3), "ViT-B-16": (10.8, 64.8), "ViT-L-14": (12.1, 71.8)},
     LINEARIZED_FT: {"ViT-B-32": (10.9, 60.8), "ViT-B-16": (11.3, 64.8), "ViT-L-14": (7.9, 72.5)},
 }
+# Table 3, from random initialization: method -> model -> (single-task, multi-task); None where none.
+TABLE3_RANDOM_INIT: dict[EvalMethod, dict[str, tuple[float, float | None]]] = {
+    PRETRAINED: {"ViT-B-32": (5.3, None), "ViT-B-16": (4.8, None), "ViT-L-14": (5.2, None)},
+    NONLINEAR_FT: {"ViT-B-32": (48.5, 5.5), "ViT-B-16": (40.6, 4.5), "ViT-L-14": (18.0, 4.8)},
+    LINEARIZED_FT: {"ViT-B-32": (27.8, 3.8), "ViT-B-16": (24.7, 4.0), "ViT-L-14": (24.8, 6.1)},
+}
 
 # Published CLIP ViT-B/32 8-task merges (absolute test accuracy, %), as restated in shared/paper.md
 # ("Beyond the paper"), each from its own paper and its own fine-tuned checkpoints: context for a

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -36,6 +36,9 @@ from .typed import from_data
 from .task_vector import TaskVector, base_identity
 from .tasks import Task, get_task, make_splits
 from .train import finetune
+
+if TYPE_CHECKING:
+    from .seeds import SeedResults
 
 SPLITS = ("train", "val", "test")
 Log = Callable[[str], None]
@@ -160,7 +163,9 @@ class RunDir:
             except TaskvecError as exc:
                 raise TaskvecError(f"{self.root} holds a run this taskvec cannot read ({exc}); use another --out") from None
             changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            if set(changed) - CHANGEABLE_SETTINGS:
+            # more or other seeds add or drop seed-<s>/ runs; a single run cannot become several
+            changeable = CHANGEABLE_SETTINGS | ({"seeds"} if saved.get("seeds") and current.get("seeds") else set())
+            if set(changed) - changeable:
                 raise TaskvecError(f"{self.root} holds a run of a different config (differs in: {', '.join(changed)}); use another --out")
             if changed and is_main():
                 write_json(self.config, current)
@@ -198,12 +203,16 @@ class RunContext:
     """Everything stages compute with, built on first use: the backbone, the prepared tasks,
     heads, task vectors and evaluators. A run whose stages are all done builds none of it."""
 
-    def __init__(self, cfg: RunConfig, run_dir: RunDir, log: Log = print, progress: bool = True):
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, log: Log = print, progress: bool = True,
+                 outcome: Outcome | None = None, prefix: str = ""):
         self.cfg, self.dir, self.progress = cfg, run_dir, progress
         self.roles = Roles.of(cfg)
         self.log: Log = log if is_main() else (lambda message: None)
         self.device = device_for(cfg.device)  # this rank's GPU under torchrun
-        self.outcome = Outcome()
+        # A sub-run of a larger graph (a seed, a tuning point) shares that graph's outcome, where
+        # its stages' keys carry `prefix`.
+        self.outcome = outcome if outcome is not None else Outcome()
+        self.prefix = prefix
         self.started = time.perf_counter()
         self._prepared: dict[str, PreparedTask] = {}
         self._heads: dict[str, ClassificationHead] = {}
@@ -213,7 +222,16 @@ class RunContext:
 
     @property
     def results(self) -> dict[str, Any]:
-        return self.outcome.results
+        """This run's stage results so far, by stage key."""
+        return self._scoped(self.outcome.results)
+
+    @property
+    def stage_seconds(self) -> dict[str, float | None]:
+        return self._scoped(self.outcome.seconds)
+
+    def _scoped(self, table: dict[str, Any]) -> dict[str, Any]:
+        n = len(self.prefix)
+        return {k[n:]: v for k, v in table.items() if k.startswith(self.prefix)} if self.prefix else table
 
     @cached_property
     def backbone(self) -> Backbone:
@@ -496,7 +514,7 @@ def assemble_results(ctx: RunContext) -> RunResults:
         seconds=round(time.perf_counter() - ctx.started, 1),
         timing=Timing(
             finetune={f"{task}.{mode.name}": cost[mode.name][task].seconds for mode in run_modes(cfg) for task in ctx.roles.tasks},
-            stages={k: s for k, s in ctx.outcome.seconds.items() if not k.startswith(FINETUNE) and k not in (HEADS, REPORT)},
+            stages={k: s for k, s in ctx.stage_seconds.items() if not k.startswith(FINETUNE) and k not in (HEADS, REPORT)},
         ),
         cost=cost,
         linearity=r.get(LINEARITY),
@@ -555,6 +573,10 @@ def _build_heads(ctx: RunContext) -> None:
 def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
     """Every stage of `taskvec run` for this config, in order, each with its outputs in
     `run_dir`, the settings that invalidate it, what it needs and how to compute it."""
+    if cfg.seeds is not None:
+        from .protocol import seeds_graph
+
+        return seeds_graph(cfg, run_dir)
     roles, modes = Roles.of(cfg), run_modes(cfg)
     methods = editing_methods(modes)
     labels = ", ".join(m.label for m in methods)
@@ -618,11 +640,11 @@ def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
     # The report depends on which stages there are (settings) and on their outputs (newer than them).
     graph.add(Stage(REPORT, "report: results.json, report.md and figures", [run_dir.stage(REPORT), run_dir.results, run_dir.report],
                     report_stage, settings=graph.keys(), result_type=list[str], after=tuple(graph.keys()),
-                    current=lambda: _newer_than(run_dir.stage(REPORT), upstream)))
+                    current=lambda: newer_than(run_dir.stage(REPORT), upstream)))
     return graph
 
 
-def _newer_than(path: Path, inputs: list[Path]) -> bool:
+def newer_than(path: Path, inputs: list[Path]) -> bool:
     mtime = path.stat().st_mtime_ns
     return all(not p.exists() or p.stat().st_mtime_ns <= mtime for p in inputs)
 
@@ -630,7 +652,7 @@ def _newer_than(path: Path, inputs: list[Path]) -> bool:
 # ----- running it --------------------------------------------------------------------------------
 
 def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True,
-                 shard: tuple[int, int] | None = None) -> RunResults | None:
+                 shard: tuple[int, int] | None = None) -> "RunResults | SeedResults | None":
     """Every stage of the benchmark; returns the results written to out/results.json.
 
     Under torchrun every rank fine-tunes together (DistributedDataParallel over the global
@@ -648,16 +670,26 @@ def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bo
         cleanup()
 
 
-def run_graph(cfg: RunConfig, run_dir: RunDir, log: Log, progress: bool, shard: tuple[int, int] | None = None) -> RunResults | None:
+def run_graph(cfg: RunConfig, run_dir: RunDir, log: Log, progress: bool, shard: tuple[int, int] | None = None) -> "RunResults | SeedResults | None":
+    """Execute the run's stage graph (of every seed, for a multi-seed config) in `run_dir`."""
+    graph = build_graph(cfg, run_dir)
+    select = lambda s: True  # noqa: E731
+    if shard is not None:
+        units = set(shard_units([s.key for s in graph if s.stored_key.startswith(FINETUNE)], *shard))
+        select = lambda s: s.key in units  # noqa: E731
+    if cfg.seeds is not None:
+        from .protocol import run_nested, seed_runs
+        from .seeds import SeedResults
+
+        log(f"{len(cfg.seeds)} seeds: {cfg.seeds}, each in {run_dir.root}/seed-<s>/")
+        run_nested(graph, cfg, run_dir, seed_runs(cfg, run_dir), log, progress, select)
+        return SeedResults.load(run_dir.results) if is_main() and shard is None else None
     run_dir.root.mkdir(parents=True, exist_ok=True)
     run_dir.check_config(cfg)
     ctx = RunContext(cfg, run_dir, log, progress)
-    graph = build_graph(cfg, run_dir)
     ctx.log(f"backbone {cfg.backbone} ({cfg.init}); tasks {ctx.roles.tasks}; negation controls {ctx.roles.controls}")
+    execute(graph, ctx, main=is_main(), select=select)
     if shard is not None:
-        units = shard_units([s.key for s in graph if s.key.startswith(FINETUNE)], *shard)
-        execute(graph, ctx, main=is_main(), select=lambda s: s.key in units)
         ctx.log(f"fine-tuned shard {shard[0]}/{shard[1]}: {len(units)} (task, mode) units")
         return None
-    execute(graph, ctx, main=is_main())
     return RunResults.load(run_dir.results) if is_main() else None

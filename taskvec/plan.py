@@ -8,12 +8,16 @@ beyond directory listings and file headers, and nothing is downloaded or written
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from functools import cached_property
 from pathlib import Path
 
 from .config import RunConfig
 from .errors import TaskvecError
 from .stages import State
+
+if TYPE_CHECKING:
+    from .stages import Graph
 
 
 @dataclass
@@ -125,11 +129,16 @@ def plan_run(cfg: RunConfig, out: str | Path | None = None) -> list[PlannedStage
     directory `out`, whether it is done there (and will be skipped)."""
     from .pipeline import RunDir, build_graph
 
+    return plan_graph(cfg, build_graph(cfg, RunDir(out if out is not None else Path("runs/default"))), look=out is not None)
+
+
+def plan_graph(cfg: RunConfig, graph: "Graph", look: bool = True) -> list[PlannedStage]:
+    """The stages of `graph` with what they need and (`look`) whether they are done."""
     needs = Needs(cfg)
     planned = []
-    for stage in build_graph(cfg, RunDir(out if out is not None else Path("runs/default"))):
+    for stage in graph:
         item = PlannedStage(stage.key, stage.title, stage.detail, stage.needs(needs))
-        if out is not None:
+        if look:
             try:
                 item.state = stage.state()
             except TaskvecError as exc:

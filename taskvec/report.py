@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .claims import check_claims, claims_table  # noqa: E402
 from .io import atomic_path, write_text  # noqa: E402
 from .kinds import EVAL_METHODS, FINETUNE_MODES, NONLINEAR, PRETRAINED, EvalMethod, method_for_vector  # noqa: E402
 from .merging import MERGE_METHODS  # noqa: E402
@@ -330,6 +331,7 @@ def render_markdown(results: RunResults, figures: Path | None = None) -> str:
         _training_line(cfg),
         "",
     ]
+    lines += claims_table(check_claims([results]), 1)
     if addition:
         lines += [
             "## Table 1: task addition (absolute / normalized)",

@@ -8,6 +8,7 @@ result, the settings and the seconds the stage took, so a resumed run still know
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -63,6 +64,18 @@ class Stage:
     every_rank: bool = False
     after: tuple[str, ...] = ()
     current: Callable[[], bool] | None = None
+    record: str | None = None  # the key its stage file records, when `key` carries a sub-run's prefix
+
+    @property
+    def stored_key(self) -> str:
+        return self.record or self.key
+
+    def nested(self, prefix: str, context: Callable[[Any], Any], kept: set[str]) -> "Stage":
+        """This stage of a sub-run inside a larger graph: its key under `prefix`, computed with
+        the sub-run's context (`context(parent context)`), after those of its stages in `kept`."""
+        return dataclasses.replace(self, key=prefix + self.key, record=self.stored_key, title=f"[{prefix.rstrip('/')}] {self.title}",
+                                   compute=lambda parent, run=self.compute: run(context(parent)),
+                                   after=tuple(prefix + k for k in self.after if k in kept))
 
     @property
     def stage_file(self) -> Path | None:
@@ -78,7 +91,7 @@ class Stage:
                     check_tensors(path)
             return State.DONE if self.current is None or self.current() else State.TODO
         saved = read_json(self.stage_file)
-        if not isinstance(saved, dict) or saved.get("stage") != self.key or "result" not in saved:
+        if not isinstance(saved, dict) or saved.get("stage") != self.stored_key or "result" not in saved:
             return State.REDO  # written by an older taskvec: recompute rather than guess
         if saved.get("settings") != to_data(self.settings):
             return State.REDO
@@ -93,7 +106,7 @@ class Stage:
             raise TaskvecError(f"corrupt stage file {self.stage_file}: {exc}") from None
 
     def save(self, result: Any, seconds: float) -> None:
-        write_json(self.stage_file, {"stage": self.key, "settings": to_data(self.settings), "seconds": seconds,
+        write_json(self.stage_file, {"stage": self.stored_key, "settings": to_data(self.settings), "seconds": seconds,
                                      "result": to_data(result)})
 
 
@@ -124,6 +137,14 @@ class Graph:
 
     def keys(self) -> list[str]:
         return [s.key for s in self.stages]
+
+    def include(self, sub: "Graph", prefix: str, context: Callable[[Any], Any], keep: Callable[[Stage], bool] = lambda s: True) -> None:
+        """Add a sub-run's stages (those `keep` selects) under `prefix`; each computes with the
+        context that `context` returns for this graph's context."""
+        kept = {s.key for s in sub if keep(s)}
+        for stage in sub:
+            if stage.key in kept:
+                self.add(stage.nested(prefix, context, kept))
 
 
 @dataclass

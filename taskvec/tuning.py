@@ -1,0 +1,146 @@
+"""Choosing fine-tuning hyperparameters on validation (`taskvec tune`).
+
+Each point of the grid (a mode, a learning rate, a number of steps) fine-tunes every task and
+is scored on the validation splits by every registered criterion: the usual practice
+(single-task accuracy) and the one task arithmetic cares about (multi-task accuracy after
+addition). The choice per criterion, every point's scores, and the rows where all modes share a
+learning rate (the paper's protocol) are saved and shown. Test accuracy is never read.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import TaskvecError
+from .registry import Kind, Registry
+
+
+@dataclass
+class TunePoint:
+    """One grid point of one mode, scored on validation: the mean over tasks of each task's own
+    fine-tuned model (α = 1), and task addition's best mean accuracy over its α grid."""
+
+    lr: float
+    steps: int
+    single_task: float
+    per_task: dict[str, float]
+    addition: float
+    addition_alpha: float
+    run_dir: str
+
+    @property
+    def label(self) -> str:
+        return f"lr {self.lr:g}, {self.steps} steps"
+
+
+@dataclass(frozen=True)
+class TuneCriterion(Kind):
+    """A validation score of a grid point; higher is better."""
+
+    score: Callable[[TunePoint], float] = lambda point: math.nan
+
+
+TUNE_CRITERIA: Registry[TuneCriterion] = Registry("tuning criterion")
+SINGLE_TASK = TUNE_CRITERIA.register(TuneCriterion(
+    name="single-task", label="single-task val.", color="#1f77b4",
+    description="mean validation accuracy of each task's own fine-tuned model (α = 1): the usual practice",
+    score=lambda p: p.single_task))
+ADDITION = TUNE_CRITERIA.register(TuneCriterion(
+    name="addition", label="addition val.", color="#d62728",
+    description="mean validation accuracy of task addition at its best α of the grid: what task arithmetic needs",
+    score=lambda p: p.addition))
+
+
+@dataclass
+class ModeTuning:
+    """Every grid point of one mode and, per criterion, the index of the point it chooses."""
+
+    points: list[TunePoint]
+    chosen: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class TuneResult:
+    """`taskvec tune`'s outcome (tune.json): per mode its grid scored and chosen; `criterion` is
+    the config's, whose choice the config lines print."""
+
+    criterion: str
+    seed: int
+    modes: dict[str, ModeTuning]
+
+
+def choose(points: list[TunePoint], criterion: TuneCriterion) -> int:
+    """The index of the best point; ties go to the smaller learning rate, then fewer steps (the
+    cheaper and more conservative setting)."""
+    if not points:
+        raise TaskvecError("cannot choose from an empty tuning grid")
+    order = sorted(range(len(points)), key=lambda i: (-criterion.score(points[i]), points[i].lr, points[i].steps))
+    return order[0]
+
+
+def tune_modes(points: dict[str, list[TunePoint]]) -> dict[str, ModeTuning]:
+    """Each mode's points with every criterion's choice."""
+    return {mode: ModeTuning(ps, {c.name: choose(ps, c) for c in TUNE_CRITERIA}) for mode, ps in points.items()}
+
+
+def shared_rates(result: TuneResult) -> list[float]:
+    """Learning rates every mode was tried at (with equal steps): where the modes compare under
+    the paper's protocol, one rate for all."""
+    if not result.modes:
+        return []
+    sets = [{(p.lr, p.steps) for p in m.points} for m in result.modes.values()]
+    common = set.intersection(*sets)
+    return sorted({lr for lr, _ in common})
+
+
+def config_lines(result: TuneResult, criterion: TuneCriterion) -> list[str]:
+    """The chosen settings as TOML to paste into a config."""
+    lines = []
+    for mode, tuning in result.modes.items():
+        point = tuning.points[tuning.chosen[criterion.name]]
+        lines += [f"[train.{mode}]", f"lr = {point.lr:g}", f"steps = {point.steps}"]
+    return lines
+
+
+def render_markdown(result: TuneResult, labels: dict[str, str]) -> str:
+    """tune.md: every point's validation scores, the choice of each criterion, the shared-rate
+    rows and the config lines. `labels`: mode name -> label."""
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}"
+
+    lines = ["# Learning rates chosen on validation", "",
+             f"Seed {result.seed}. Every task fine-tuned at each grid point; scores on the validation splits only "
+             "(test is never read). Criteria: " + "; ".join(f"**{c.name}**: {c.description}" for c in TUNE_CRITERIA)
+             + ". Ties go to the smaller learning rate.", ""]
+    for mode, tuning in result.modes.items():
+        tasks = list(tuning.points[0].per_task) if tuning.points else []
+        lines += [f"## {labels.get(mode, mode)}", "",
+                  "| lr | steps | single-task val. | addition val. (α) | " + " | ".join(tasks) + " | chosen by |",
+                  "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+        for i, p in enumerate(tuning.points):
+            by = ", ".join(c for c, j in tuning.chosen.items() if j == i) or ""
+            lines.append(f"| {p.lr:g} | {p.steps} | {pct(p.single_task)} | {pct(p.addition)} ({p.addition_alpha:.2f}) | "
+                         + " | ".join(pct(p.per_task[t]) for t in tasks) + f" | {by} |")
+        lines.append("")
+    rates = shared_rates(result)
+    if len(result.modes) > 1:
+        lines += ["## One learning rate for every mode (the paper's protocol)", ""]
+        if rates:
+            modes = list(result.modes)
+            lines += ["| lr | " + " | ".join(f"{labels.get(m, m)}: single-task / addition val." for m in modes) + " |",
+                      "|---|" + "---|" * len(modes)]
+            for lr in rates:
+                cells = []
+                for m in modes:
+                    p = next(p for p in result.modes[m].points if p.lr == lr)
+                    cells.append(f"{pct(p.single_task)} / {pct(p.addition)}")
+                lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
+        else:
+            lines.append("No learning rate was tried for every mode: add a shared rate to each mode's grid to see this comparison.")
+        lines.append("")
+    lines += ["## Config lines", ""]
+    for c in TUNE_CRITERIA:
+        mark = " (this config's criterion)" if c.name == result.criterion else ""
+        lines += [f"Chosen by {c.name}{mark}:", "", "```toml", *config_lines(result, c), "```", ""]
+    return "\n".join(lines)
