@@ -155,7 +155,9 @@ def score_point(single: SingleTask, addition: dict[str, MergeResult], point: Gri
     best = max(addition[method.name].curve, key=lambda p: (p.val_absolute, -p.alpha))
     return TunePoint(lr=point.lr, steps=point.steps, single_task=sum(per_task.values()) / len(per_task), per_task=per_task,
                      addition=best.val_absolute, addition_alpha=best.alpha,
-                     run_dir=str(point.run.dir.root.relative_to(run_dir.root)))
+                     run_dir=str(point.run.dir.root.relative_to(run_dir.root)),
+                     test_single_task=sum(single.test[method.name][t] for t in tasks) / len(tasks),
+                     test_addition=addition[method.name].absolute)
 
 
 def _choose(cfg: RunConfig, run_dir: RunDir, grid: list[GridPoint], ctx: SubRuns) -> TuneResult:

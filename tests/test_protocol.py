@@ -42,6 +42,8 @@ def test_each_criterion_chooses_its_best_point_and_ties_go_to_the_smaller_rate()
     points = [point(3e-4, 0.80, 0.60), point(1e-5, 0.70, 0.75), point(1e-4, 0.80, 0.70)]
     assert choose(points, SINGLE_TASK) == 2  # 0.80 twice: the smaller rate, 1e-4, wins over 3e-4
     assert choose(points, ADDITION) == 1
+    points[0].test_single_task, points[0].test_addition = 1.0, 1.0  # test accuracy is never what chooses
+    assert (choose(points, SINGLE_TASK), choose(points, ADDITION)) == (2, 1)
     tied = [point(1e-4, 0.5, 0.5, steps=200), point(1e-4, 0.5, 0.5, steps=100)]
     assert choose(tied, SINGLE_TASK) == 1  # then the fewer steps
     with pytest.raises(TaskvecError, match="empty"):
@@ -99,6 +101,8 @@ def test_tune_scores_every_grid_point_on_validation_and_chooses_the_best(tuned):
             curve = json.loads((stages / "merge" / "task_arithmetic.json").read_text())["result"][method.name]["curve"]
             assert p["addition"] == pytest.approx(max(c["val_absolute"] for c in curve))
             assert json.loads((out / p["run_dir"] / "config.json").read_text())["train"]["modes"] == [mode]
+            merged = json.loads((stages / "merge" / "task_arithmetic.json").read_text())["result"][method.name]
+            assert p["test_addition"] == merged["absolute"]  # reported beside the shared rates, never chosen by
         for criterion, key in (("single-task", "single_task"), ("addition", "addition")):
             best = max(p[key] for p in points)
             chosen = points[result["modes"][mode]["chosen"][criterion]]
