@@ -98,6 +98,16 @@ def shared_rates(result: TuneResult) -> list[float]:
     return sorted({lr for lr, _ in common})
 
 
+def at_edge(tuning: ModeTuning, index: int) -> str:
+    """' ↑' / ' ↓' when the point has the largest / smallest rate of a grid of several: the
+    best rate may lie outside the grid."""
+    rates = sorted({p.lr for p in tuning.points})
+    lr = tuning.points[index].lr
+    if len(rates) < 2:
+        return ""
+    return " ↑" if lr == rates[-1] else " ↓" if lr == rates[0] else ""
+
+
 def config_lines(result: TuneResult, criterion: TuneCriterion) -> list[str]:
     """The chosen settings as TOML to paste into a config."""
     lines = []
@@ -116,14 +126,15 @@ def render_markdown(result: TuneResult, labels: dict[str, str]) -> str:
     lines = ["# Learning rates chosen on validation", "",
              f"Seed {result.seed}. Every task fine-tuned at each grid point; scores on the validation splits only "
              "(test is never read). Criteria: " + "; ".join(f"**{c.name}**: {c.description}" for c in TUNE_CRITERIA)
-             + ". Ties go to the smaller learning rate.", ""]
+             + ". Ties go to the smaller learning rate. ↑ / ↓: the choice is the largest / smallest rate of its grid, "
+             "so a better one may lie outside it.", ""]
     for mode, tuning in result.modes.items():
         tasks = list(tuning.points[0].per_task) if tuning.points else []
         lines += [f"## {labels.get(mode, mode)}", "",
                   "| lr | steps | single-task val. | addition val. (α) | " + " | ".join(tasks) + " | chosen by |",
                   "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
         for i, p in enumerate(tuning.points):
-            by = ", ".join(c for c, j in tuning.chosen.items() if j == i) or ""
+            by = ", ".join(c + at_edge(tuning, i) for c, j in tuning.chosen.items() if j == i)
             lines.append(f"| {p.lr:g} | {p.steps} | {pct(p.single_task)} | {pct(p.addition)} ({p.addition_alpha:.2f}) | "
                          + " | ".join(pct(p.per_task[t]) for t in tasks) + f" | {by} |")
         lines.append("")

@@ -110,6 +110,9 @@ def test_tune_scores_every_grid_point_on_validation_and_chooses_the_best(tuned):
     report = (out / "tune.md").read_text()
     assert "| 0.01 |" in report and "One learning rate for every mode" in report  # 1e-2 is shared by both modes
     assert "[train.linear]" in report
+    for mode in ("nonlinear", "linear"):  # a choice at the end of a two-rate grid is marked as such
+        for criterion, index in result["modes"][mode]["chosen"].items():
+            assert f"{criterion} {'↑' if index == 1 else '↓'}" in report
 
 
 def test_tune_reuses_finished_points(tuned, capsys):
