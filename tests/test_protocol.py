@@ -227,6 +227,9 @@ def test_the_seeds_report_gives_spreads_claims_and_error_bar_figures(seeded):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
     main(["report", str(out)])  # redrawn from results.json alone
     assert (out / "report.md").read_text() == report
+    single = (out / "seed-0" / "report.md").read_text()  # a one-seed report has the claims too, never judged
+    assert "## The paper's claims, checked" in single and "**holds**" not in single and "**does not hold**" not in single
+    assert "**inconclusive** (one seed: no spread to judge a difference by)" in single
 
 
 def test_a_seeded_run_resumes_and_its_dry_run_walks_the_same_graph(seeded, capsys):
