@@ -228,7 +228,7 @@ def test_the_seeds_report_gives_spreads_claims_and_error_bar_figures(seeded):
     main(["report", str(out)])  # redrawn from results.json alone
     assert (out / "report.md").read_text() == report
     single = (out / "seed-0" / "report.md").read_text()  # a one-seed report has the claims too, never judged
-    verdicts = [line.rsplit("| ", 2)[-2] for line in single.split("## The paper's claims, checked")[1].split("##")[0].splitlines()
+    verdicts = [line.rstrip(" |").split(" | ")[-1] for line in single.split("## The paper's claims, checked")[1].split("##")[0].splitlines()
                 if line.startswith("| ") and "verdict" not in line]
     assert len(verdicts) == len(CLAIMS) and all(v.startswith(("**inconclusive**", "**not measured**")) for v in verdicts)
     assert "**inconclusive** (one seed: no spread to judge a difference by)" in single
