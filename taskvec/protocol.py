@@ -87,8 +87,7 @@ def _seeds_report(cfg: RunConfig, run_dir: RunDir, runs: list[SubRun]) -> list[s
     from .results import RunResults
     from .seeds import aggregate, write_seeds_report
 
-    results = aggregate(cfg, {int(r.prefix.removeprefix("seed-").rstrip("/")): (r.dir.root.name, RunResults.load(r.dir.results))
-                              for r in runs})
+    results = aggregate(cfg, {r.cfg.data.seed: (r.dir.root.name, RunResults.load(r.dir.results)) for r in runs})
     results.save(run_dir.results)
     write_seeds_report(results, run_dir.root)
     return [run_dir.results.name, run_dir.report.name]
