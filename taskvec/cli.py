@@ -83,7 +83,7 @@ def tune(
     scored by single-task accuracy and by multi-task accuracy after addition (tune.md, tune.json)."""
     from .pipeline import RunDir
     from .protocol import run_tune, tune_graph
-    from .tuning import TUNE_CRITERIA, config_lines
+    from .tuning import TUNE_CRITERIA, at_edge, config_lines
 
     cfg = _config(config, quick)
     if dry_run:
@@ -95,7 +95,9 @@ def tune(
     for mode, tuning in result.modes.items():
         for criterion, index in tuning.chosen.items():
             p = tuning.points[index]
-            typer.echo(f"{mode:>12} by {criterion:<12}: {p.label} (single-task val. {100 * p.single_task:.1f}, addition val. {100 * p.addition:.1f})")
+            edge = at_edge(tuning, index)
+            typer.echo(f"{mode:>12} by {criterion:<12}: {p.label} (single-task val. {100 * p.single_task:.1f}, addition val. {100 * p.addition:.1f})"
+                       + (f"; the {'largest' if edge == ' ↑' else 'smallest'} rate of the grid: a better one may lie beyond it" if edge else ""))
     typer.echo("\n".join(config_lines(result, TUNE_CRITERIA.get(cfg.tune.criterion))))
     typer.echo(f"wrote {out / 'tune.md'} and {out / 'tune.json'}")
 
