@@ -335,7 +335,9 @@ class RunConfig:
     threads: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    train: TrainModes = field(default_factory=TrainModes)
+    # The default benchmark's rates, chosen on validation (configs/image.toml). A config's own
+    # [train] table starts from each mode's registered defaults instead.
+    train: TrainModes = field(default_factory=lambda: TrainModes(modes={"nonlinear": TrainConfig(lr=3e-4), "linear": TrainConfig(lr=3e-4)}))
     eval: EvalConfig = field(default_factory=EvalConfig)
     negation: NegationConfig = field(default_factory=NegationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)

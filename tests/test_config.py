@@ -4,6 +4,7 @@ from taskvec.config import RunConfig, from_dict, load_config, quick, to_dict
 from taskvec.errors import TaskvecError
 from taskvec.kinds import LINEARIZED, NONLINEAR
 from taskvec.merging import MERGE_METHODS
+from taskvec.train import TrainConfig
 
 
 def _write(tmp_path, text):
@@ -16,7 +17,7 @@ def test_default_and_partial_mode_overrides(tmp_path):
     cfg = load_config(_write(tmp_path, 'tasks = ["mnist", "ising"]\n[train.linear]\nlr = 1e-3\nsteps = 10\nwarmup_steps = 1\n'))
     assert cfg.tasks == ["mnist", "ising"]
     assert cfg.train[LINEARIZED].lr == 1e-3 and cfg.train[LINEARIZED].steps == 10
-    assert cfg.train[NONLINEAR] == RunConfig().train[NONLINEAR]  # untouched mode keeps its defaults
+    assert cfg.train[NONLINEAR] == TrainConfig(lr=NONLINEAR.lr)  # a mode the [train] table leaves untouched keeps its registry defaults
     assert load_config(None) == RunConfig()
     assert from_dict(RunConfig, to_dict(cfg)) == cfg  # config.json reads back as the same config
 
@@ -99,3 +100,15 @@ def test_merge_table_sets_methods_and_grids(tmp_path):
     assert RunConfig().merge.methods == tuple(MERGE_METHODS.names())  # every registered method by default
     q = quick(cfg).merge  # quick: each setting at its default, a coarse α grid
     assert q.settings_grid(ties) == [{s.name: s.default for s in ties.settings}] and len(q.alphas(ties, [])) <= 6
+
+
+def test_the_built_in_default_is_configs_image_toml():
+    """`taskvec run` without --config runs the shipped default benchmark, tuned rates included."""
+    from pathlib import Path
+
+    shipped = to_dict(load_config(Path(__file__).parent.parent / "configs" / "image.toml"))
+    default = to_dict(RunConfig())
+    assert default["head"]["kind"] == "auto"
+    default["head"]["kind"] = "prototype"  # what "auto" resolves to for effnet-lite0 (pipeline.head_kind)
+    ignore = {"name", "tune"}  # the file names itself and carries the grid its rates were tuned on
+    assert {k: v for k, v in shipped.items() if k not in ignore} == {k: v for k, v in default.items() if k not in ignore}
