@@ -153,21 +153,23 @@ class RunDir:
     def nested(self, name: str) -> "RunDir":
         return RunDir(self.root / name)
 
-    def check_config(self, cfg: RunConfig) -> None:
+    def check_config(self, cfg: RunConfig, compared: Callable[[dict], dict] = lambda data: data) -> None:
         """Refuse a run directory made with settings that change its results. Some settings may
-        change (CHANGEABLE_SETTINGS): the stages they feed record them and are redone."""
+        change (CHANGEABLE_SETTINGS): the stages they feed record them and are redone.
+        `compared` drops what the directory's results do not depend on before comparing."""
         current = to_dict(cfg)
         if self.config.exists():
             try:
                 saved = to_dict(from_dict(RunConfig, read_json(self.config)))
             except TaskvecError as exc:
                 raise TaskvecError(f"{self.root} holds a run this taskvec cannot read ({exc}); use another --out") from None
-            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            old, new = compared(saved), compared(current)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             # more or other seeds add or drop seed-<s>/ runs; a single run cannot become several
             changeable = CHANGEABLE_SETTINGS | ({"seeds"} if saved.get("seeds") and current.get("seeds") else set())
             if set(changed) - changeable:
                 raise TaskvecError(f"{self.root} holds a run of a different config (differs in: {', '.join(changed)}); use another --out")
-            if changed and is_main():
+            if saved != current and is_main():
                 write_json(self.config, current)
         elif is_main():
             write_json(self.config, current)

@@ -172,11 +172,21 @@ def _choose(cfg: RunConfig, run_dir: RunDir, grid: list[GridPoint], ctx: SubRuns
 
 # ----- running them ------------------------------------------------------------------------------
 
+def without_tuned(config: dict) -> dict:
+    """A config (as data) without what `taskvec tune` chooses (each mode's lr and steps): a tuning
+    directory stays valid when the config takes up its choice; each grid point's own directory
+    keeps the exact settings it was trained with."""
+    train = dict(config["train"])
+    for mode in train["modes"]:
+        train[mode] = {k: v for k, v in train[mode].items() if k not in ("lr", "steps")}
+    return {**config, "train": train}
+
+
 def run_nested(graph: Graph, cfg: RunConfig, run_dir: RunDir, runs: list[SubRun], log: Log, progress: bool,
-               select: Callable[[Stage], bool] = lambda s: True) -> SubRuns:
+               select: Callable[[Stage], bool] = lambda s: True, compared: Callable[[dict], dict] = lambda data: data) -> SubRuns:
     """Execute a graph of sub-runs: each directory checked against (or stamped with) its config."""
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    run_dir.check_config(cfg)
+    run_dir.check_config(cfg, compared)
     for run in runs:
         run.dir.root.mkdir(parents=True, exist_ok=True)
         run.dir.check_config(run.cfg)
@@ -188,5 +198,5 @@ def run_nested(graph: Graph, cfg: RunConfig, run_dir: RunDir, runs: list[SubRun]
 def run_tune(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True) -> TuneResult | None:
     """`taskvec tune`: the grid's sub-runs (finished points are reused) and the choice."""
     run_dir = RunDir(out)
-    ctx = run_nested(tune_graph(cfg, run_dir), cfg, run_dir, [p.run for p in tune_grid(cfg, run_dir)], log, progress)
+    ctx = run_nested(tune_graph(cfg, run_dir), cfg, run_dir, [p.run for p in tune_grid(cfg, run_dir)], log, progress, compared=without_tuned)
     return ctx.outcome.results.get(TUNE)

@@ -281,3 +281,18 @@ def test_claims_read_their_quantities_from_the_runs(seeded):
     single = checks["nonlinear-advantage"]
     assert single.better.values == [r.mean_single(NONLINEAR_FT) for r in runs]
     assert checks["ntk-localized"].verdict == NOT_MEASURED and checks["random-init-fails"].verdict == NOT_MEASURED
+
+
+def test_a_tuning_directory_stays_valid_when_the_config_takes_up_its_choice(tuned, tmp_path, capsys):
+    config, out = tuned
+    chosen = CONFIG.replace("lr = 1e-2", "lr = 3e-2", 1)  # e.g. the non-linear rate the tuning chose
+    assert chosen != CONFIG
+    changed = tmp_path / "chosen.toml"
+    changed.write_text(chosen + TUNE)
+    main(["tune", "--config", str(changed), "--out", str(out), "--no-progress"])
+    assert "[done]" not in capsys.readouterr().err  # every grid point and the choice reused
+    other = tmp_path / "other.toml"
+    other.write_text(chosen.replace("max_val = 32", "max_val = 24") + TUNE)
+    with pytest.raises(SystemExit):  # anything else still refuses the directory
+        main(["tune", "--config", str(other), "--out", str(out), "--no-progress"])
+    assert "differs in: data" in capsys.readouterr().err
