@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal
 
 from .edits import alpha_grid
 from .errors import TaskvecError
-from .kinds import FINETUNE_MODES, FinetuneMode
+from .kinds import FINETUNE_MODES, LINEARIZED, NONLINEAR, FinetuneMode
 from .merging import MERGE_METHODS, MergeMethod
 from .train import TrainConfig
 from .typed import check_value, from_data, to_data
@@ -337,7 +337,7 @@ class RunConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     # The default benchmark's rates, chosen on validation (configs/image.toml). A config's own
     # [train] table starts from each mode's registered defaults instead.
-    train: TrainModes = field(default_factory=lambda: TrainModes(modes={"nonlinear": TrainConfig(lr=3e-4), "linear": TrainConfig(lr=3e-4)}))
+    train: TrainModes = field(default_factory=lambda: TrainModes(modes={m.name: TrainConfig(lr=3e-4) for m in (NONLINEAR, LINEARIZED)}))
     eval: EvalConfig = field(default_factory=EvalConfig)
     negation: NegationConfig = field(default_factory=NegationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
