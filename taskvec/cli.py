@@ -460,14 +460,14 @@ def main(argv: list[str] | None = None) -> None:
     except TaskvecError as exc:
         typer.echo(f"taskvec: error: {exc}", err=True)
         sys.exit(2)
-    except Exception as exc:  # click's usage errors
+    except Exception as exc:  # usage errors (typer raises its own click-like exceptions)
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             sys.exit(130)
+        if isinstance(exc, (click.exceptions.ClickException, typer.TyperException)) and hasattr(exc, "show"):
+            exc.show()
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
     if isinstance(code, int) and code:  # typer.Exit(code) returns it in non-standalone mode
         sys.exit(code)
