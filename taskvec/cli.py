@@ -9,12 +9,13 @@ from typing import List, Optional
 
 import typer
 
-from .errors import TaskvecError
+from .errors import TaskvecError, finite
 from .kinds import FINETUNE_MODES, NONLINEAR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task arithmetic in weight space and in the tangent space.")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config (default: the built-in image benchmark).")
+ForceOpt = typer.Option(False, "--force", help="Overwrite --out if it exists.")
 
 
 def _config(path: Optional[Path], quick: bool = False, analyses: bool = False, seeds: Optional[int] = None):
@@ -178,11 +179,13 @@ def finetune(
     others: List[str] = typer.Option([], "--other", help="Another task whose inputs a penalized mode (tjp) keeps τ away from (repeatable)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Resumable checkpoint file."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    force: bool = ForceOpt,
 ) -> None:
     """Fine-tune one task and save its task vector (the mode's [train.<mode>] table of the config,
     else its defaults; --set overrides its settings)."""
     import dataclasses
 
+    from .io import check_output
     from .kinds import FINETUNE_MODES
     from .models import build_backbone
     from .pipeline import build_head, prepare_tasks
@@ -190,6 +193,7 @@ def finetune(
     from .train import TrainConfig
     from .train import finetune as run_finetune
 
+    check_output(out, force)  # before the fine-tune, not after it
     cfg = _config(config)
     kind = FINETUNE_MODES.get(mode.value)
     given = parse_settings(kind.settings, settings, f"--mode {kind.name}")
@@ -214,11 +218,14 @@ def add(
     vectors: List[Path] = typer.Argument(..., help="Task vectors to add."),
     out: Path = typer.Option(..., "--out", "-o"),
     alpha: float = typer.Option(1.0, "--alpha", "-a", help="Scale of the sum."),
+    force: bool = ForceOpt,
 ) -> None:
     """Write α · Σ τ_t to a new task-vector file."""
+    from .io import check_output
     from .task_vector import TaskVector, sum_vectors
 
-    total = alpha * sum_vectors(TaskVector.load(p) for p in vectors)
+    check_output(out, force)
+    total = finite(alpha, "--alpha") * sum_vectors(TaskVector.load(p) for p in vectors)
     total.save(out)
     typer.echo(f"wrote {out}: {alpha} × ({' + '.join(total.tasks)})")
 
@@ -230,22 +237,19 @@ def merge(
     settings: List[str] = typer.Option([], "--set", "-s", help="A setting of the method, name=value (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the merged direction (.safetensors)."),
     alpha: float = typer.Option(1.0, "--alpha", "-a", help="Scale of the merged direction (θ0 + α·d)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    force: bool = ForceOpt,
 ) -> None:
     """Merge task vectors with a registered merge method; write the direction d (scaled by α)
     with the method, settings and inputs in its metadata."""
-    import math
-
     from .merging import MERGE_METHODS
     from .registry import parse_settings
+    from .io import check_output
     from .task_vector import TaskVector
 
     kind = MERGE_METHODS.get(method)
     given = parse_settings(kind.settings, settings, kind.name)
-    if not math.isfinite(alpha):
-        raise TaskvecError(f"--alpha must be a finite number, got {alpha}")
-    if out.exists() and not force:
-        raise TaskvecError(f"{out} exists; pass --force to overwrite it")
+    finite(alpha, "--alpha")
+    check_output(out, force)
     merged = kind([TaskVector.load(p) for p in vectors], **given)
     record = {**merged.info["merge"], "alpha": alpha, "files": [str(p) for p in vectors]}
     merged = merged * alpha
@@ -256,10 +260,12 @@ def merge(
 
 
 @app.command()
-def negate(vector: Path = typer.Argument(...), out: Path = typer.Option(..., "--out", "-o")) -> None:
+def negate(vector: Path = typer.Argument(...), out: Path = typer.Option(..., "--out", "-o"), force: bool = ForceOpt) -> None:
     """Write −τ to a new task-vector file."""
+    from .io import check_output
     from .task_vector import TaskVector
 
+    check_output(out, force)
     negated = -TaskVector.load(vector)
     negated.save(out)
     typer.echo(f"wrote {out}: −({' + '.join(negated.tasks)})")
@@ -281,6 +287,7 @@ def evaluate(
     from .pipeline import build_head, prepare_tasks
     from .task_vector import TaskVector
 
+    finite(alpha, "--alpha")
     cfg = _config(config)
     if split not in ("val", "test"):
         raise TaskvecError(f"unknown split {split!r}; expected 'val' or 'test'")
@@ -466,7 +473,10 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             sys.exit(130)
         if isinstance(exc, (click.exceptions.ClickException, typer.TyperException)) and hasattr(exc, "show"):
-            exc.show()
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `taskvec` alone: the help text
+                exc.show()
+                sys.exit(0)
+            typer.echo(f"taskvec: error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
         raise
     if isinstance(code, int) and code:  # typer.Exit(code) returns it in non-standalone mode

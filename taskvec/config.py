@@ -355,6 +355,10 @@ class RunConfig:
                 raise TaskvecError(f"seeds has duplicates: {self.seeds}")
             if any(s < 0 for s in self.seeds):
                 raise TaskvecError(f"seeds must be non-negative integers, got {self.seeds}")
+        from .models.registry import check_options, is_registered
+
+        if is_registered(self.backbone):  # an unknown backbone is named when the run builds it
+            check_options(self.backbone, self.backbone_options)
         unknown = sorted(set(self.tune.lr) - set(self.train.modes))
         if unknown:
             raise TaskvecError(f"tune.lr.{unknown[0]} tunes a mode that train.modes leaves out ({', '.join(self.train.modes)})")

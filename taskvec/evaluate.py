@@ -13,7 +13,7 @@ from typing import Mapping
 
 import torch
 
-from .errors import TaskvecError
+from .errors import TaskvecError, finite
 from .kinds import EVAL_METHODS, EvalMethod
 from .linearize import jvp, preferred_layout
 from .models.base import Backbone, Batch
@@ -182,6 +182,8 @@ class Evaluator:
         unknown = set(coeffs) - set(self.vectors)
         if unknown:
             raise TaskvecError(f"no task vector for {sorted(unknown)}")
+        for task, alpha in coeffs.items():
+            finite(alpha, f"the coefficient α of {task}")
         return _key(coeffs)
 
     def logits(self, task: str, split: str, coeffs: Mapping[str, float]) -> torch.Tensor:

@@ -35,6 +35,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_output(path: str | Path, force: bool = False) -> Path:
+    """A file the command may write: not a directory, and not an existing file unless `force`."""
+    path = Path(path)
+    if path.is_dir():
+        raise TaskvecError(f"--out {path} is a directory; name the file to write")
+    if path.exists() and not force:
+        raise TaskvecError(f"{path} exists; pass --force to overwrite it")
+    return path
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import torch
 
-from .errors import TaskvecError
+from .errors import TaskvecError, finite
 from .io import load_tensors, save_tensors
 from .kinds import FINETUNE_MODES, FinetuneMode
 from .linearize import LinearizedBackbone
@@ -113,6 +113,7 @@ class TaskVector:
     def __mul__(self, scalar: float) -> "TaskVector":
         if not isinstance(scalar, (int, float)):
             return NotImplemented  # type: ignore[return-value]
+        finite(scalar, "a task vector's scale")
         return TaskVector({n: t * float(scalar) for n, t in self.vector.items()}, self.mode, self.base, self.tasks)
 
     __rmul__ = __mul__
@@ -128,6 +129,7 @@ class TaskVector:
         non-linear vector with `linearized=True` gives post-hoc linearization. The base is not
         modified.
         """
+        finite(alpha, "α")
         if linearized is None:
             linearized = self.mode.linearized
         if self.mode.linearized and not linearized:
@@ -160,6 +162,9 @@ class TaskVector:
         tensors, metadata = load_tensors(path)
         if metadata.get("format") != FORMAT:
             raise TaskvecError(f"{path} is not a taskvec task vector (format {metadata.get('format')!r})")
+        for name, tensor in tensors.items():
+            if not torch.isfinite(tensor).all():
+                raise TaskvecError(f"task vector {path} holds non-finite values (nan or inf) in {name!r}")
         try:
             return cls(tensors, metadata["mode"], dict(metadata["base"]), tuple(metadata["tasks"]), dict(metadata.get("info", {})))
         except KeyError as exc:

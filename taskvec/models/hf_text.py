@@ -300,16 +300,20 @@ def minilm_folder() -> Path:
 
 
 @register_backbone("minilm")
-def build_minilm(init: Init = "pretrained", max_length: int | None = None, **options: Any) -> HFTextEncoder:
+def build_minilm(init: Init = "pretrained", max_length: int | None = None, attn_implementation: str = "sdpa",
+                 batch_size: int = 64) -> HFTextEncoder:
     """sentence-transformers/all-MiniLM-L6-v2: 6-layer BERT, 384-d, mean pooling, 256 tokens."""
-    return HFTextEncoder(minilm_folder(), name="minilm", init=init, max_length=max_length, **options)
+    return HFTextEncoder(minilm_folder(), name="minilm", init=init, max_length=max_length, attn_implementation=attn_implementation,
+                         batch_size=batch_size)
 
 
 @register_backbone("hf", prefix=True)
-def build_hf(spec: str, init: Init = "pretrained", max_length: int | None = None, **options: Any) -> HFTextEncoder:
+def build_hf(spec: str, init: Init = "pretrained", max_length: int | None = None, attn_implementation: str = "sdpa",
+             batch_size: int = 64) -> HFTextEncoder:
     """`hf:/path/to/folder`: a local sentence-transformers or Hugging Face encoder folder."""
     if not spec:
         raise TaskvecError("backbone 'hf:' needs a folder: hf:/path/to/model")
     if not Path(spec).expanduser().is_dir():
         raise TaskvecError(f"hf backbone folder not found: {spec!r}")
-    return HFTextEncoder(spec, name=f"hf:{spec}", init=init, max_length=max_length, **options)
+    return HFTextEncoder(spec, name=f"hf:{spec}", init=init, max_length=max_length, attn_implementation=attn_implementation,
+                         batch_size=batch_size)

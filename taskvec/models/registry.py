@@ -1,6 +1,7 @@
 """Backbones by name: `build_backbone("effnet-lite0")`, `build_backbone("minilm", init="random")`."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Literal
 
 from ..errors import TaskvecError
@@ -32,9 +33,35 @@ def build_backbone(name: str, init: Init = "pretrained", **options) -> Backbone:
     """Build a backbone by registry name; `init="random"` gives the same architecture untrained."""
     if init not in ("pretrained", "random"):
         raise TaskvecError(f"unknown init {init!r}: expected 'pretrained' or 'random'")
+    builder, args = _builder(name)
+    check_options(name, options)
+    return builder(*args, init=init, **options)
+
+
+def is_registered(name: str) -> bool:
+    prefix, sep, _ = name.partition(":")
+    return name in _BUILDERS or bool(sep and prefix in _PREFIX_BUILDERS)
+
+
+def _builder(name: str) -> tuple[Builder, tuple]:
     if name in _BUILDERS:
-        return _BUILDERS[name](init=init, **options)
+        return _BUILDERS[name], ()
     prefix, sep, spec = name.partition(":")
     if sep and prefix in _PREFIX_BUILDERS:
-        return _PREFIX_BUILDERS[prefix](spec, init=init, **options)
+        return _PREFIX_BUILDERS[prefix], (spec,)
     raise TaskvecError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
+
+
+def backbone_options(name: str) -> list[str]:
+    """The keyword options the backbone's builder takes (what [backbone_options] may set)."""
+    builder, args = _builder(name)
+    parameters = list(inspect.signature(builder).parameters.values())[len(args):]
+    return [p.name for p in parameters if p.name != "init" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_options(name: str, options: dict) -> None:
+    """A one-line TaskvecError for an option the backbone does not take."""
+    allowed = backbone_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TaskvecError(f"unknown key 'backbone_options.{unknown[0]}' for backbone {name!r}; allowed: {', '.join(allowed) or 'none'}")
