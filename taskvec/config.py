@@ -399,9 +399,19 @@ def load_config(path: str | Path | None) -> RunConfig:
     except tomllib.TOMLDecodeError as exc:
         raise TaskvecError(f"config file {path} is not valid TOML: {exc}") from None
     try:
+        _check_finite(data, "")
         return from_dict(RunConfig, data)
     except TaskvecError as exc:
         raise TaskvecError(f"config {path.name}: {exc}") from None
+
+
+def _check_finite(data: Any, where: str) -> None:
+    """TOML can spell nan and inf; no setting takes them."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise TaskvecError(f"{where} must be a finite number, got {data}")
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        _check_finite(value, f"{where}.{key}" if where else str(key))
 
 
 def with_seeds(cfg: RunConfig, count: int) -> RunConfig:

@@ -9,12 +9,16 @@ run reuses the fine-tuned vectors and everything else that is done.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
@@ -152,6 +156,38 @@ class RunDir:
 
     def nested(self, name: str) -> "RunDir":
         return RunDir(self.root / name)
+
+    @contextmanager
+    def locked(self, shared: bool = False) -> Iterator[None]:
+        """Hold the directory for this run: a second `taskvec run` on it stops at once, naming
+        the first. An OS lock (flock), so a killed run never leaves it held. `shared`: fine-tuning
+        shards (--shard i/n), which may fill one directory together but not beside a full run.
+        Holding it alone, the run removes the writes a killed run left half-done (`.*.tmp`).
+        Rank 0 holds it."""
+        if not is_main():
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise TaskvecError(f"{self.root} is in use by another taskvec run ({holder}); wait for it to end or use another --out") from None
+        try:
+            if not shared:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                handle.flush()
+                for leftover in self.root.rglob(".*.tmp"):
+                    leftover.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     def check_config(self, cfg: RunConfig, compared: Callable[[dict], dict] = lambda data: data) -> None:
         """Refuse a run directory made with settings that change its results. Some settings may
@@ -684,13 +720,13 @@ def run_graph(cfg: RunConfig, run_dir: RunDir, log: Log, progress: bool, shard: 
         from .seeds import SeedResults
 
         log(f"{len(cfg.seeds)} seeds: {cfg.seeds}, each in {run_dir.root}/seed-<s>/")
-        run_nested(graph, cfg, run_dir, seed_runs(cfg, run_dir), log, progress, select)
+        run_nested(graph, cfg, run_dir, seed_runs(cfg, run_dir), log, progress, select, sharded=shard is not None)
         return SeedResults.load(run_dir.results) if is_main() and shard is None else None
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    run_dir.check_config(cfg)
     ctx = RunContext(cfg, run_dir, log, progress)
-    ctx.log(f"backbone {cfg.backbone} ({cfg.init}); tasks {ctx.roles.tasks}; negation controls {ctx.roles.controls}")
-    execute(graph, ctx, main=is_main(), select=select)
+    with run_dir.locked(shared=shard is not None):
+        run_dir.check_config(cfg)
+        ctx.log(f"backbone {cfg.backbone} ({cfg.init}); tasks {ctx.roles.tasks}; negation controls {ctx.roles.controls}")
+        execute(graph, ctx, main=is_main(), select=select)
     if shard is not None:
         ctx.log(f"fine-tuned shard {shard[0]}/{shard[1]}: {len(units)} (task, mode) units")
         return None

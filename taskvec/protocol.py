@@ -183,15 +183,16 @@ def without_tuned(config: dict) -> dict:
 
 
 def run_nested(graph: Graph, cfg: RunConfig, run_dir: RunDir, runs: list[SubRun], log: Log, progress: bool,
-               select: Callable[[Stage], bool] = lambda s: True, compared: Callable[[dict], dict] = lambda data: data) -> SubRuns:
+               select: Callable[[Stage], bool] = lambda s: True, compared: Callable[[dict], dict] = lambda data: data,
+               sharded: bool = False) -> SubRuns:
     """Execute a graph of sub-runs: each directory checked against (or stamped with) its config."""
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    run_dir.check_config(cfg, compared)
-    for run in runs:
-        run.dir.root.mkdir(parents=True, exist_ok=True)
-        run.dir.check_config(run.cfg)
     ctx = SubRuns(log, progress)
-    execute(graph, ctx, main=is_main(), select=select)
+    with run_dir.locked(shared=sharded):  # the sub-runs' directories lie inside it
+        run_dir.check_config(cfg, compared)
+        for run in runs:
+            run.dir.root.mkdir(parents=True, exist_ok=True)
+            run.dir.check_config(run.cfg)
+        execute(graph, ctx, main=is_main(), select=select)
     return ctx
 
 
