@@ -31,7 +31,7 @@ def _config(path: Optional[Path], quick: bool = False, analyses: bool = False, s
 def run(
     config: Optional[Path] = ConfigOpt,
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run directory; finished stages in it are reused."),
-    quick: bool = typer.Option(False, "--quick", help="Smoke run: few steps, little data, coarse α grid (≤ 2 minutes)."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: few steps, little data, coarse α grid (about 1.5 minutes for the default benchmark)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List every stage and the data it needs; exit 1 naming what is missing."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: fine-tune only the i-th of n shares of the (task, mode) units, then stop."),

@@ -435,7 +435,7 @@ def with_analyses(cfg: RunConfig) -> RunConfig:
 
 def quick(cfg: RunConfig) -> RunConfig:
     """A smoke-run version of a config: few steps, little data, a coarse α grid, small analyses
-    (≤ 1 minute for the default benchmark; about 1 more with --analyses)."""
+    (about 1.5 minutes for the default benchmark on 2 CPU cores; docs/results.md)."""
     def shrink(t: TrainConfig) -> TrainConfig:
         return dataclasses.replace(t, steps=12, warmup_steps=2, batch_size=min(t.batch_size, 16), checkpoint_every=6, grad_accumulation=1)
 

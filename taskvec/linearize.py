@@ -59,10 +59,6 @@ def forward_ad_safe_attention() -> Iterator[None]:
         yield
 
 
-def parameters_of(module: torch.nn.Module) -> Params:
-    return {name: p for name, p in module.named_parameters()}
-
-
 def jvp(module: torch.nn.Module, primals: Params, tangents: Params, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(f(x; primals), J(x; primals) · tangents) with dual numbers.
 

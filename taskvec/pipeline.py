@@ -31,7 +31,7 @@ from .io import check_tensors, load_tensors, read_json, save_tensors, write_json
 from .kinds import FINETUNE_MODES, PRETRAINED, EvalMethod, FinetuneMode, editing_methods, method_for_vector
 from .merging import MERGE_METHODS, TASK_ARITHMETIC
 from .models import Backbone, Batch, build_backbone
-from .models.heads import ClassificationHead, prototype_head, probe_head, text_head
+from .models.heads import ClassificationHead, describe, prototype_head, probe_head, text_head
 from .results import (Disentanglement, FinetuneCost, Linearity, MergeResult, NegationResult, NegationTarget, NtkResult,
                       RandomInitResult, RunResults, SingleTask, Timing)
 from .registry import format_settings
@@ -113,7 +113,7 @@ def build_head(backbone: Backbone, prepared: PreparedTask, cfg: RunConfig) -> Cl
         cache = Path(cfg.data.cache_dir) / "heads" if cfg.data.cache_dir else None
         return zeroshot_head(text_encoder(backbone, cfg), task, cache_dir=cache, device=cfg.device)
     if kind == "text":
-        descriptions = list(task.descriptions or [f"An example of {c}." for c in task.classnames])
+        descriptions = list(task.descriptions or describe(task.classnames))
         return text_head(text_encoder(backbone, cfg).encode_text(descriptions), cfg.head.scale)
     train = prepared.sets["train"]
     features = encode(backbone, train.inputs, cfg.eval.chunk, cfg.device)

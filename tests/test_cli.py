@@ -205,11 +205,18 @@ def test_vector_commands(finished_run, tmp_path, capsys):
     via_cli = json.loads(capsys.readouterr().out)["accuracy"]["toy-squares"]
     results = json.loads((out / "results.json").read_text())
     assert via_cli == pytest.approx(results["single_task"]["test"]["nonlinear"]["toy-squares"])
-    # A vector from another base is refused.
+    # Vectors of different modes do not add.
     lin = out / "vectors" / "toy-squares.linear.safetensors"
     with pytest.raises(SystemExit):
         main(["add", str(a), str(lin), "--out", str(tmp_path / "bad.safetensors")])
     assert "cannot combine a nonlinear task vector with a linear one" in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()
+    # A vector from another base is refused.
+    va.base = {**va.base, "parameters": va.base.get("parameters", 0) + 1}
+    va.save(tmp_path / "other-base.safetensors")
+    with pytest.raises(SystemExit):
+        main(["add", str(tmp_path / "other-base.safetensors"), str(b), "--out", str(tmp_path / "bad.safetensors")])
+    assert "task vectors come from different base models" in capsys.readouterr().err
     assert not (tmp_path / "bad.safetensors").exists()
 
 

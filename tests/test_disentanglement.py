@@ -75,7 +75,6 @@ def test_xi_matches_brute_force(setup, method):
     np.testing.assert_allclose(xi, np.array(result.xi_terms[T1]) + np.array(result.xi_terms[T2]))
     assert xi[A1.index(0.0), A2.index(0.0)] == 0.0
     assert xi.max() > 0  # the vectors do interfere somewhere on this grid: the test is not vacuous
-    assert ((xi >= 0) & (xi <= 2)).all()
 
 
 @pytest.mark.parametrize("method", ["nonlinear", "linear"])

@@ -195,7 +195,7 @@ def test_localization_energies_sum_to_one_and_figure(tmp_path):
     assert len(res.energy_train) == len(res.energy_control) == 4
     for et, ec in zip(res.energy_train, res.energy_control):
         assert et + ec == pytest.approx(1.0, abs=1e-10) and 0 <= et <= 1
-    assert 0.5 <= res.localization <= 1.0
+    assert res.localization == pytest.approx(sum(max(et, ec) for et, ec in zip(res.energy_train, res.energy_control)) / 4)
     gram = empirical_ntk(model, {k: torch.cat([train[k], control[k]]) for k in train}, kernel="trace")
     assert res.trace_share_train == pytest.approx(float(gram.diagonal()[:6].sum() / gram.diagonal().sum()), rel=1e-4)
     assert len(ntk_localization(model, train, control, top_k=50).eigenvalues) == 11  # capped at N

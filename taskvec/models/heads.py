@@ -11,7 +11,7 @@ much to break. `probe_head` stays available for comparison (`head = "probe"` in 
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,9 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TaskvecError
-
-HeadKind = Literal["prototype", "probe", "text"]
-
 
 class ClassificationHead(nn.Module):
     """A frozen linear classifier on L2-normalized features."""
