@@ -230,12 +230,17 @@ class RunResults:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunResults":
-        data = read_json(path)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            found = data.get("format") if isinstance(data, dict) else None
-            raise TaskvecError(f"{path} holds results of another taskvec version (format {found!r}, expected {FORMAT!r}); "
-                               "run `taskvec run` on its directory again: finished fine-tunes are reused")
-        try:
-            return from_data(cls, data)
-        except TaskvecError as exc:
-            raise TaskvecError(f"corrupt results file {path}: {exc}") from None
+        return load_results(cls, path, FORMAT, "results of another taskvec version",
+                            "run `taskvec run` on its directory again: finished fine-tunes are reused")
+
+
+def load_results(cls: type, path: str | Path, expected: str, other: str, advice: str = "") -> Any:
+    """A typed results file whose `format` must be `expected`; `other` and `advice` word the error."""
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != expected:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise TaskvecError(f"{path} holds {other} (format {found!r}, expected {expected!r})" + (f"; {advice}" if advice else ""))
+    try:
+        return from_data(cls, data)
+    except TaskvecError as exc:
+        raise TaskvecError(f"corrupt results file {path}: {exc}") from None

@@ -18,12 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .claims import ClaimCheck, Spread, check_claims, claims_table, format_spread  # noqa: E402
 from .errors import TaskvecError  # noqa: E402
-from .io import read_json, write_json, write_text  # noqa: E402
+from .io import write_json, write_text  # noqa: E402
 from .kinds import EVAL_METHODS, PRETRAINED, EvalMethod  # noqa: E402
 from .merging import MERGE_METHODS, TASK_ARITHMETIC  # noqa: E402
 from .report import _legend_outside, _save  # noqa: E402
-from .results import RunResults  # noqa: E402
-from .typed import from_data, to_data  # noqa: E402
+from .results import RunResults, load_results  # noqa: E402
+from .typed import to_data  # noqa: E402
 
 FORMAT = "taskvec.seeds/1"
 
@@ -83,14 +83,7 @@ class SeedResults:
 
     @classmethod
     def load(cls, path: str | Path) -> "SeedResults":
-        data = read_json(path)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            found = data.get("format") if isinstance(data, dict) else None
-            raise TaskvecError(f"{path} holds no multi-seed results (format {found!r}, expected {FORMAT!r})")
-        try:
-            return from_data(cls, data)
-        except TaskvecError as exc:
-            raise TaskvecError(f"corrupt results file {path}: {exc}") from None
+        return load_results(cls, path, FORMAT, "no multi-seed results")
 
 
 def _over(runs: Sequence[RunResults], get: Callable[[RunResults], float | None]) -> Spread:
