@@ -32,7 +32,7 @@ def test_default_and_partial_mode_overrides(tmp_path):
     ('[merge.ties]\nkk = [0.1]', "ties has no setting 'kk'; its settings: k"),
     ('[merge.ties]\nk = [0.1, 1.5]', "merge.ties.k must be in [0"),
     ('[merge.ties]\nk = "all"', "merge.ties.k must be a number"),
-    ('[merge.ties]\nalphas = [0.5, nan]', "merge.ties.alphas must be finite"),
+    ('[merge.ties]\nalphas = [0.5, nan]', "merge.ties.alphas.1 must be a finite number, got nan"),
     ('[merge]\nmethods = ["ties"]\n[merge.dare]\np = [0.5]', "[merge.dare] sets a grid for a method that merge.methods leaves out"),
     ('[merge.magic]\nk = 1', "unknown key 'merge.magic'"),
     ('[train.linear]\nlr = "fast"', "train.linear.lr: expected float"),
