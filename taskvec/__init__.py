@@ -6,21 +6,66 @@
     tau = tv.finetune_task(base, mnist, mode="linear", steps=150, lr=3e-4)
     print(mnist.accuracy(tau.apply_to(base)))
     multi = tv.merge([tau, other_tau], method="ties", k=0.2)   # a merged direction d; θ0 + α·d
+
+The names below are imported on first use (PEP 562), so `import taskvec` and the commands
+that need no model do not import torch.
 """
-from .api import TaskSetup, finetune_task, setup_task
-from .errors import TaskvecError
-from .kinds import EVAL_METHODS, FINETUNE_MODES
-from .linearize import LinearizedBackbone, linearize
-from .merging import MERGE_METHODS, merge
-from .models import available_backbones, build_backbone
-from .task_vector import TaskVector, sum_vectors
-from .tasks import available_tasks, get_task, load_task_data
-from .train import TrainConfig, finetune
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "EVAL_METHODS", "FINETUNE_MODES", "MERGE_METHODS", "merge", "LinearizedBackbone", "TaskSetup", "TaskVector", "TaskvecError", "TrainConfig", "available_backbones",
-    "available_tasks", "build_backbone", "finetune", "finetune_task", "get_task", "linearize", "load_task_data",
-    "setup_task", "sum_vectors",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "TaskSetup": "api", "finetune_task": "api", "setup_task": "api",
+    "TaskvecError": "errors",
+    "EVAL_METHODS": "kinds", "FINETUNE_MODES": "kinds",
+    "LinearizedBackbone": "linearize", "linearize": "linearize",
+    "MERGE_METHODS": "merging", "merge": "merging",
+    "available_backbones": "models", "build_backbone": "models",
+    "TaskVector": "task_vector", "sum_vectors": "task_vector",
+    "available_tasks": "tasks", "get_task": "tasks", "load_task_data": "tasks",
+    "TrainConfig": "train", "finetune": "train",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'taskvec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+class _Package(types.ModuleType):
+    """`taskvec.linearize` is the function, though a submodule has that name too: importing the
+    submodule (which sets the package's attribute) must not replace the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:
+    from .api import TaskSetup, finetune_task, setup_task
+    from .errors import TaskvecError
+    from .kinds import EVAL_METHODS, FINETUNE_MODES
+    from .linearize import LinearizedBackbone, linearize
+    from .merging import MERGE_METHODS, merge
+    from .models import available_backbones, build_backbone
+    from .task_vector import TaskVector, sum_vectors
+    from .tasks import available_tasks, get_task, load_task_data
+    from .train import TrainConfig, finetune

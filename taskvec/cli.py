@@ -401,11 +401,12 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory holding res
 @app.command()
 def info(vector: Path = typer.Argument(...)) -> None:
     """Print a task vector's metadata."""
-    from .task_vector import TaskVector
+    from .task_vector import summarize
 
-    tv = TaskVector.load(vector)
-    typer.echo(json.dumps({"mode": tv.mode.name, "tasks": list(tv.tasks), "base": tv.base, "info": tv.info,
-                           "parameters": len(tv.vector), "norm": tv.norm()}, indent=2))
+    summary = summarize(vector)
+    header = summary.header
+    typer.echo(json.dumps({"mode": header.mode.name, "tasks": list(header.tasks), "base": header.base, "info": header.info,
+                           "parameters": summary.parameters, "norm": summary.norm}, indent=2))
 
 
 @app.command()

@@ -8,12 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .errors import TaskvecError
+from .lazy import lazy_import
+
+torch = lazy_import("torch")
 
 
 @contextmanager
@@ -68,21 +68,31 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Save tensors as safetensors; metadata values are stored JSON-encoded under their keys."""
     meta = {key: json.dumps(value) for key, value in metadata.items()}
     flat = {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
+    from safetensors.torch import save_file
+
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=meta)
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a safetensors file written by `save_tensors`; a missing or corrupt file is a TaskvecError."""
+    return _read(path, "pt")
+
+
+def load_arrays(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`load_tensors` as numpy arrays, for readers that need no torch (`taskvec info`)."""
+    return _read(path, "numpy")
+
+
+def _read(path: str | Path, framework: str) -> tuple[dict[str, Any], dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise TaskvecError(f"file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw_meta = handle.metadata() or {}
-        tensors = load_file(str(path))
-        metadata = {key: json.loads(value) for key, value in raw_meta.items()}
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        with safe_open(str(path), framework=framework) as handle:
+            metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
         raise TaskvecError(f"corrupt or unreadable safetensors file {path}: {exc}") from None
     return tensors, metadata
 
@@ -91,7 +101,7 @@ def check_tensors(path: str | Path) -> dict[str, Any]:
     """The metadata of a safetensors file, after checking its header covers the whole file
     (a truncated or foreign file is a TaskvecError) without reading the tensors."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:
             raw_meta = handle.metadata() or {}
         return {key: json.loads(value) for key, value in raw_meta.items()}
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:

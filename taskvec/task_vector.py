@@ -11,15 +11,17 @@ import hashlib
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
-
-import torch
+from typing import TYPE_CHECKING, Iterable
 
 from .errors import TaskvecError, finite
 from .io import load_tensors, save_tensors
 from .kinds import FINETUNE_MODES, FinetuneMode
-from .linearize import LinearizedBackbone
-from .models.base import Backbone
+from .lazy import lazy_import
+
+if TYPE_CHECKING:
+    from .models.base import Backbone
+
+torch = lazy_import("torch")
 
 FORMAT = "taskvec.task_vector/1"
 
@@ -43,6 +45,8 @@ def base_identity(backbone: Backbone) -> dict[str, str]:
     The hash is remembered per module until a parameter is replaced or modified in place
     (tensor version counters), so sweeps that apply many edits to one base hash it once.
     """
+    from .linearize import LinearizedBackbone
+
     if isinstance(backbone, LinearizedBackbone):
         params = backbone.params0
     else:
@@ -137,6 +141,8 @@ class TaskVector:
         identity = base_identity(base)
         if identity != self.base:
             raise TaskvecError(f"task vector was made from base {self.base}, not from this model {identity}")
+        from .linearize import LinearizedBackbone
+
         edited = copy.deepcopy(base)
         if linearized and not isinstance(edited, LinearizedBackbone):
             edited = LinearizedBackbone(edited)
@@ -160,15 +166,66 @@ class TaskVector:
     @classmethod
     def load(cls, path: str | Path) -> "TaskVector":
         tensors, metadata = load_tensors(path)
-        if metadata.get("format") != FORMAT:
-            raise TaskvecError(f"{path} is not a taskvec task vector (format {metadata.get('format')!r})")
+        header = _checked_header(path, metadata)
         for name, tensor in tensors.items():
             if not torch.isfinite(tensor).all():
-                raise TaskvecError(f"task vector {path} holds non-finite values (nan or inf) in {name!r}")
-        try:
-            return cls(tensors, metadata["mode"], dict(metadata["base"]), tuple(metadata["tasks"]), dict(metadata.get("info", {})))
-        except KeyError as exc:
-            raise TaskvecError(f"task vector {path} lacks metadata field {exc}") from None
+                raise _non_finite(path, name)
+        return cls(tensors, header.mode.name, header.base, header.tasks, header.info)
+
+
+@dataclass(frozen=True)
+class VectorHeader:
+    """A task vector file's metadata, checked."""
+
+    mode: FinetuneMode
+    base: dict[str, str]
+    tasks: tuple[str, ...]
+    info: dict
+
+
+@dataclass(frozen=True)
+class VectorSummary:
+    """What `taskvec info` prints of a vector file."""
+
+    header: VectorHeader
+    parameters: int
+    norm: float
+
+
+def summarize(path: str | Path) -> VectorSummary:
+    """A vector file's metadata, size and norm, with `TaskVector.load`'s checks, read as numpy
+    arrays: `taskvec info` then starts without importing torch. Files numpy cannot hold
+    (bfloat16) are read through `TaskVector.load`."""
+    import numpy as np
+
+    from .io import load_arrays
+
+    try:
+        arrays, metadata = load_arrays(path)
+    except TaskvecError:
+        vector = TaskVector.load(path)  # the torch reader: its own message, or the vector
+        return VectorSummary(VectorHeader(vector.mode, vector.base, vector.tasks, vector.info), len(vector.vector), vector.norm())
+    header = _checked_header(path, metadata)
+    squares = 0.0
+    for name, array in arrays.items():
+        if not np.isfinite(array).all():
+            raise _non_finite(path, name)
+        squares += float(np.square(array, dtype=np.float64).sum())
+    return VectorSummary(header, len(arrays), squares ** 0.5)
+
+
+def _checked_header(path: str | Path, metadata: dict) -> VectorHeader:
+    if metadata.get("format") != FORMAT:
+        raise TaskvecError(f"{path} is not a taskvec task vector (format {metadata.get('format')!r})")
+    try:
+        return VectorHeader(FINETUNE_MODES.get(metadata["mode"]), dict(metadata["base"]), tuple(metadata["tasks"]),
+                            dict(metadata.get("info", {})))
+    except KeyError as exc:
+        raise TaskvecError(f"task vector {path} lacks metadata field {exc}") from None
+
+
+def _non_finite(path: str | Path, name: str) -> TaskvecError:
+    return TaskvecError(f"task vector {path} holds non-finite values (nan or inf) in {name!r}")
 
 
 def sum_vectors(vectors: Iterable[TaskVector]) -> TaskVector:

@@ -88,12 +88,10 @@ def test_failed_save_keeps_previous_file(tiny, tmp_path, monkeypatch):
     v = _vector(tiny, 1)
     v.save(path)
     before = path.read_bytes()
-    import taskvec.io as io
-
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "save_file", boom)
+    monkeypatch.setattr("safetensors.torch.save_file", boom)
     with pytest.raises(OSError):
         _vector(tiny, 2).save(path)
     assert path.read_bytes() == before

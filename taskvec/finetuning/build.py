@@ -8,17 +8,17 @@ declared here, beside it; taskvec.kinds gives them to the modes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import TaskvecError
 from ..registry import Setting
-from ..models.base import Backbone, Batch
-from ..models.heads import ClassificationHead, Classifier
-from .parts import LowRank, SparseWeights, Trainable, WeightSubset
-from .sensitivity import fisher_scores, least_sensitive
-from .subsets import matrix_parameters, select_parameters
+
+if TYPE_CHECKING:  # the builders import torch's side when they run, so taskvec.kinds stays light
+    import torch
+
+    from ..models.base import Backbone, Batch
+    from ..models.heads import ClassificationHead
+    from .parts import Trainable
 
 
 @dataclass
@@ -46,7 +46,7 @@ PENALTY_WEIGHT = Setting("lam", float, 0.1, "weight λ (tune it: it scales with 
                          "Σ_{t'≠t} mean ‖J(x_t'; θ0) τ‖² over the other tasks' inputs", low=0.0)
 PENALTY_BATCH = Setting("penalty_batch", int, 8, "examples of each other task per step for the penalty", low=1)
 
-Builder = Callable[[Backbone, Mapping[str, Any], "FitData", bool], Trainable]
+Builder = Callable[["Backbone", Mapping[str, Any], "FitData", bool], "Trainable"]
 
 
 def _pretrained(backbone: Backbone) -> dict[str, torch.Tensor]:
@@ -55,17 +55,25 @@ def _pretrained(backbone: Backbone) -> dict[str, torch.Tensor]:
 
 def full_weights(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
     """Every parameter (the paper's modes)."""
+    from .parts import WeightSubset
+
     params = _pretrained(backbone)
     return WeightSubset(params, list(params))
 
 
 def weight_subset(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
     """The parameters the `params` selection names (taskvec.finetuning.subsets)."""
+    from .parts import WeightSubset
+    from .subsets import select_parameters
+
     return WeightSubset(_pretrained(backbone), select_parameters(backbone, settings[PARAMS.name]))
 
 
 def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
     """LoRA adapters on the matrices among the `params` selection."""
+    from .parts import LowRank
+    from .subsets import matrix_parameters, select_parameters
+
     selected = select_parameters(backbone, settings[ADAPTED.name])
     matrices = set(matrix_parameters(backbone))
     names = [n for n in selected if n in matrices]
@@ -77,6 +85,11 @@ def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, line
 
 def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
     """The fraction of entries with the lowest diagonal Fisher score on the task (TaLoS)."""
+    from ..models.heads import Classifier
+    from .parts import SparseWeights
+    from .sensitivity import fisher_scores, least_sensitive
+    from .subsets import select_parameters
+
     pretrained = _pretrained(backbone)
     params = {n: pretrained[n] for n in select_parameters(backbone, settings[CANDIDATES.name])}
     model = Classifier(backbone, fit.head).to(fit.device)

@@ -19,13 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import torch
-
 from ..errors import TaskvecError
 from ..registry import Kind, Registry, Setting, resolve_settings, settings_grid
 from ..task_vector import TaskVector
+from ..lazy import lazy_import
 
-Tensors = dict[str, torch.Tensor]
+torch = lazy_import("torch")
+
+Tensors = dict[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)

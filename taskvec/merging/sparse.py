@@ -14,14 +14,15 @@ from __future__ import annotations
 import zlib
 from typing import Callable, Literal
 
-import torch
-
 from ..errors import TaskvecError
 from ..registry import Setting
 from .base import MergeInputs, Tensors, merge_method
 from .tensors import fraction_count, kth_largest_magnitude, magnitudes
+from ..lazy import lazy_import
 
-Sparsifier = Callable[[int, str, torch.Tensor], torch.Tensor]
+torch = lazy_import("torch")
+
+Sparsifier = Callable[[int, str, "torch.Tensor"], "torch.Tensor"]
 """(task index, parameter name, that task's tensor) -> the sparsified tensor."""
 
 Combine = Literal["sum", "ties"]

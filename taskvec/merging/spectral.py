@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-
 from ..errors import TaskvecError
 from ..registry import Setting
 from .base import MergeInputs, Tensors, merge_method
 from .tensors import fraction_count, low_rank, matrix_view, orthogonal_factor, svd
+from ..lazy import lazy_import
 
-MatrixMerge = Callable[[torch.Tensor], torch.Tensor]
+torch = lazy_import("torch")
+
+MatrixMerge = Callable[["torch.Tensor"], "torch.Tensor"]
 """(T, m, n) task matrices -> the merged (m, n) matrix."""
 
 # α in (0, 3] as the official TSV-M and Iso codes search it (they use steps of 0.1; 0.2 here).

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable
 
-import torch
-
 from ..errors import TaskvecError
+from ..lazy import lazy_import
+
+torch = lazy_import("torch")
 
 
 def fraction_count(fraction: float, total: int) -> int:

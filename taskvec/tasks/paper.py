@@ -19,16 +19,20 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
+import importlib
+import importlib.util
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from ..errors import TaskvecError
 from .base import Split, Task
 from .registry import register_task
+from ..lazy import lazy_import
+
+torch = lazy_import("torch")
 
 ENV_ROOT = "TASKVEC_DATA"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -460,11 +464,27 @@ def _load_svhn(root: Path) -> tuple[Split, Split]:
 IMAGENET = (("imagenet/train", "imagenet/val"), ("imagenet/train", "imagenet/val_in_folder"))
 
 
+@functools.lru_cache(maxsize=None)
 def imagenet_metadata() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(class names, templates): CLIP's, as open_clip ships them."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+    """(class names, templates): CLIP's, as open_clip ships them. Its zero_shot_metadata.py
+    (plain Python) is read on its own, since importing open_clip imports torch and `taskvec
+    list` names this task."""
+    metadata = _open_clip_file_module("zero_shot_metadata")
+    return tuple(metadata.IMAGENET_CLASSNAMES), tuple(t("{}") for t in metadata.OPENAI_IMAGENET_TEMPLATES)
 
-    return tuple(IMAGENET_CLASSNAMES), tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+def _open_clip_file_module(name: str) -> Any:
+    spec = importlib.util.find_spec("open_clip")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskvecError("open_clip is not installed: pip install 'open-clip-torch==3.3.0'")
+    path = Path(list(spec.submodule_search_locations)[0]) / f"{name}.py"
+    try:
+        file_spec = importlib.util.spec_from_file_location(f"taskvec._open_clip_{name}", path)
+        module = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(module)
+    except (OSError, ImportError):  # a later open_clip that moved or split it
+        module = importlib.import_module(f"open_clip.{name}")
+    return module
 
 
 @functools.lru_cache(maxsize=None)
