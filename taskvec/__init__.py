@@ -59,13 +59,13 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-if TYPE_CHECKING:
-    from .api import TaskSetup, finetune_task, setup_task
-    from .errors import TaskvecError
-    from .kinds import EVAL_METHODS, FINETUNE_MODES
-    from .linearize import LinearizedBackbone, linearize
-    from .merging import MERGE_METHODS, merge
-    from .models import available_backbones, build_backbone
-    from .task_vector import TaskVector, sum_vectors
-    from .tasks import available_tasks, get_task, load_task_data
-    from .train import TrainConfig, finetune
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
+    from .api import TaskSetup, finetune_task, setup_task  # noqa: F401
+    from .errors import TaskvecError  # noqa: F401
+    from .kinds import EVAL_METHODS, FINETUNE_MODES  # noqa: F401
+    from .linearize import LinearizedBackbone, linearize  # noqa: F401
+    from .merging import MERGE_METHODS, merge  # noqa: F401
+    from .models import available_backbones, build_backbone  # noqa: F401
+    from .task_vector import TaskVector, sum_vectors  # noqa: F401
+    from .tasks import available_tasks, get_task, load_task_data  # noqa: F401
+    from .train import TrainConfig, finetune  # noqa: F401

@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
 
 
-if TYPE_CHECKING:
-    from .cost import CostMeter
-    from .parts import LowRank, SparseWeights, Trainable, TunedEncoder, WeightSubset
-    from .subsets import PRESETS, select_parameters
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
+    from .cost import CostMeter  # noqa: F401
+    from .parts import LowRank, SparseWeights, Trainable, TunedEncoder, WeightSubset  # noqa: F401
+    from .subsets import PRESETS, select_parameters  # noqa: F401
