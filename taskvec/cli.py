@@ -46,6 +46,7 @@ def run(
     from .distributed import parse_shard
     from .pipeline import run_pipeline
 
+    parsed_shard = parse_shard(shard) if shard else None  # a bad value is refused before any work
     cfg = _config(config, quick, analyses, seeds)
     if init is not None:
         import dataclasses
@@ -61,7 +62,7 @@ def run(
         _dry_run(cfg, build_graph(cfg, RunDir(out)))
         return
     results = run_pipeline(cfg, out, log=lambda msg: typer.echo(msg, err=True), progress=progress,
-                           shard=parse_shard(shard) if shard else None)
+                           shard=parsed_shard)
     if results is None:  # a shard, or a non-main rank under torchrun
         return
     from .seeds import SeedResults

@@ -396,8 +396,10 @@ def load_config(path: str | Path | None) -> RunConfig:
         raise TaskvecError(f"config file not found: {path}")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TaskvecError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise TaskvecError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
         _check_finite(data, "")
         return from_dict(RunConfig, data)

@@ -60,8 +60,10 @@ def read_json(path: str | Path) -> Any:
         raise TaskvecError(f"file not found: {path}")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TaskvecError(f"corrupt JSON file {path}: {exc}") from None
+    except OSError as exc:
+        raise TaskvecError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:

@@ -49,6 +49,9 @@ def files(tmp_path_factory):
     (root / "existing.safetensors").write_bytes(b"an earlier result")
     (root / "a-directory").mkdir()
     (root / "bad-option.toml").write_text(CONFIG.replace("image_size = 8", "image_size = 8\ncolour = true"))
+    (root / "latin1.toml").write_bytes('name = "caf\xe9"'.encode("latin-1"))
+    (root / "a-run").mkdir()
+    (root / "a-run" / "results.json").mkdir()
     (root / "nan.toml").write_text(CONFIG.replace("alpha_step = 0.25", "alpha_step = nan"))
     return root
 
@@ -83,6 +86,10 @@ CASES = [
     ("run --config {d}/nan.toml --out {d}/run --dry-run", "eval.alpha_step must be a finite number, got nan"),
     ("run --config {d}/absent.toml --out {d}/run", "config file not found"),
     ("report {d}/no-such-run", "no results.json"),
+    ("report {d}/a-run", "cannot read {d}/a-run/results.json: Is a directory"),
+    ("run --config {d}/a-directory --out {d}/run --dry-run", "cannot read config file {d}/a-directory: Is a directory"),
+    ("run --config {d}/latin1.toml --out {d}/run --dry-run", "is not valid TOML"),
+    ("run --shard 3/2 --out {d}/run --dry-run", "--shard"),
     ("run --seeds 0 --out {d}/run --dry-run", "--seeds must be a positive number"),
     ("run --seeds x --out {d}/run --dry-run", "Invalid value for '--seeds'"),
     ("evaluate --task toy-nothing --config {d}/tiny.toml", "unknown task 'toy-nothing'"),
@@ -99,7 +106,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(files, args, message, 
     assert exit_info.value.code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("taskvec: error: "), err
-    assert message in lines[0] and "Traceback" not in err
+    assert message.format(d=files) in lines[0] and "Traceback" not in err
     after = {p.name: p.read_bytes() for p in files.iterdir() if p.is_file()}
     assert after == before  # nothing written, nothing destroyed
     assert not (files / "o.safetensors").exists()
