@@ -399,6 +399,69 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory holding res
     typer.echo(f"wrote {write_report(RunResults.load(path), run_dir)}")
 
 
+BaseOpt = typer.Option(None, "--base", "-b", help="The base model: a backbone name (see `taskvec list`; e.g. hf-clip:DIR, "
+                       "openclip:ViT-B-32/openai) or a transformers CLIP folder. Default: the --config's backbone.")
+
+
+def _base_backbone(base: Optional[str], config: Optional[Path]):
+    """The base backbone of `vector` and `export`: --base, else the config's (with its options)."""
+    from .models import build_backbone
+
+    if base is None:
+        if config is None:
+            raise TaskvecError("name the base model: --base BACKBONE (or --config FILE)")
+        cfg = _config(config)
+        return build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+    if Path(base).expanduser().is_dir():
+        base = f"hf-clip:{base}"
+    return build_backbone(base)
+
+
+@app.command()
+def vector(
+    finetuned: Path = typer.Option(..., "--finetuned", "-f", help="The fine-tuned checkpoint: a transformers folder, a .safetensors "
+                                   "state dict or a torch file of tensors (read with weights_only=True)."),
+    task: str = typer.Option(..., "--task", "-t", help="The task it was fine-tuned on (recorded in the vector)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the task vector (.safetensors)."),
+    base: Optional[str] = BaseOpt,
+    config: Optional[Path] = ConfigOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Make a task vector τ = θ_ft − θ0 from a checkpoint fine-tuned elsewhere (linearized
+    checkpoints give linear vectors)."""
+    from .checkpoints import vector_from_checkpoints
+    from .io import check_output
+
+    check_output(out, force)
+    tau = vector_from_checkpoints(_base_backbone(base, config), finetuned, task)
+    tau.save(out)
+    unchanged = tau.info.get("unchanged from the base (absent from the checkpoint)", [])
+    note = f"; kept at the base's value, absent from the checkpoint: {', '.join(unchanged)}" if unchanged else ""
+    typer.echo(f"wrote {out} ({tau.mode.name} task vector of {task}, {len(tau.vector)} tensors, norm {tau.norm():.4f}{note})")
+
+
+@app.command()
+def export(
+    vector: Path = typer.Argument(..., help="A task vector (from finetune, vector, add or merge)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The folder to write the edited model to."),
+    base: Optional[str] = BaseOpt,
+    config: Optional[Path] = ConfigOpt,
+    alpha: float = typer.Option(1.0, "--alpha", "-a", help="The scaling α of θ0 + α·τ."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Write θ0 + α·τ in the base's own format (a transformers folder, an open_clip state dict,
+    or safetensors) with a model card, for other tools to load."""
+    from .checkpoints import export_model
+    from .io import check_output_dir
+    from .task_vector import TaskVector
+
+    finite(alpha, "--alpha")
+    check_output_dir(out, force)  # before the model is built
+    tau = TaskVector.load(vector)
+    export_model(tau, _base_backbone(base, config), out, alpha, force)
+    typer.echo(f"wrote {out}: base + {alpha:g} × ({', '.join(tau.tasks)}), with README.md")
+
+
 @app.command()
 def info(vector: Path = typer.Argument(...)) -> None:
     """Print a task vector's metadata."""

@@ -346,6 +346,10 @@ class RunConfig:
     # Repeat the run once per seed (data.seed and every mode's train seed set to it: split, data
     # order, head sampling), each in seed-<s>/, and report mean ± std across them. None: one run.
     seeds: list[int] | None = None
+    # Task vectors from checkpoints fine-tuned elsewhere instead of fine-tuning here:
+    # [checkpoints.<mode>] <task> = "<folder, state-dict file or Hugging Face repo id>"
+    # (taskvec.checkpoints; the base is `backbone`).
+    checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.seeds is not None:
@@ -370,6 +374,20 @@ class RunConfig:
             unknown = sorted(set(getattr(self.train, table)) - set(self.tasks))
             if unknown:
                 raise TaskvecError(f"train.{table} names tasks that are not in tasks: {unknown}")
+        for mode, sources in self.checkpoints.items():
+            FINETUNE_MODES.get(mode)
+            if mode not in self.train.modes:
+                raise TaskvecError(f"[checkpoints.{mode}] gives vectors of a mode that train.modes leaves out ({', '.join(self.train.modes)})")
+            unknown = sorted(set(sources) - set(self.tasks))
+            if unknown:
+                raise TaskvecError(f"checkpoints.{mode} names tasks that are not in tasks: {unknown}")
+            empty = [task for task, source in sources.items() if not source.strip()]
+            if empty:
+                raise TaskvecError(f"checkpoints.{mode}.{empty[0]} is empty: give a folder, a file or a Hugging Face repo id")
+
+    def checkpoint(self, task: str, mode: FinetuneMode) -> str | None:
+        """Where the task vector of (task, mode) comes from when it is not fine-tuned here."""
+        return self.checkpoints.get(mode.name, {}).get(task)
 
 
 # Config keys a finished run directory may change: the stages they feed record them and are

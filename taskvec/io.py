@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; it becomes `path` only if the block succeeds (an
+    existing `path` is replaced only with `force`, and only then)."""
+    path = check_output_dir(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def check_output_dir(path: str | Path, force: bool = False) -> Path:
+    """A folder the command may write: not a file, and not a non-empty folder unless `force`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TaskvecError(f"--out {path} is a file; name a folder to write")
+    if path.exists() and any(path.iterdir()) and not force:
+        raise TaskvecError(f"{path} exists and is not empty; pass --force to replace it")
+    return path
 
 
 def check_output(path: str | Path, force: bool = False) -> Path:
@@ -86,13 +118,19 @@ def load_arrays(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return _read(path, "numpy")
 
 
-def _read(path: str | Path, framework: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_foreign_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of any safetensors file (other tools' metadata is plain strings, not JSON)."""
+    return _read(path, "pt", decode_metadata=False)[0]
+
+
+def _read(path: str | Path, framework: str, decode_metadata: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise TaskvecError(f"file not found: {path}")
     try:
         with safe_open(str(path), framework=framework) as handle:
-            metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
+            raw = handle.metadata() or {}
+            metadata = {key: json.loads(value) for key, value in raw.items()} if decode_metadata else raw
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
         raise TaskvecError(f"corrupt or unreadable safetensors file {path}: {exc}") from None

@@ -326,6 +326,18 @@ class RunContext:
         self.log(f"fine-tuned {task} ({mode.label}) in {vector.info.get('seconds')}s, last loss {vector.info.get('last_loss')}")
         return vector
 
+    def import_vector(self, task: str, mode: FinetuneMode, source: str) -> TaskVector:
+        """The task vector of a checkpoint fine-tuned elsewhere ([checkpoints] in the config)."""
+        from .checkpoints import vector_from_checkpoints
+
+        vector = vector_from_checkpoints(self.backbone, source, task)
+        if vector.mode != mode:
+            raise TaskvecError(f"checkpoint {source} gives a {vector.mode.name} task vector, but [checkpoints.{mode.name}] lists it")
+        vector.save(self.dir.vector(task, mode))
+        self._vectors[(task, mode)] = vector
+        self.log(f"task vector of {task} ({mode.label}) from {source}")
+        return vector
+
     def evaluator(self, method: EvalMethod) -> Evaluator:
         """One evaluator per method over every task's val and test sets (θ0 features shared)."""
         if method not in self._evaluators:
@@ -627,6 +639,13 @@ def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
                     every_rank=True))
     for mode in modes:
         for task in roles.tasks:
+            source = cfg.checkpoint(task, mode)
+            if source is not None:
+                graph.add(Stage(finetune_key(task, mode), f"task vector of {task} ({mode.name}) from checkpoint {source}",
+                                [run_dir.vector(task, mode)], lambda ctx, t=task, m=mode, s=source: ctx.import_vector(t, m, s),
+                                lambda n, s=source: n.model + n.checkpoint(s), settings={"checkpoint": source},
+                                detail="τ = θ_ft − θ0 against the base (taskvec.checkpoints)", after=(HEADS,)))
+                continue
             graph.add(Stage(finetune_key(task, mode), f"fine-tune {task} ({mode.name})", [run_dir.vector(task, mode)],
                             lambda ctx, t=task, m=mode: ctx.finetune(t, m),
                             lambda n, t=task, m=mode: n.model + n.device + n.data([t, *penalty_tasks(roles, t, m)]),

@@ -76,6 +76,8 @@ class Needs:
     @cached_property
     def model(self) -> list[Need]:
         cfg, name = self.cfg, self.cfg.backbone
+        if name.startswith("hf-clip:"):  # the text tower is needed for the heads even at random init
+            return [self._hf_need(f"model {name}", name.partition(":")[2])]
         if cfg.init == "random" or not name.startswith("openclip:"):
             return []
         from .models.openclip import parse_spec, weights_location
@@ -89,6 +91,16 @@ class Needs:
         how = "" if present else (f" (fetch once where the internet is reachable: python -c \"import open_clip; "
                                   f"open_clip.create_model('{arch}', pretrained='{tag}')\", then copy the cache)")
         return [Need(f"weights {arch}/{tag}", present, f"{where}{how}")]
+
+    def checkpoint(self, source: str) -> list[Need]:
+        """A fine-tuned checkpoint of [checkpoints]: a local folder or file, or a cached repo id."""
+        return [self._hf_need(f"checkpoint {source}", source)]
+
+    def _hf_need(self, what: str, spec: str) -> Need:
+        from .models.hf_clip import fetch_hint, find_local
+
+        found = find_local(spec, self.cfg.backbone_options.get("weights_dir"))
+        return Need(what, found is not None, str(found) if found is not None else fetch_hint(spec))
 
     @cached_property
     def device(self) -> list[Need]:

@@ -12,6 +12,7 @@ register_backbone("effnet-lite0", "taskvec.models.efficientnet:build_effnet_lite
 register_backbone("minilm", "taskvec.models.hf_text:build_minilm")
 register_backbone("hf", "taskvec.models.hf_text:build_hf", prefix=True)
 register_backbone("openclip", "taskvec.models.openclip:build_openclip", prefix=True)
+register_backbone("hf-clip", "taskvec.models.hf_clip:build_hf_clip", prefix=True)
 
 __all__ = ["Backbone", "Batch", "available_backbones", "build_backbone", "register_backbone"]
 

@@ -1,6 +1,7 @@
 """The encoder interface every backbone implements."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
@@ -8,6 +9,19 @@ from torch import nn
 
 Batch = dict[str, torch.Tensor]
 Modality = Literal["image", "text"]
+
+
+class Shared:
+    """Holds a frozen part of a model (CLIP's text tower, its tokenizer): not a registered
+    module, so not in θ or task vectors, and shared, not copied, by `copy.deepcopy` (edited
+    models all reuse one)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.tokenizer: Any = None
+
+    def __deepcopy__(self, memo: dict) -> "Shared":
+        return self
 
 
 class Backbone(nn.Module):
@@ -35,6 +49,16 @@ class Backbone(nn.Module):
     def identity(self) -> dict[str, str]:
         """What names this backbone's θ0, stored in task-vector metadata."""
         return {"backbone": self.name}
+
+    def export(self, folder: Path, card: str) -> None:
+        """Write this model's weights where other tools read them, with `card` as README.md
+        (`taskvec export`). Here the state dict (θ and buffers) as model.safetensors; backbones with a format of their own
+        (transformers, open_clip) write that."""
+        from safetensors.torch import save_file
+
+        save_file({n: v.detach().to("cpu").contiguous() for n, v in self.state_dict().items()}, str(folder / "model.safetensors"),
+                  metadata={"format": "pt", "backbone": self.name})
+        (folder / "README.md").write_text(card)
 
     def train(self, mode: bool = True) -> "Backbone":
         """Fine-tuning never updates normalization statistics: f and f_lin must agree at θ0."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import TaskvecError
-from .base import Backbone, Batch
+from .base import Backbone, Batch, Shared
 from .pixels import ImageTransform, LazyImages
 from .registry import Init
 
@@ -57,18 +57,6 @@ def no_mha_fastpath() -> Iterator[None]:
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(enabled)
-
-
-class _Shared:
-    """Holds the frozen text tower: not a registered module (so not in θ or task vectors) and
-    shared, not copied, by `copy.deepcopy` (edited models all reuse one text tower)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.tokenizer = None  # large BPE tables: shared, like the text tower
-
-    def __deepcopy__(self, memo: dict) -> "_Shared":
-        return self
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -150,7 +138,7 @@ class OpenCLIPVisual(Backbone):
         for p in clip.parameters():
             p.requires_grad_(False)
         clip.eval()
-        self._text = _Shared(clip)
+        self._text = Shared(clip)
         self.embed_dim = int(getattr(self.visual, "output_dim", 0) or clip.text_projection.shape[-1])
         size = self.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else size
@@ -213,6 +201,17 @@ class OpenCLIPVisual(Backbone):
 
     def identity(self) -> dict[str, str]:
         return {"backbone": self.name, "arch": self.arch, "pretrained": str(self.pretrained or ""), "init": self.init}
+
+    def export(self, folder: Path, card: str) -> None:
+        """open_clip's whole-model state dict (image tower edited, text tower as loaded), which
+        `open_clip.create_model(arch, pretrained=<file>)` loads."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self._text.model.state_dict().items()}
+        state.update({n: v.detach().to("cpu").contiguous() for n, v in self.state_dict().items()})
+        save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt", "arch": self.arch})
+        (folder / "README.md").write_text(card + f"\nLoad: `open_clip.create_model_and_transforms({self.arch!r}, "
+                                          f"pretrained='open_clip_model.safetensors')`\n")
 
 
 def build_openclip(
