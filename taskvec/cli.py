@@ -400,7 +400,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory holding res
 
 
 BaseOpt = typer.Option(None, "--base", "-b", help="The base model: a backbone name (see `taskvec list`; e.g. hf-clip:DIR, "
-                       "openclip:ViT-B-32/openai) or a transformers CLIP folder. Default: the --config's backbone.")
+                       "openclip:ViT-B-32/openai), or a transformers CLIP folder or repo id. Default: the --config's backbone.")
 
 
 def _base_backbone(base: Optional[str], config: Optional[Path]):
@@ -412,8 +412,11 @@ def _base_backbone(base: Optional[str], config: Optional[Path]):
             raise TaskvecError("name the base model: --base BACKBONE (or --config FILE)")
         cfg = _config(config)
         return build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
-    if Path(base).expanduser().is_dir():
-        base = f"hf-clip:{base}"
+    from .models.hf_clip import looks_like_repo_id
+    from .models.registry import is_registered
+
+    if Path(base).expanduser().is_dir() or (not is_registered(base) and looks_like_repo_id(base)):
+        base = f"hf-clip:{base}"  # a transformers CLIP folder or repo id
     return build_backbone(base)
 
 

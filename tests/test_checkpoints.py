@@ -226,7 +226,9 @@ def test_the_8_task_config_validates_and_its_dry_run_names_the_missing_models(tm
     from taskvec.config import load_config
     from taskvec.plan import check_plan, plan_run
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
     cfg = load_config(HF8)
     assert cfg.backbone == "hf-clip:openai/clip-vit-base-patch32" and len(cfg.checkpoints["nonlinear"]) == len(cfg.tasks) == 8
     fake_paper_data.make(tmp_path, ("Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SUN397", "SVHN", "ImageNet"))
@@ -268,3 +270,36 @@ def test_a_run_takes_vectors_from_checkpoints_and_fine_tunes_the_rest(folders, b
     ]:
         with pytest.raises(TaskvecError, match=re.escape(message)):
             from_dict(RunConfig, {**data, **bad})
+
+
+def _fake_hub_cache(cache: Path, repo: str, folder: Path) -> None:
+    """The Hugging Face cache's layout for `repo` holding `folder`'s files (what
+    `huggingface-cli download` leaves), so lookups by repo id work offline."""
+    revision = "0" * 40
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for item in folder.iterdir():
+        (snapshot / item.name).write_bytes(item.read_bytes())
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(revision)
+
+
+def test_repo_ids_are_read_from_the_hugging_face_cache(folders, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    _fake_hub_cache(cache, "someone/tiny-clip", folders["base"])
+    _fake_hub_cache(cache, "someone/tiny-clip_dtd", folders["vision"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "tau.safetensors"
+    main(["vector", "--base", "someone/tiny-clip", "--finetuned", "someone/tiny-clip_dtd", "--task", "DTD", "--out", str(out)])
+    by_repo = TaskVector.load(out)
+    by_folder = vector_from_checkpoints(build_backbone(f"hf-clip:{folders['base']}"), folders["vision"], "DTD")
+    assert by_repo.base["fingerprint"] == by_folder.base["fingerprint"]
+    for name, tensor in by_folder.vector.items():
+        torch.testing.assert_close(by_repo.vector[name], tensor)
+    with pytest.raises(SystemExit):
+        main(["vector", "--base", "someone/tiny-clip", "--finetuned", "someone/absent", "--task", "DTD", "--out", str(tmp_path / "x.safetensors")])
+    assert "huggingface-cli download someone/absent" in capsys.readouterr().err
