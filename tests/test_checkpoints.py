@@ -12,12 +12,13 @@ import torch
 
 import clip_tiny
 import hf_clip_tiny
+from jvp_check import assert_jvp_matches_finite_differences
 from taskvec.checkpoints import export_model, match_keys, vector_from_checkpoints
 from taskvec.cli import main
 from taskvec.config import RunConfig
 from taskvec.errors import TaskvecError
 from taskvec.kinds import FINETUNE_MODES
-from taskvec.linearize import jvp, linearize
+from taskvec.linearize import jvp
 from taskvec.models import build_backbone
 from taskvec.task_vector import TaskVector, sum_vectors
 
@@ -58,22 +59,7 @@ def test_hf_clip_backbone_is_clips_image_tower(folders, base):
 
 def test_hf_clip_jvp_matches_finite_differences_float64(base):
     model = copy.deepcopy(base).double().eval()
-    pixels = _pixels(base, 2).double()
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    g = torch.Generator().manual_seed(1)
-    direction = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()}
-    primal, tangent = jvp(model, params, direction, {"pixels": pixels})
-
-    def shifted(eps):
-        moved = copy.deepcopy(model)
-        with torch.no_grad():
-            for n, p in moved.named_parameters():
-                p.add_(direction[n], alpha=eps)
-            return moved(pixels=pixels)
-
-    eps = 1e-6
-    torch.testing.assert_close(primal, model(pixels=pixels))
-    torch.testing.assert_close(tangent, (shifted(eps) - shifted(-eps)) / (2 * eps), rtol=1e-5, atol=1e-7)
+    assert_jvp_matches_finite_differences(model, {"pixels": _pixels(base, 2).double()})
 
 
 def test_vector_applied_to_the_base_reproduces_the_finetuned_model(folders, base):
@@ -117,7 +103,6 @@ def test_export_loads_with_from_pretrained_and_matches_taskvecs_edit(folders, ba
 def test_linearized_checkpoints_give_linear_vectors(folders, base, tmp_path):
     from safetensors.torch import save_file
 
-    lin = linearize(base)
     theta0 = {n: p.detach().clone() for n, p in base.named_parameters()}
     g = torch.Generator().manual_seed(4)
     theta = {n: p + 0.01 * torch.randn(p.shape, generator=g) for n, p in theta0.items()}
@@ -129,7 +114,10 @@ def test_linearized_checkpoints_give_linear_vectors(folders, base, tmp_path):
     assert tau.mode.linearized
     for name in theta0:
         torch.testing.assert_close(tau.vector[name], theta[name] - theta0[name])
-    assert lin is not None
+    pixels = _pixels(base, 2)
+    with torch.no_grad():
+        primal, tangent = jvp(base, theta0, {n: theta[n] - theta0[n] for n in theta0}, {"pixels": pixels})
+        torch.testing.assert_close(tau.apply_to(base)(pixels=pixels), primal + tangent, rtol=1e-5, atol=1e-5)  # f_lin(θ)
     state = {k: (t + 1.0 if ".params0." in k else t) for k, t in state.items()}
     save_file(state, str(tmp_path / "moved.safetensors"))
     with pytest.raises(TaskvecError, match="linearized around other weights"):

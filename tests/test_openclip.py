@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 import clip_tiny
+from jvp_check import assert_jvp_matches_finite_differences
 from taskvec.errors import TaskvecError
-from taskvec.linearize import jvp, linearize
+from taskvec.linearize import linearize
 from taskvec.models import build_backbone
 from taskvec.models.heads import text_head
 from taskvec.models.pixels import LazyImages
@@ -143,24 +144,7 @@ def test_linearized_clip_forward_backward_float32(clip):
 
 def test_clip_jvp_matches_finite_differences_float64(clip):
     model = copy.deepcopy(clip).double().eval()
-    pixels = clip.prepare(_images(3))["pixels"][:].double()
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    g = torch.Generator().manual_seed(1)
-    direction = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()}
-    with torch.no_grad():  # inference mode: nn.MultiheadAttention would take its fused fast path
-        primal, tangent = jvp(model, params, direction, {"pixels": pixels})
-
-    def shifted(eps):
-        moved = copy.deepcopy(model)
-        with torch.no_grad():
-            for n, p in moved.named_parameters():
-                p.add_(direction[n], alpha=eps)
-            return moved(pixels=pixels)
-
-    eps = 1e-6
-    fd = (shifted(eps) - shifted(-eps)) / (2 * eps)
-    torch.testing.assert_close(primal, model(pixels=pixels))
-    torch.testing.assert_close(tangent, fd, rtol=1e-5, atol=1e-7)
+    assert_jvp_matches_finite_differences(model, {"pixels": clip.prepare(_images(3))["pixels"][:].double()})
 
 
 @pytest.mark.parametrize("mode", ["nonlinear", "linear"])
