@@ -45,7 +45,7 @@ rounding (they exist, see `_compare`) move by ±lr whichever way they round.
 Usage:
   .venv/bin/python benchmarks/bench_linearized_step.py                    # both backbones
   .venv/bin/python benchmarks/bench_linearized_step.py --backbone effnet-lite0 --image-size 64
-  .venv/bin/python benchmarks/bench_linearized_step.py --threads 1 --channels-last-nonlinear
+  .venv/bin/python benchmarks/bench_linearized_step.py --threads 1 --contiguous-nonlinear
 
 The exit status is 1 if a correctness check fails.
 """
@@ -77,7 +77,7 @@ from taskvec.models.heads import ClassificationHead, Classifier  # noqa: E402
 
 BACKBONES = ("effnet-lite0", "minilm")
 VARIANTS = ("nonlinear", "linear", "reference")
-RATIOS = (("linear", "nonlinear"), ("linear", "reference"), ("reference", "nonlinear"), ("linear", "nonlinear-cl"))
+RATIOS = (("linear", "nonlinear"), ("linear", "reference"), ("reference", "nonlinear"), ("linear", "nonlinear-contiguous"))
 NUM_CLASSES = 10
 LR, WEIGHT_DECAY, GRAD_CLIP = 3e-5, 0.1, 1.0  # taskvec.train.TrainConfig's defaults
 
@@ -104,7 +104,8 @@ class ReferenceLinearized(nn.Module):
 
 
 class ChannelsLastInput(nn.Module):
-    """The non-linear model fed channels-last images (the layout taskvec.linearize uses on CPU)."""
+    """The non-linear model fed channels-last images, as taskvec trains it on CPU (and as
+    taskvec.linearize feeds the linearized one)."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -161,10 +162,10 @@ class Variant:
         elif kind == "reference":
             encoder = ReferenceLinearized(encoder)
             trainable = encoder.model
-        elif kind == "nonlinear-cl":
+        elif kind == "nonlinear":  # channels-last images, as taskvec's TunedEncoder feeds f since issue 13
             encoder = ChannelsLastInput(encoder)
             trainable = encoder.model
-        else:
+        else:  # "nonlinear-contiguous": the layout taskvec's non-linear step used before
             trainable = encoder
         self.model = Classifier(encoder, head)
         self.model.train()
@@ -319,7 +320,7 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict:
     print(f"correctness, {_describe_check(check)} -> {'OK' if check['ok'] else 'MISMATCH'}", flush=True)
     print(f"  for information, {_describe_check(check32)}", flush=True)
 
-    kinds = list(VARIANTS) + (["nonlinear-cl"] if args.channels_last_nonlinear else [])
+    kinds = list(VARIANTS) + (["nonlinear-contiguous"] if args.contiguous_nonlinear else [])
     variants = {k: Variant(k, base, head) for k in kinds}
     wall: dict[str, list[float]] = {k: [] for k in kinds}
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
@@ -382,11 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-steps", type=int, default=3, help="training steps per memory subprocess")
     p.add_argument("--memory-repeats", type=int, default=3,
                    help="memory subprocesses per variant; the median is reported (RSS varies by tens of MiB)")
-    p.add_argument("--channels-last-nonlinear", action="store_true",
-                   help="add a fourth variant: the non-linear step with channels-last input (effnet-lite0), "
-                        "the memory layout taskvec's linearized step uses on CPU")
+    p.add_argument("--contiguous-nonlinear", action="store_true",
+                   help="add a fourth variant: the non-linear step with contiguous (NCHW) input, as taskvec "
+                        "trained it before it fed channels-last images on CPU (effnet-lite0)")
     p.add_argument("--json", type=Path, help="also write all measurements to this file")
-    p.add_argument("--_probe", dest="variant", choices=(*VARIANTS, "nonlinear-cl"), help=argparse.SUPPRESS)
+    p.add_argument("--_probe", dest="variant", choices=(*VARIANTS, "nonlinear-contiguous"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.variant:  # memory subprocess

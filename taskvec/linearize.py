@@ -33,6 +33,7 @@ the same dual numbers with an extra layer of wrapping per operation, and is not 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -194,10 +195,118 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
     return fwAD.make_dual(y, _BatchNormTangent.apply(x_t, w_t, b_t, x, mean, var, w, eps))
 
 
-class _NormalizationTangents(TorchFunctionMode):
-    """Route F.layer_norm and inference-mode F.batch_norm on dual tensors to the fused rules."""
+# --- attention and linear layers --------------------------------------------------------------
+#
+# Attention, O = P·V with P = softmax(S), S = scale·Q·Kᵀ (+ mask): the tangent is
+# Ȯ = Ṗ·V + P·V̇ with Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)) and Ṡ = scale·(Q̇·Kᵀ + Q·K̇ᵀ), linear in
+# (Q̇, K̇, V̇); its adjoint is attention's own backward at the primal point. The rule computes P
+# once, the primal and the tangent from it, and back-propagates with the saved P: four batched
+# matmuls and one softmax backward, instead of autograd through the math kernel's composition
+# under forward AD (whose intermediates it would all keep).
 
-    _RULES = {F.layer_norm: _layer_norm, F.batch_norm: _batch_norm}
+
+class _AttentionTangent(torch.autograd.Function):
+    """Ȯ from (Q̇, K̇, V̇) at the primal (Q, K, V, P); backward = attention's VJP from the saved P."""
+
+    @staticmethod
+    def forward(ctx, q_t, k_t, v_t, q, k, v, p, scale):  # type: ignore[override]
+        out = None
+        if q_t is not None or k_t is not None:
+            ds = torch.matmul(q_t, k.transpose(-2, -1)) if q_t is not None else None
+            if k_t is not None:
+                term = torch.matmul(q, k_t.transpose(-2, -1))
+                ds = term if ds is None else ds.add_(term)
+            ds.mul_(p).mul_(scale)  # P ⊙ Ṡ
+            ds.sub_(p * ds.sum(-1, keepdim=True))  # Ṗ = P ⊙ Ṡ − P·rowsum(P ⊙ Ṡ)
+            out = torch.matmul(ds, v)
+        if v_t is not None:
+            term = torch.matmul(p, v_t)
+            out = term if out is None else out.add_(term)
+        ctx.save_for_backward(q, k, v, p)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        q, k, v, p = ctx.saved_tensors
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        g_q = g_k = g_v = None
+        if need_v:
+            g_v = torch.matmul(p.transpose(-2, -1), grad)
+        if need_q or need_k:
+            g_p = torch.matmul(grad, v.transpose(-2, -1))
+            g_s = g_p.sub_((g_p * p).sum(-1, keepdim=True)).mul_(p).mul_(ctx.scale)  # softmax backward, × scale
+            g_q = torch.matmul(g_s, k) if need_q else None
+            g_k = torch.matmul(g_s.transpose(-2, -1), q) if need_k else None
+        return g_q, g_k, g_v, None, None, None, None, None
+
+
+def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    (q, q_t), (k, k_t), (v, v_t) = _split(query), _split(key), _split(value)
+    mask, mask_t = _split(attn_mask)
+    if ((q_t is None and k_t is None and v_t is None) or mask_t is not None or dropout_p > 0.0 or enable_gqa
+            or q.dtype not in _EXACT_DTYPES or q.shape[-3:-2] != k.shape[-3:-2] or k.shape[-2] != v.shape[-2]
+            or any(t.requires_grad for t in (q, k, v))):
+        return None  # anything else goes through PyTorch's own formulas
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
+    if is_causal:
+        scores.masked_fill_(torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill_(mask.logical_not(), float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+    p = torch.softmax(scores, dim=-1)
+    return fwAD.make_dual(torch.matmul(p, v), _AttentionTangent.apply(q_t, k_t, v_t, q, k, v, p, scale))
+
+
+def _linear(input, weight, bias=None):
+    """ẏ = ẋ·Wᵀ + ḃ + x·Ẇᵀ as two accumulating matmuls (addmm), not two matmuls and two adds."""
+    (x, x_t), (w, w_t), (b, b_t) = _split(input), _split(weight), _split(bias)
+    if (x_t is None and w_t is None and b_t is None) or x.dtype not in _EXACT_DTYPES or w.requires_grad or x.requires_grad:
+        return None
+    y = F.linear(x, w, b)
+    flat = x.reshape(-1, x.shape[-1])
+    tangent = None
+    if x_t is not None:
+        tangent = F.linear(x_t.reshape(-1, x.shape[-1]), w, b_t)
+    if w_t is not None:
+        tangent = flat.matmul(w_t.t()) if tangent is None else torch.addmm(tangent, flat, w_t.t())
+        if x_t is None and b_t is not None:
+            tangent = tangent + b_t
+    if tangent is None:
+        tangent = b_t.expand_as(y)
+    return fwAD.make_dual(y, tangent.reshape(y.shape))
+
+
+class _GeluTangent(torch.autograd.Function):
+    """ẏ = gelu'(x) ⊙ ẋ: one `gelu_backward` kernel, and the same kernel as its own adjoint (the
+    map is diagonal), saving only x, which the next layer keeps anyway. PyTorch's formula also
+    saves ẋ."""
+
+    @staticmethod
+    def forward(ctx, x_t, x, approximate):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
+        return torch.ops.aten.gelu_backward(x_t, x, approximate=approximate)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.gelu_backward(grad, x, approximate=ctx.approximate), None, None
+
+
+def _gelu(input, approximate="none"):
+    x, x_t = _split(input)
+    if x_t is None or x.dtype not in _EXACT_DTYPES or x.requires_grad:
+        return None
+    return fwAD.make_dual(F.gelu(x, approximate=approximate), _GeluTangent.apply(x_t, x, approximate))
+
+
+class _NormalizationTangents(TorchFunctionMode):
+    """Route dual F.layer_norm, inference-mode F.batch_norm, F.scaled_dot_product_attention and
+    F.linear to the fused rules above (each returns None to decline: PyTorch's formulas then)."""
+
+    _RULES = {F.layer_norm: _layer_norm, F.batch_norm: _batch_norm, F.scaled_dot_product_attention: _attention,
+              F.linear: _linear, F.gelu: _gelu}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import TaskvecError
-from ..linearize import jvp
+from ..linearize import jvp, preferred_layout
 from ..models.base import Backbone, Batch
 
 Tensors = dict[str, torch.Tensor]
@@ -181,7 +181,10 @@ class TunedEncoder(nn.Module):
         if self.linearized:
             primal, tangent = self.tangent_features(batch)
             return primal + tangent
-        return functional_call(self.backbone, self.trainable.weights(), args=(), kwargs=batch, strict=False)
+        # channels-last image inputs on CPU, as the linearized path's `jvp` uses: the two modes'
+        # step times then compare like with like (oneDNN's convolutions prefer that layout)
+        return functional_call(self.backbone, self.trainable.weights(), args=(), kwargs=preferred_layout(self.backbone, batch),
+                               strict=False)
 
     def tangent_features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(f(x; θ0), J_S(x; θ0)(θ_S − θ0_S)) for the changed tensors S."""
