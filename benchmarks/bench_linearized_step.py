@@ -4,7 +4,8 @@ For each backbone, on the same pre-trained model, the same batch and the same ra
 `ClassificationHead`, a full training step (forward, cross-entropy, backward, gradient
 clipping, AdamW step) is timed for three variants:
 
-  nonlinear  f(x; θ), as `taskvec.train.finetune(mode="nonlinear")` trains it.
+  nonlinear  f(x; θ), as `taskvec.train.finetune(mode="nonlinear")` trains it (channels-last images on
+             CPU; `--contiguous-nonlinear` adds the contiguous layout it used before).
   linear     f_lin(x; θ) through `taskvec.linearize.LinearizedBackbone`, as
              `finetune(mode="linear")` trains it.
   reference  f_lin the straightforward way, as the paper's code does: the forward is
