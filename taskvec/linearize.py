@@ -36,7 +36,7 @@ import copy
 import math
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -60,24 +60,82 @@ def forward_ad_safe_attention() -> Iterator[None]:
         yield
 
 
-def jvp(module: torch.nn.Module, primals: Params, tangents: Params, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def jvp(module: torch.nn.Module, primals: Params, tangents: Mapping[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(f(x; primals), J(x; primals) · tangents) with dual numbers.
 
     Uses `torch.autograd.forward_ad` directly rather than `torch.func.jvp`: same maths, fewer
     layers of wrapping per operation, and autograd can differentiate the tangent with respect
-    to `tangents` (that is how the linearized model is trained). Normalization layers use the
-    fused tangent rules of `_NormalizationTangents`, and on CPU image inputs of convolutional
-    modules are passed channels-last (see the module docstring): both change speed, not values
-    beyond floating-point rounding.
+    to `tangents` (that is how the linearized model is trained). Each parameter's dual number is
+    made when the forward reads it (`_dual_parameters`), so a lazy `tangents` mapping (θ − θ0,
+    `Differences`) is computed one tensor at a time and freed after its layer, never all at once.
+    Normalization, attention, linear and GELU layers use the fused tangent rules below, and on
+    CPU image inputs of convolutional modules are passed channels-last (see the module
+    docstring): both change speed, not values beyond floating-point rounding.
     """
     batch = preferred_layout(module, batch)
-    with forward_ad_safe_attention(), fwAD.dual_level(), _NormalizationTangents():
-        duals = {name: fwAD.make_dual(primals[name], tangents[name]) for name in primals}
-        out = functional_call(module, duals, args=(), kwargs=batch, strict=False)
+    with forward_ad_safe_attention(), fwAD.dual_level(), _NormalizationTangents(), _dual_parameters(module, primals, tangents):
+        out = module(**batch)
         primal, tangent = fwAD.unpack_dual(out)
     if tangent is None:  # output independent of the parameters
         tangent = torch.zeros_like(primal)
     return primal, tangent
+
+
+class Differences(Mapping):
+    """θ[n] − θ0[n], computed when asked for (differentiable with respect to θ)."""
+
+    def __init__(self, theta: Mapping[str, torch.Tensor], theta0: Mapping[str, torch.Tensor]):
+        self.theta, self.theta0 = theta, theta0
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.theta[name] - self.theta0[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.theta)
+
+    def __len__(self) -> int:
+        return len(self.theta)
+
+
+class _DualTable(dict):
+    """A module's parameter table that hands out dual numbers (primal, tangent) for the named
+    entries, made when read: nn.Module.__getattr__ reads `_parameters[name]`."""
+
+    def __init__(self, original: dict, duals: dict[str, Callable[[], torch.Tensor]]):
+        super().__init__(original)
+        self._duals = duals
+
+    def __getitem__(self, name: str) -> Any:
+        make = self._duals.get(name)
+        return make() if make is not None else super().__getitem__(name)
+
+
+@contextmanager
+def _dual_parameters(module: torch.nn.Module, primals: Params, tangents: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """While the block runs, reading a parameter named in `primals` (under any of its tied
+    names) gives make_dual(primals[name], tangents[name]); the module's own tensors are untouched."""
+    canonical: dict[int, str] = {}
+    tables: dict[torch.nn.Module, dict[str, Callable[[], torch.Tensor]]] = {}
+    named = list(module.named_parameters(remove_duplicate=False))
+    unknown = set(primals) - {name for name, _ in named}
+    if unknown:
+        raise KeyError(f"not parameters of the module: {sorted(unknown)[:3]}")
+    for name, param in named:
+        canonical.setdefault(id(param), name)
+        source = name if name in primals else canonical[id(param)]
+        if source not in primals:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        tables.setdefault(owner, {})[leaf] = lambda n=source: fwAD.make_dual(primals[n], tangents[n])
+    originals = {owner: owner.__dict__["_parameters"] for owner in tables}
+    try:
+        for owner, duals in tables.items():
+            owner.__dict__["_parameters"] = _DualTable(originals[owner], duals)
+        yield
+    finally:
+        for owner, table in originals.items():
+            owner.__dict__["_parameters"] = table
 
 
 def preferred_layout(module: torch.nn.Module, batch: Batch) -> Batch:
@@ -249,6 +307,9 @@ def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
             or any(t.requires_grad for t in (q, k, v))):
         return None  # anything else goes through PyTorch's own formulas
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    # heads arrive as transposed views; batched matmuls would copy them at every use (forward and backward)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q_t, k_t, v_t = (None if t is None else t.contiguous() for t in (q_t, k_t, v_t))
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
     if is_causal:
         scores.masked_fill_(torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
@@ -269,7 +330,8 @@ def _linear(input, weight, bias=None):
     if x_t is not None:
         tangent = F.linear(x_t.reshape(-1, x.shape[-1]), w, b_t)
     if w_t is not None:
-        tangent = flat.matmul(w_t.t()) if tangent is None else torch.addmm(tangent, flat, w_t.t())
+        # in place: F.linear's backward does not need its output, and out-of-place addmm would copy it
+        tangent = flat.matmul(w_t.t()) if tangent is None else tangent.addmm_(flat, w_t.t())
         if x_t is None and b_t is not None:
             tangent = tangent + b_t
     if tangent is None:
@@ -357,7 +419,8 @@ class LinearizedBackbone(Backbone):
         return {n: p - self._params0[n] for n, p in self.model.named_parameters()}
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        primal, tangent = jvp(self.model, self._params0, self.delta(), batch)
+        # θ − θ0 one tensor at a time, as each layer reads it: never all of it at once
+        primal, tangent = jvp(self.model, self._params0, Differences(dict(self.model.named_parameters()), self._params0), batch)
         return primal + tangent
 
     def prepare(self, inputs):
