@@ -117,3 +117,56 @@ def test_linearized_keeps_theta0_frozen_and_names():
     assert lin.delta()["conv.weight"].allclose(torch.ones_like(model.conv.weight))
     with pytest.raises(TypeError):
         LinearizedBackbone(lin)
+
+
+class _Tied(torch.nn.Module):
+    """Two layers sharing one weight, and a stack of linear layers."""
+
+    name, modality, embed_dim = "tied", "image", 6
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Linear(6, 6)
+        self.second = torch.nn.Linear(6, 6)
+        self.second.weight = self.first.weight
+        self.stack = torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(6)])
+
+    def forward(self, x):
+        return self.stack(torch.tanh(self.second(torch.tanh(self.first(x)))))
+
+
+def test_jvp_reads_tied_parameters_as_one_and_matches_func_jvp():
+    torch.manual_seed(0)
+    model = _Tied().double()
+    params = {n: p.detach() for n, p in model.named_parameters()}  # the tied weight once, as first.weight
+    assert "second.weight" not in params
+    direction = {n: torch.randn_like(p) for n, p in params.items()}
+    batch = {"x": torch.randn(4, 6, dtype=torch.float64)}
+    primal, tangent = jvp(model, params, direction, batch)
+    ref_primal, ref_tangent = func_jvp(model, params, direction, batch)
+    torch.testing.assert_close(primal, ref_primal)
+    torch.testing.assert_close(tangent, ref_tangent)
+    assert model.second.weight is model.first.weight and isinstance(model.first.weight, torch.nn.Parameter)  # restored
+
+
+def test_linearized_forward_makes_theta_minus_theta0_one_tensor_at_a_time(monkeypatch):
+    """θ − θ0 is never materialized for the whole model: each difference is freed after its layer."""
+    import weakref
+
+    from taskvec.linearize import Differences
+
+    torch.manual_seed(0)
+    lin = linearize(_Tied())
+    alive, most = [], [0]
+    original = Differences.__getitem__
+
+    def tracked(self, name):
+        value = original(self, name)
+        alive.append(weakref.ref(value))
+        most[0] = max(most[0], sum(r() is not None for r in alive))
+        return value
+
+    monkeypatch.setattr(Differences, "__getitem__", tracked)
+    lin(x=torch.randn(4, 6)).sum().backward()
+    assert len(alive) >= 8 and most[0] <= 2, (len(alive), most[0])
+    assert all(p.grad is not None for p in lin.model.parameters())
