@@ -67,7 +67,7 @@ def jvp(module: torch.nn.Module, primals: Params, tangents: Mapping[str, torch.T
     layers of wrapping per operation, and autograd can differentiate the tangent with respect
     to `tangents` (that is how the linearized model is trained). Each parameter's dual number is
     made when the forward reads it (`_dual_parameters`), so a lazy `tangents` mapping (θ − θ0,
-    `Differences`) is computed one tensor at a time and freed after its layer, never all at once.
+    `LazyTensors`) is computed one tensor at a time and freed after its layer, never all at once.
     Normalization, attention, linear and GELU layers use the fused tangent rules below, and on
     CPU image inputs of convolutional modules are passed channels-last (see the module
     docstring): both change speed, not values beyond floating-point rounding.
@@ -81,20 +81,21 @@ def jvp(module: torch.nn.Module, primals: Params, tangents: Mapping[str, torch.T
     return primal, tangent
 
 
-class Differences(Mapping):
-    """θ[n] − θ0[n], computed when asked for (differentiable with respect to θ)."""
+class LazyTensors(Mapping):
+    """Tensors computed when asked for, e.g. the tangents θ − θ0 that `jvp` reads one layer at a
+    time (differentiable: computed inside the forward)."""
 
-    def __init__(self, theta: Mapping[str, torch.Tensor], theta0: Mapping[str, torch.Tensor]):
-        self.theta, self.theta0 = theta, theta0
+    def __init__(self, names: list[str], compute: Callable[[str], torch.Tensor]):
+        self.names, self.compute = list(names), compute
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.theta[name] - self.theta0[name]
+        return self.compute(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.theta)
+        return iter(self.names)
 
     def __len__(self) -> int:
-        return len(self.theta)
+        return len(self.names)
 
 
 class _DualTable(dict):
@@ -414,13 +415,18 @@ class LinearizedBackbone(Backbone):
         self._params0 = {n: fn(p) for n, p in self._params0.items()}
         return self
 
+    def differences(self) -> LazyTensors:
+        """θ − θ0 (differentiable with respect to θ), each tensor computed when asked for."""
+        theta = dict(self.model.named_parameters())
+        return LazyTensors(list(theta), lambda n: theta[n] - self._params0[n])
+
     def delta(self) -> Params:
-        """θ − θ0 (differentiable with respect to θ)."""
-        return {n: p - self._params0[n] for n, p in self.model.named_parameters()}
+        """θ − θ0 for every parameter at once."""
+        return dict(self.differences().items())
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         # θ − θ0 one tensor at a time, as each layer reads it: never all of it at once
-        primal, tangent = jvp(self.model, self._params0, Differences(dict(self.model.named_parameters()), self._params0), batch)
+        primal, tangent = jvp(self.model, self._params0, self.differences(), batch)
         return primal + tangent
 
     def prepare(self, inputs):

@@ -149,16 +149,27 @@ def test_jvp_reads_tied_parameters_as_one_and_matches_func_jvp():
     assert model.second.weight is model.first.weight and isinstance(model.first.weight, torch.nn.Parameter)  # restored
 
 
-def test_linearized_forward_makes_theta_minus_theta0_one_tensor_at_a_time(monkeypatch):
-    """θ − θ0 is never materialized for the whole model: each difference is freed after its layer."""
-    import weakref
-
-    from taskvec.linearize import Differences
+def _linearized_encoders():
+    from taskvec.finetuning import TunedEncoder, WeightSubset
 
     torch.manual_seed(0)
-    lin = linearize(_Tied())
+    yield "LinearizedBackbone", linearize(_Tied())
+    base = _Tied()
+    params = dict(base.named_parameters())
+    yield "TunedEncoder", TunedEncoder(base, WeightSubset(params, list(params)), linearized=True)
+
+
+@pytest.mark.parametrize("which", ["LinearizedBackbone", "TunedEncoder"])
+def test_linearized_forward_makes_theta_minus_theta0_one_tensor_at_a_time(which, monkeypatch):
+    """θ − θ0 is never materialized for the whole model: each difference is freed after its layer
+    (in LinearizedBackbone and in TunedEncoder, which `finetune` trains through)."""
+    import weakref
+
+    from taskvec.linearize import LazyTensors
+
+    encoder = dict(_linearized_encoders())[which]
     alive, most = [], [0]
-    original = Differences.__getitem__
+    original = LazyTensors.__getitem__
 
     def tracked(self, name):
         value = original(self, name)
@@ -166,7 +177,7 @@ def test_linearized_forward_makes_theta_minus_theta0_one_tensor_at_a_time(monkey
         most[0] = max(most[0], sum(r() is not None for r in alive))
         return value
 
-    monkeypatch.setattr(Differences, "__getitem__", tracked)
-    lin(x=torch.randn(4, 6)).sum().backward()
+    monkeypatch.setattr(LazyTensors, "__getitem__", tracked)
+    encoder(x=torch.randn(4, 6)).sum().backward()
     assert len(alive) >= 8 and most[0] <= 2, (len(alive), most[0])
-    assert all(p.grad is not None for p in lin.model.parameters())
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)

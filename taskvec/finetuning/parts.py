@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import TaskvecError
-from ..linearize import jvp, preferred_layout
+from ..linearize import LazyTensors, jvp, preferred_layout
 from ..models.base import Backbone, Batch
 
 Tensors = dict[str, torch.Tensor]
@@ -61,8 +61,11 @@ class Trainable(nn.Module):
     def weights(self) -> Tensors:
         raise NotImplementedError
 
-    def tangent(self) -> Tensors:
+    def tangent_of(self, name: str) -> torch.Tensor:
         raise NotImplementedError
+
+    def tangent(self) -> Tensors:
+        return {n: self.tangent_of(n) for n in self.names}
 
     def vector(self, linearized: bool) -> Tensors:
         """The task vector on the changed tensors: θ − θ0 (non-linear), or the tangent."""
@@ -88,8 +91,8 @@ class WeightSubset(Trainable):
     def weights(self) -> Tensors:
         return dict(self.trained)
 
-    def tangent(self) -> Tensors:
-        return {n: self.trained[n] - self.pretrained[n] for n in self.names}
+    def tangent_of(self, name: str) -> torch.Tensor:
+        return self.trained[name] - self.pretrained[name]
 
 
 class SparseWeights(Trainable):
@@ -112,8 +115,8 @@ class SparseWeights(Trainable):
     def weights(self) -> Tensors:
         return {n: torch.where(self.masks[n], self.trained[n], self.pretrained[n]) for n in self.names}
 
-    def tangent(self) -> Tensors:
-        return {n: (self.trained[n] - self.pretrained[n]) * self.masks[n] for n in self.names}
+    def tangent_of(self, name: str) -> torch.Tensor:
+        return (self.trained[name] - self.pretrained[name]) * self.masks[name]
 
     def entries(self) -> int:
         return sum(int(m.sum()) for m in self.masks.values())
@@ -155,10 +158,10 @@ class LowRank(Trainable):
     def weights(self) -> Tensors:
         return {n: self.pretrained[n] + self._delta(n) for n in self.names}
 
-    def tangent(self) -> Tensors:
+    def tangent_of(self, name: str) -> torch.Tensor:
         if not self.linearized:
             raise TaskvecError("the tangent of non-linear LoRA is taken at (A0, 0): use the linearized variant")
-        return {n: self._delta(n) for n in self.names}
+        return self._delta(name)
 
     def vector(self, linearized: bool) -> Tensors:
         with torch.no_grad():  # s·B·A itself, not (W0 + s·B·A) − W0 with its rounding
@@ -189,7 +192,8 @@ class TunedEncoder(nn.Module):
     def tangent_features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(f(x; θ0), J_S(x; θ0)(θ_S − θ0_S)) for the changed tensors S."""
         primals = {n: self.trainable.pretrained[n] for n in self.trainable.names}
-        return jvp(self.backbone, primals, self.trainable.tangent(), batch)
+        # each tangent made as its layer reads it, never all at once (taskvec.linearize.jvp)
+        return jvp(self.backbone, primals, LazyTensors(self.trainable.names, self.trainable.tangent_of), batch)
 
     def train(self, mode: bool = True) -> "TunedEncoder":
         super().train(mode)
