@@ -118,6 +118,22 @@ def load_arrays(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return _read(path, "numpy")
 
 
+NUMPY_DTYPES = {"F64", "F32", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+
+
+def numpy_readable(path: str | Path) -> bool:
+    """Whether every tensor of a safetensors file has a numpy dtype (bfloat16 has none), from
+    its header alone; a missing or corrupt file is a TaskvecError."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskvecError(f"file not found: {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return all(handle.get_slice(key).get_dtype() in NUMPY_DTYPES for key in handle.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TaskvecError(f"corrupt or unreadable safetensors file {path}: {exc}") from None
+
+
 def load_foreign_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of any safetensors file (other tools' metadata is plain strings, not JSON)."""
     return _read(path, "pt", decode_metadata=False)[0]

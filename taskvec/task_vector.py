@@ -198,13 +198,12 @@ def summarize(path: str | Path) -> VectorSummary:
     (bfloat16) are read through `TaskVector.load`."""
     import numpy as np
 
-    from .io import load_arrays
+    from .io import load_arrays, numpy_readable
 
-    try:
-        arrays, metadata = load_arrays(path)
-    except TaskvecError:
-        vector = TaskVector.load(path)  # the torch reader: its own message, or the vector
+    if not numpy_readable(path):  # decided from the header: the file is read once either way
+        vector = TaskVector.load(path)
         return VectorSummary(VectorHeader(vector.mode, vector.base, vector.tasks, vector.info), len(vector.vector), vector.norm())
+    arrays, metadata = load_arrays(path)
     header = _checked_header(path, metadata)
     squares = 0.0
     for name, array in arrays.items():
