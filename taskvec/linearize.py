@@ -8,7 +8,8 @@ Speed (benchmarks/bench_linearized_step.py, docs/benchmarks.md). A linearized tr
 runs the forward pass with dual numbers (primal and tangent) and back-propagates through the
 tangent computation. Two things in `jvp` make that cheaper without changing what is computed:
 
-* Normalization layers get hand-written tangent rules (`_NormalizationTangents`). PyTorch's
+* Normalization layers (and, since, attention, linear layers and GELU: see their section
+  below) get hand-written tangent rules (`_TangentRules`). PyTorch's
   built-in forward-AD formulas for `layer_norm` and `batch_norm` are generic, and autograd
   then back-propagates through each of their element-wise operations. The tangent of a
   normalization is linear in the tangents of (input, weight, bias), and its adjoint is exactly
@@ -73,7 +74,7 @@ def jvp(module: torch.nn.Module, primals: Params, tangents: Mapping[str, torch.T
     docstring): both change speed, not values beyond floating-point rounding.
     """
     batch = preferred_layout(module, batch)
-    with forward_ad_safe_attention(), fwAD.dual_level(), _NormalizationTangents(), _dual_parameters(module, primals, tangents):
+    with forward_ad_safe_attention(), fwAD.dual_level(), _TangentRules(), _dual_parameters(module, primals, tangents):
         out = module(**batch)
         primal, tangent = fwAD.unpack_dual(out)
     if tangent is None:  # output independent of the parameters
@@ -364,9 +365,9 @@ def _gelu(input, approximate="none"):
     return fwAD.make_dual(F.gelu(x, approximate=approximate), _GeluTangent.apply(x_t, x, approximate))
 
 
-class _NormalizationTangents(TorchFunctionMode):
-    """Route dual F.layer_norm, inference-mode F.batch_norm, F.scaled_dot_product_attention and
-    F.linear to the fused rules above (each returns None to decline: PyTorch's formulas then)."""
+class _TangentRules(TorchFunctionMode):
+    """Route dual F.layer_norm, inference-mode F.batch_norm, F.scaled_dot_product_attention,
+    F.linear and F.gelu to the fused rules above (each returns None to decline: PyTorch's formulas then)."""
 
     _RULES = {F.layer_norm: _layer_norm, F.batch_norm: _batch_norm, F.scaled_dot_product_attention: _attention,
               F.linear: _linear, F.gelu: _gelu}

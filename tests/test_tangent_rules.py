@@ -8,12 +8,12 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from taskvec.linearize import _attention, _gelu, _linear, _NormalizationTangents, forward_ad_safe_attention
+from taskvec.linearize import _attention, _gelu, _linear, _TangentRules, forward_ad_safe_attention
 
 
 def _tangent(op, primals, tangents, kwargs, rules: bool):
     """(primal, tangent) of op at primals along tangents, with taskvec's rules or PyTorch's."""
-    with forward_ad_safe_attention(), fwAD.dual_level(), (_NormalizationTangents() if rules else nullcontext()):
+    with forward_ad_safe_attention(), fwAD.dual_level(), (_TangentRules() if rules else nullcontext()):
         duals = [p if t is None else fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
         primal, tangent = fwAD.unpack_dual(op(*duals, **kwargs))
     return primal, tangent
