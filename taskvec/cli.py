@@ -188,7 +188,6 @@ def finetune(
 
     from .io import check_output
     from .kinds import FINETUNE_MODES
-    from .models import build_backbone
     from .pipeline import build_head, prepare_tasks
     from .registry import parse_settings
     from .train import TrainConfig
@@ -202,7 +201,7 @@ def finetune(
         raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' inputs: name them with --other TASK")
     train_modes = cfg.train if kind.name in cfg.train.modes else dataclasses.replace(
         cfg.train, modes={kind.name: TrainConfig(lr=kind.lr, settings=kind.resolve({}))})
-    backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+    backbone = cfg.build_backbone()
     prepared = prepare_tasks(backbone, [task, *others], cfg)
     head = build_head(backbone, prepared[task], cfg)
     train = prepared[task].sets["train"]
@@ -284,7 +283,6 @@ def evaluate(
     """Accuracy of θ0 + α τ on each task (JSON on stdout)."""
     from .evaluate import EvalSet, Evaluator
     from .kinds import PRETRAINED, method_for_vector
-    from .models import build_backbone
     from .pipeline import build_head, prepare_tasks
     from .task_vector import TaskVector
 
@@ -293,7 +291,7 @@ def evaluate(
     if split not in ("val", "test"):
         raise TaskvecError(f"unknown split {split!r}; expected 'val' or 'test'")
     names = list(tasks) or list(cfg.tasks)
-    backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+    backbone = cfg.build_backbone()
     prepared = prepare_tasks(backbone, names, cfg)
     heads = {n: build_head(backbone, prepared[n], cfg) for n in names}
     sets: dict[tuple[str, str], EvalSet] = {(n, split): prepared[n].sets[split] for n in names}
@@ -362,7 +360,6 @@ def ntk(
 
     from .analysis import plot_ntk_localization
     from .io import write_json
-    from .models import build_backbone
     from .pipeline import build_head, ntk_results, prepare_tasks
     from .typed import to_data
 
@@ -370,7 +367,7 @@ def ntk(
         raise TaskvecError(f"the control task must differ from the training task, got {task!r} twice")
     cfg = _config(config)
     cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, ntk_examples=examples, ntk_eigenfunctions=eigenfunctions))
-    backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+    backbone = cfg.build_backbone()
     prepared = prepare_tasks(backbone, [task, control], cfg)
     heads = {task: build_head(backbone, prepared[task], cfg)}
     result = ntk_results(backbone, heads, prepared, task, control, cfg, random_init=random_init, progress=progress)
@@ -411,7 +408,7 @@ def _base_backbone(base: Optional[str], config: Optional[Path]):
         if config is None:
             raise TaskvecError("name the base model: --base BACKBONE (or --config FILE)")
         cfg = _config(config)
-        return build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+        return cfg.build_backbone()
     from .models.hf_clip import looks_like_repo_id
     from .models.registry import is_registered
 

@@ -7,7 +7,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from .edits import alpha_grid
 from .errors import TaskvecError
@@ -15,6 +15,9 @@ from .kinds import FINETUNE_MODES, LINEARIZED, NONLINEAR, FinetuneMode
 from .merging import MERGE_METHODS, MergeMethod
 from .train import TrainConfig
 from .typed import check_value, from_data, to_data
+
+if TYPE_CHECKING:
+    from .models.base import Backbone
 
 
 @dataclass(frozen=True)
@@ -384,6 +387,12 @@ class RunConfig:
             empty = [task for task, source in sources.items() if not source.strip()]
             if empty:
                 raise TaskvecError(f"checkpoints.{mode}.{empty[0]} is empty: give a folder, a file or a Hugging Face repo id")
+
+    def build_backbone(self, init: str | None = None) -> "Backbone":
+        """The run's backbone with its options (`init` overrides the config's)."""
+        from .models import build_backbone
+
+        return build_backbone(self.backbone, init=init or self.init, **self.backbone_options)
 
     def checkpoint(self, task: str, mode: FinetuneMode) -> str | None:
         """Where the task vector of (task, mode) comes from when it is not fine-tuned here."""

@@ -30,7 +30,7 @@ from .evaluate import EvalSet, Evaluator, encode
 from .io import check_tensors, load_tensors, read_json, save_tensors, write_json
 from .kinds import FINETUNE_MODES, PRETRAINED, EvalMethod, FinetuneMode, editing_methods, method_for_vector
 from .merging import MERGE_METHODS, TASK_ARITHMETIC
-from .models import Backbone, Batch, build_backbone
+from .models import Backbone, Batch
 from .models.heads import ClassificationHead, describe, prototype_head, probe_head, text_head
 from .results import (Disentanglement, FinetuneCost, Linearity, MergeResult, NegationResult, NegationTarget, NtkResult,
                       RandomInitResult, RunResults, SingleTask, Timing)
@@ -91,7 +91,7 @@ def text_encoder(backbone: Backbone, cfg: RunConfig) -> Backbone:
         return backbone
     key = json.dumps([cfg.backbone, cfg.backbone_options], sort_keys=True, default=str)
     if key not in _PRETRAINED_TEXT_ENCODERS:
-        _PRETRAINED_TEXT_ENCODERS[key] = build_backbone(cfg.backbone, init="pretrained", **cfg.backbone_options)
+        _PRETRAINED_TEXT_ENCODERS[key] = cfg.build_backbone(init="pretrained")
     return _PRETRAINED_TEXT_ENCODERS[key]
 
 
@@ -274,7 +274,7 @@ class RunContext:
     @cached_property
     def backbone(self) -> Backbone:
         torch.manual_seed(self.cfg.data.seed)  # random init, if asked for, is reproducible
-        return build_backbone(self.cfg.backbone, init=self.cfg.init, **self.cfg.backbone_options)
+        return self.cfg.build_backbone()
 
     def prepared(self, name: str) -> PreparedTask:
         if name not in self._prepared:
@@ -472,7 +472,7 @@ def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, pos
     if posthoc and not any(m.post_hoc for m in methods):
         raise TaskvecError("--posthoc needs non-linear task vectors")
     tasks = list(dict.fromkeys(v.tasks[0] for v in vectors))  # α1 is the first vector's task
-    backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
+    backbone = cfg.build_backbone()
     prepared = prepare_tasks(backbone, tasks, cfg)
     heads = {t: build_head(backbone, prepared[t], cfg) for t in tasks}
     sets = {(t, split): prepared[t].sets[split] for t in tasks}
@@ -504,7 +504,7 @@ def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTas
     models = {"pre-trained" if cfg.init == "pretrained" else "random init": Classifier(backbone, heads[train_task])}
     if random_init and cfg.init == "pretrained":
         torch.manual_seed(cfg.data.seed)
-        random_backbone = build_backbone(cfg.backbone, init="random", **cfg.backbone_options)
+        random_backbone = cfg.build_backbone(init="random")
         models["random init"] = Classifier(random_backbone, build_head(random_backbone, prepared[train_task], cfg))
     return NtkResult(train_task=train_task, control_task=control,
                      models={label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1,
