@@ -5,14 +5,21 @@ the α's. So `Evaluator` computes f(x; θ0) and one Jacobian-vector product J τ
 evaluation set once, and then scores any combination of α's with a few additions. Non-linear
 models have no such shortcut: each distinct edit is one forward pass per evaluation set, and
 its features are cached so that a sweep never recomputes an edit it has seen.
+
+Under torchrun an evaluator shares every evaluation set among the ranks (`Ranks`): each rank
+encodes, differentiates and applies heads to its own contiguous run of whole chunks (so its
+cached f(x; θ0), J τ and logits stay where they were computed), and accuracies are integer
+counts summed over the ranks. All per-row work happens in chunks of the same global grid in
+one process and in many, so results are identical, not just close.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
+from .distributed import Ranks
 from .errors import TaskvecError, finite
 from .kinds import EVAL_METHODS, EvalMethod
 from .linearize import jvp, preferred_layout
@@ -83,8 +90,13 @@ def encode_jvp(base: Backbone, vector: Mapping[str, torch.Tensor], inputs: Batch
     return torch.cat(outs), torch.cat(tans)
 
 
+def correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many rows the logits classify right (counts add up exactly across shards)."""
+    return int((logits.argmax(-1) == labels).sum())
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(-1) == labels).float().mean())
+    return correct(logits, labels) / len(labels) if len(labels) else float("nan")
 
 
 def _key(coeffs: Mapping[str, float]) -> tuple:
@@ -103,6 +115,11 @@ class Evaluator:
     For the linearized methods, vectors sharing one α are combined before the product:
     J (Σ_t τ_t) is one JVP per evaluation set, so a whole addition sweep costs one JVP per set
     (or none, when the single-vector products are already cached and can simply be summed).
+
+    `ranks` (default: this process alone) shares every set among processes: this rank computes
+    and caches its own rows (`local`), `logits` are those rows' logits, and `accuracies` sum
+    the ranks' counts, so every rank gets the same numbers and makes the same choices. Every
+    rank must then make the same calls in the same order.
     """
 
     def __init__(
@@ -116,16 +133,20 @@ class Evaluator:
         chunk: int = 256,
         device: str | torch.device = "cpu",
         pretrained_cache: dict | None = None,
+        ranks: Ranks | None = None,
     ):
         self.method = EVAL_METHODS.get(method)
         self.base, self.heads, self.sets, self.vectors = base, heads, sets, dict(vectors)
         self.chunk, self.device = chunk, device
+        self.ranks = ranks if ranks is not None else Ranks()
         for key, vector in self.vectors.items():
             self._check_vector(key, vector)
+        # θ0's features of this rank's rows per (task, split); shared by evaluators with the same ranks and chunk
         self.pretrained = pretrained_cache if pretrained_cache is not None else {}
+        self._local: dict[tuple[str, str], EvalSet] = {}
         self._logits: dict[tuple, torch.Tensor] = {}  # (edit key, task, split) -> logits (non-linear)
         self._jvps: dict[tuple, torch.Tensor] = {}  # (vector tasks (sorted tuple), task, split) -> J Σ τ
-        self.forward_passes = 0  # evaluation-set encodings actually computed (for benchmarks)
+        self.forward_passes = 0  # evaluation-set encodings (for benchmarks; counted alike on every rank)
 
     def _check_vector(self, key: str, vector: TaskVector) -> None:
         method = self.method
@@ -138,10 +159,13 @@ class Evaluator:
             raise TaskvecError(f"task vector {key!r} was made from base {vector.base}, not from this model {identity}")
 
     def add_vector(self, key: str, vector: TaskVector) -> None:
-        """Make another direction (e.g. a merged vector) available to edits under `key`."""
+        """Make another direction (e.g. a merged vector) available to edits under `key`.
+        Sharded, rank 0's values replace the others' (in place): every rank evaluates the same
+        direction bit for bit even where a merge's arithmetic differs between devices."""
         if key in self.vectors:
             raise TaskvecError(f"the evaluator already holds a vector {key!r}")
         self._check_vector(key, vector)
+        self.ranks.broadcast(vector.vector)
         self.vectors[key] = vector
 
     def drop_vector(self, key: str) -> None:
@@ -155,14 +179,54 @@ class Evaluator:
             raise TaskvecError(f"no evaluation data for task {task!r}, split {split!r}")
         return self.sets[(task, split)]
 
+    def size(self, task: str, split: str) -> int:
+        """Rows of the whole set (all ranks together)."""
+        return len(self._set(task, split))
+
+    def local(self, task: str, split: str) -> EvalSet:
+        """This rank's rows of an evaluation set (all of it in one process)."""
+        key = (task, split)
+        if key not in self._local:
+            full = self._set(task, split)
+            start, stop = self.ranks.span(len(full), self.chunk)
+            if (start, stop) == (0, len(full)):
+                self._local[key] = full
+            else:
+                self._local[key] = EvalSet({k: v[start:stop] for k, v in full.inputs.items()}, full.labels[start:stop])
+        return self._local[key]
+
+    def _features_dim(self, task: str) -> int:
+        return self.heads[task].weight.shape[1]
+
+    def _encode(self, encoder: torch.nn.Module, task: str, split: str) -> torch.Tensor:
+        """Features of this rank's rows (a rank without rows runs nothing)."""
+        data = self.local(task, split)
+        if not len(data):
+            return torch.empty(0, self._features_dim(task))
+        return encode(encoder, data.inputs, self.chunk, self.device)
+
+    def apply_head(self, task: str, features: torch.Tensor) -> torch.Tensor:
+        """The task's head, applied chunk by chunk of the global grid (this rank's rows start on
+        a chunk boundary), so a row's logits never depend on how the set was shared."""
+        head = self.heads[task]
+        if not len(features):
+            return features.new_empty((0, head.num_classes))
+        return self.by_chunks(head, features)
+
+    def by_chunks(self, fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """`fn` applied to this rank's rows chunk by chunk of the global grid: a row's result is
+        then the same whichever rank computes it (batched kernels may round by batch shape)."""
+        return torch.cat([fn(part) for part in rows.split(self.chunk)])
+
     def pretrained_features(self, task: str, split: str) -> torch.Tensor:
+        """θ0's features of this rank's rows."""
         if (task, split) not in self.pretrained:
-            self.pretrained[(task, split)] = encode(self.base, self._set(task, split).inputs, self.chunk, self.device)
+            self.pretrained[(task, split)] = self._encode(self.base, task, split)
             self.forward_passes += 1
         return self.pretrained[(task, split)]
 
     def _jvp(self, vector_tasks: tuple[str, ...], task: str, split: str) -> torch.Tensor:
-        """J(x; θ0) Σ_{t ∈ vector_tasks} τ_t on one evaluation set, cached."""
+        """J(x; θ0) Σ_{t ∈ vector_tasks} τ_t on this rank's rows of one evaluation set, cached."""
         key = (vector_tasks, task, split)
         if key in self._jvps:
             return self._jvps[key]
@@ -172,7 +236,11 @@ class Evaluator:
         else:
             vectors = [self.vectors[t].vector for t in vector_tasks]
             summed = {n: sum(v[n] for v in vectors) for n in vectors[0]} if len(vectors) > 1 else vectors[0]
-            f0, product = encode_jvp(self.base, summed, self._set(task, split).inputs, self.chunk, self.device)
+            data = self.local(task, split)
+            if len(data):
+                f0, product = encode_jvp(self.base, summed, data.inputs, self.chunk, self.device)
+            else:
+                f0 = product = torch.empty(0, self._features_dim(task))
             self.pretrained.setdefault((task, split), f0)
             self.forward_passes += 1
         self._jvps[key] = product
@@ -187,20 +255,23 @@ class Evaluator:
         return _key(coeffs)
 
     def logits(self, task: str, split: str, coeffs: Mapping[str, float]) -> torch.Tensor:
-        """Task `task`'s head on the edited features. Non-linear results are cached per edit."""
+        """Task `task`'s head on the edited features of this rank's rows. Non-linear results
+        are cached per edit."""
         return self.logits_many([task], split, coeffs)[task]
 
     def logits_many(self, tasks: list[str], split: str, coeffs: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        """Logits of several tasks under one edit; a non-linear edit is built once for all."""
+        """Logits of this rank's rows of several tasks under one edit; a non-linear edit is
+        built once for all (and not at all on a rank without rows)."""
         key = self._check(coeffs)
         if not key:
-            return {t: self.heads[t](self.pretrained_features(t, split)) for t in tasks}
+            return {t: self.apply_head(t, self.pretrained_features(t, split)) for t in tasks}
         if not self.method.linearized:
             missing = [t for t in tasks if (key, t, split) not in self._logits]
             if missing:
-                edited = channels_last(self.edited_model(coeffs))
+                edited = channels_last(self.edited_model(coeffs)) if any(len(self.local(t, split)) for t in missing) else None
                 for t in missing:
-                    self._logits[(key, t, split)] = self.heads[t](encode(edited, self._set(t, split).inputs, self.chunk, self.device))
+                    self._logits[(key, t, split)] = self.apply_head(t, self._encode(edited, t, split) if edited is not None
+                                                               else torch.empty(0, self._features_dim(t)))
                     self.forward_passes += 1
             return {t: self._logits[(key, t, split)] for t in tasks}
         groups: dict[float, list[str]] = {}
@@ -211,7 +282,7 @@ class Evaluator:
             features = self.pretrained_features(t, split).clone()
             for alpha, members in groups.items():
                 features += alpha * self._jvp(tuple(sorted(members)), t, split)
-            out[t] = self.heads[t](features)
+            out[t] = self.apply_head(t, features)
         return out
 
     def restricted(self, rows: Mapping[str, torch.Tensor | None], split: str) -> "Evaluator":
@@ -219,22 +290,42 @@ class Evaluator:
 
         Rows are independent (encoders run in eval mode), so everything already computed on the
         full sets (θ0 features, JVPs, non-linear logits) is sliced and reused, not recomputed.
-        `rows[task]` is an index tensor, or None to keep the whole set.
+        `rows[task]` is an index tensor of global rows, or None to keep the whole set. Sharded,
+        the subset is shared among the ranks by its own chunk grid, and the cached rows move to
+        the rank that now evaluates them (a collective: every rank calls this together).
         """
-        def cut(task: str, values: torch.Tensor) -> torch.Tensor:
-            index = rows.get(task)
-            return values if index is None else values[index]
-
         sets = {}
         for t in rows:
             full = self._set(t, split)
-            sets[(t, split)] = EvalSet({k: cut(t, v) for k, v in full.inputs.items()}, cut(t, full.labels))
-        pretrained = {(t, split): cut(t, self.pretrained[(t, split)]) for t in rows if (t, split) in self.pretrained}
+            index = rows[t]
+            sets[(t, split)] = full if index is None else EvalSet({k: v[index] for k, v in full.inputs.items()}, full.labels[index])
         sub = Evaluator(self.base, self.heads, sets, self.vectors, self.method, chunk=self.chunk, device=self.device,
-                        pretrained_cache=pretrained)
-        sub._jvps = {k: cut(k[1], v) for k, v in self._jvps.items() if k[2] == split and k[1] in rows}
-        sub._logits = {k: cut(k[1], v) for k, v in self._logits.items() if k[2] == split and k[1] in rows}
+                        pretrained_cache={}, ranks=self.ranks)
+        for (t, s), values in self.pretrained.items():
+            if s == split and t in rows:
+                sub.pretrained[(t, split)] = self._rows_for(sub, t, split, rows[t], values)
+        sub._jvps = {k: self._rows_for(sub, k[1], split, rows[k[1]], v) for k, v in self._jvps.items() if k[2] == split and k[1] in rows}
+        sub._logits = {k: self._rows_for(sub, k[1], split, rows[k[1]], v) for k, v in self._logits.items() if k[2] == split and k[1] in rows}
         return sub
+
+    def _rows_for(self, sub: "Evaluator", task: str, split: str, index: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+        """`sub`'s share of the subset `index` of a tensor this evaluator holds for its own rows."""
+        if index is None:
+            return values  # the same set, so the same share
+        if not self.ranks.sharded:
+            return values[index]
+        index = torch.as_tensor(index, dtype=torch.long)
+        spans = self.ranks.spans(self.size(task, split), self.chunk)
+        start, stop = spans[self.ranks.index]
+        mine = (index >= start) & (index < stop)
+        # every rank's subset rows, in rank order, then put back in the subset's order
+        held = [int(((index >= a) & (index < b)).sum()) for a, b in spans]
+        gathered = self.ranks.gather(values[index[mine] - start], held)
+        order = torch.cat([torch.nonzero((index >= a) & (index < b)).flatten() for a, b in spans])
+        subset = torch.empty_like(gathered)
+        subset[order] = gathered
+        a, b = sub.ranks.span(len(index), sub.chunk)
+        return subset[a:b]
 
     def edited_model(self, coeffs: Mapping[str, float]) -> Backbone:
         """The edited encoder itself (direct evaluation; used by the non-linear path and tests)."""
@@ -246,10 +337,16 @@ class Evaluator:
             return self.base
         return combined.apply_to(self.base, 1.0, linearized=self.method.linearized)
 
+    def correct(self, tasks: list[str], split: str, coeffs: Mapping[str, float]) -> dict[str, int]:
+        """Rows classified right under one edit, per task, summed over the ranks."""
+        logits = self.logits_many(list(tasks), split, coeffs)
+        counts = torch.tensor([correct(logits[t], self.local(t, split).labels) for t in tasks], dtype=torch.long)
+        return dict(zip(tasks, self.ranks.total(counts).tolist()))
+
     def accuracy(self, task: str, split: str, coeffs: Mapping[str, float]) -> float:
-        return accuracy(self.logits(task, split, coeffs), self._set(task, split).labels)
+        return self.accuracies([task], split, coeffs)[task]
 
     def accuracies(self, tasks: list[str], split: str, coeffs: Mapping[str, float]) -> dict[str, float]:
         """Accuracy of several tasks under one edit (a non-linear edit is built once)."""
-        logits = self.logits_many(list(tasks), split, coeffs)
-        return {t: accuracy(logits[t], self._set(t, split).labels) for t in tasks}
+        counts = self.correct(list(tasks), split, coeffs)
+        return {t: counts[t] / n if (n := self.size(t, split)) else float("nan") for t in tasks}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 
 from .config import CHANGEABLE_SETTINGS, RunConfig, from_dict, to_dict
-from .distributed import barrier, cleanup, device_for, init_from_env, is_main, main_first, shard_units
+from .distributed import Ranks, barrier, cleanup, device_for, init_from_env, is_main, main_first, shard_units
 from .edits import negation_control, select_merge, task_negation
 from .errors import TaskvecError
 from .evaluate import EvalSet, Evaluator, encode
@@ -243,7 +243,9 @@ class RunContext:
 
     def __init__(self, cfg: RunConfig, run_dir: RunDir, log: Log = print, progress: bool = True,
                  outcome: Outcome | None = None, prefix: str = ""):
-        self.cfg, self.dir, self.progress = cfg, run_dir, progress
+        self.cfg, self.dir = cfg, run_dir
+        self.progress = progress and is_main()  # one progress bar, not one per rank
+        self.ranks = Ranks.of_process_group()  # who shares the evaluations (torchrun), else this process alone
         self.roles = Roles.of(cfg)
         self.log: Log = log if is_main() else (lambda message: None)
         self.device = device_for(cfg.device)  # this rank's GPU under torchrun
@@ -317,7 +319,7 @@ class RunContext:
         others = [self.prepared(t).sets["train"].inputs for t in penalty_tasks(self.roles, task, mode)]
         vector = finetune(self.backbone, self.head(task), train.inputs, train.labels, mode=mode,
                           cfg=self.cfg.train.for_task(mode, task, len(train)), task=task, checkpoint=checkpoint,
-                          device=self.device, progress=self.progress and is_main(), others=others)
+                          device=self.device, progress=self.progress, others=others)
         if is_main():  # under torchrun every rank holds the same vector; one writes it
             vector.save(self.dir.vector(task, mode))
             checkpoint.unlink(missing_ok=True)
@@ -346,7 +348,7 @@ class RunContext:
             sets = {(n, split): self.prepared(n).sets[split] for n in names for split in ("val", "test")}
             vectors = {t: self.vector(t, method.vectors) for t in self.roles.tasks} if method.vectors else {}
             self._evaluators[method] = Evaluator(self.backbone, heads, sets, vectors, method, chunk=self.cfg.eval.chunk,
-                                                 device=self.device, pretrained_cache=self._pretrained_features)
+                                                 device=self.device, pretrained_cache=self._pretrained_features, ranks=self.ranks)
         return self._evaluators[method]
 
 
@@ -491,10 +493,10 @@ def _ntk_samples(prepared: PreparedTask, n: int, seed: int) -> Batch:
 
 
 def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTask], train_task: str, control: str, cfg: RunConfig,
-                random_init: bool = True, progress: bool = False) -> NtkResult:
+                random_init: bool = True, progress: bool = False, ranks: Ranks | None = None) -> NtkResult:
     """NTK eigenfunction localization (Fig. 6) of the given model and (if `random_init`) a randomly
     initialized one of the same architecture, each with a head of the training task built on its
-    own features."""
+    own features. `ranks` share the Gram matrices' parameter groups (every rank calls this)."""
     from .analysis.ntk import ntk_localization
     from .models.heads import Classifier
 
@@ -508,7 +510,7 @@ def ntk_results(backbone: Backbone, heads: dict, prepared: dict[str, PreparedTas
         models["random init"] = Classifier(random_backbone, build_head(random_backbone, prepared[train_task], cfg))
     return NtkResult(train_task=train_task, control_task=control,
                      models={label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1,
-                                                     progress=progress)
+                                                     progress=progress, ranks=ranks)
                              for label, model in models.items()})
 
 
@@ -522,7 +524,7 @@ def ntk_tasks(cfg: RunConfig) -> tuple[str, str]:
 def ntk_stage(ctx: RunContext) -> NtkResult:
     train, control = ntk_tasks(ctx.cfg)
     return ntk_results(ctx.backbone, {train: ctx.head(train)}, {n: ctx.prepared(n) for n in (train, control)}, train, control, ctx.cfg,
-                       progress=ctx.progress)
+                       progress=ctx.progress, ranks=ctx.ranks)
 
 
 def random_init_config(cfg: RunConfig) -> RunConfig:
@@ -535,7 +537,8 @@ def random_init_config(cfg: RunConfig) -> RunConfig:
 
 def random_init_stage(ctx: RunContext) -> RandomInitResult:
     results = run_graph(random_init_config(ctx.cfg), ctx.dir.nested("random_init"), ctx.log, ctx.progress)
-    assert results is not None  # rank 0 runs this stage
+    if results is None:  # a rank other than 0: it evaluated its share; rank 0 holds and writes the results
+        return None
     addition = results.merge[TASK_ARITHMETIC.name]
     editing = [m for m in editing_methods(run_modes(ctx.cfg)) if not m.post_hoc]  # Table 3: each mode on its own model
     return RandomInitResult(
@@ -653,11 +656,11 @@ def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
     finetunes = tuple(k for k in graph.keys() if k.startswith(FINETUNE))
     every = lambda n: n.model + n.device + n.data(roles.names)  # noqa: E731
     graph.add(Stage("single_task", f"single-task accuracy ({PRETRAINED.label}, {labels}; val and test)", [run_dir.stage("single_task")],
-                    single_task_results, every, result_type=SingleTask, after=finetunes))
+                    single_task_results, every, result_type=SingleTask, after=finetunes, every_rank=True))
     if any(not m.linearized for m in modes):
         graph.add(Stage(LINEARITY, "linearity of non-linear fine-tuning: f(θ0 + τ) vs f_lin(θ0 + τ) on validation",
                         [run_dir.stage(LINEARITY)], linearity_stage, lambda n: n.model + n.device + n.data(roles.tasks),
-                        result_type=dict[str, dict[str, Linearity]], after=("single_task",),
+                        result_type=dict[str, dict[str, Linearity]], after=("single_task",), every_rank=True,
                         detail=f"for {', '.join(m.label for m in modes if not m.linearized)}: both accuracies and ‖f − f_lin‖ / ‖f − f(θ0)‖ of the logits"))
     for name in cfg.merge.methods:
         method = MERGE_METHODS.get(name)
@@ -665,12 +668,12 @@ def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
         title = ("task addition" if method is TASK_ARITHMETIC else f"merge: {method.label}") + f" of {len(roles.tasks)} tasks"
         graph.add(Stage(f"merge/{name}", title, [run_dir.stage(f"merge/{name}")],
                         lambda ctx, n=name, g=grid, a=merge_alphas: merge_results(ctx, n, g, a), lambda n: n.model + n.device + n.data(roles.tasks),
-                        settings={"grid": grid, "alphas": merge_alphas}, result_type=dict[str, MergeResult], after=("single_task",),
+                        settings={"grid": grid, "alphas": merge_alphas}, result_type=dict[str, MergeResult], after=("single_task",), every_rank=True,
                         detail=f"{len(grid)} setting(s) × α ∈ [{min(merge_alphas):g}, {max(merge_alphas):g}] ({len(merge_alphas)} values), "
                                f"chosen on validation (mean normalized accuracy), reported on test; for {labels}"))
     graph.add(Stage("negation", f"task negation of {len(roles.targets)} targets (controls: {', '.join(sorted(set(roles.controls.values())))}), {grid_text}",
                     [run_dir.stage("negation")], negation_stage, lambda n: n.model + n.device + n.data(roles.targets + list(roles.controls.values())),
-                    result_type=dict[str, dict[str, NegationTarget]], after=("single_task",),
+                    result_type=dict[str, dict[str, NegationTarget]], after=("single_task",), every_rank=True,
                     detail=f"control validation accuracy ≥ {cfg.negation.threshold:g} × pre-trained"))
     a = cfg.analysis
     if a.disentanglement:
@@ -679,7 +682,7 @@ def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
                         [run_dir.stage("disentanglement")], disentanglement_stage,
                         lambda n: n.model + n.device + n.data([t for pair in pairs for t in pair]),
                         settings={"pairs": [list(p) for p in pairs], **{k: getattr(a, k) for k in DISENTANGLEMENT_SETTINGS}},
-                        result_type=dict[str, dict[str, Disentanglement]], after=finetunes,
+                        result_type=dict[str, dict[str, Disentanglement]], after=finetunes, every_rank=True,
                         detail=f"α ∈ [{a.disentanglement_min:g}, {a.disentanglement_max:g}] step {a.disentanglement_step:g}, "
                                f"{a.disentanglement_examples} examples per task"))
     if a.ntk:
@@ -687,11 +690,11 @@ def build_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
         graph.add(Stage("ntk", f"analysis: NTK eigenfunction localization ({train} vs {control})", [run_dir.stage("ntk")], ntk_stage,
                         lambda n: n.model + n.device + n.data([train, control]),
                         settings={"train_task": train, "control_task": control, "examples": a.ntk_examples, "eigenfunctions": a.ntk_eigenfunctions},
-                        result_type=NtkResult, after=(HEADS,),
+                        result_type=NtkResult, after=(HEADS,), every_rank=True,
                         detail=f"{a.ntk_examples} examples per task, {a.ntk_eigenfunctions} eigenfunctions, pre-trained and random init"))
     if a.random_init and cfg.init == "pretrained":
         graph.add(Stage("random_init", "analysis: task arithmetic from random initialization (Table 3)", [run_dir.stage("random_init")],
-                        random_init_stage, lambda n: n.device + n.data(roles.tasks), result_type=RandomInitResult,
+                        random_init_stage, lambda n: n.device + n.data(roles.tasks), result_type=RandomInitResult, every_rank=True,
                         detail=f"the run again from a random θ0 in {run_dir.nested('random_init').root.name}/: every mode, task arithmetic"))
     upstream = [p for stage in graph for p in stage.outputs]
     # The report depends on which stages there are (settings) and on their outputs (newer than them).

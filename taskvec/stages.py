@@ -48,7 +48,8 @@ class Stage:
         `compute` itself (task vectors, heads, the report) and only checked to exist and open.
     settings: JSON data the result depends on beyond the run's config; a change redoes it.
     needs: the data, weights and devices it needs (dry run only).
-    every_rank: under torchrun, every process runs it (fine-tuning); else rank 0 alone.
+    every_rank: under torchrun, every process runs it (fine-tuning, and the evaluations, which
+        share their examples among the ranks); else rank 0 alone (writing the report).
     current: for outputs drawn from other stages (the report), whether they are still newer
         than what they were drawn from.
     """
@@ -159,13 +160,18 @@ class Outcome:
 def execute(graph: Graph, ctx: Context, *, main: bool = True, select: Callable[[Stage], bool] = lambda s: True) -> Outcome:
     """Compute every selected stage that is not done, in order; read the results of the others.
 
-    `main`: this process is rank 0 (the others run only `every_rank` stages).
+    `main`: this process is rank 0 (the others run only `every_rank` stages). Rank 0 decides
+    whether an `every_rank` stage is done and the others follow, so all compute it together
+    (their collectives pair up) or all skip it; deciding also waits for rank 0 to finish the
+    stages before, whose files the others may read.
     """
+    from .distributed import agree  # torch: not for the dry run
+
     outcome = ctx.outcome
     for stage in graph:
         if not select(stage) or not (main or stage.every_rank):
             continue
-        state = stage.state()
+        state = agree(stage.state() if main else None) if stage.every_rank else stage.state()
         if state is State.DONE:
             ctx.log(f"[skip] {stage.key}: done")
             if stage.stage_file is not None:

@@ -59,7 +59,7 @@ def brute_force(ev: Evaluator, alphas1, alphas2, rows=None):
     for i, a in enumerate(alphas1):
         for j, b in enumerate(alphas2):
             both = preds(ev.edited_model({T1: a, T2: b}), [T1, T2])
-            xi[i, j] = float((own1[i] != both[T1]).float().mean()) + float((own2[j] != both[T2]).float().mean())
+            xi[i, j] = int((own1[i] != both[T1]).sum()) / len(own1[i]) + int((own2[j] != both[T2]).sum()) / len(own2[j])
     return xi
 
 

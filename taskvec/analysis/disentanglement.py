@@ -77,6 +77,9 @@ def disentanglement_error(
     (338 for the default 13×13 grid) — keep the sets small.
 
     Returns a `Disentanglement` (ξ grid, its two terms, example counts, seconds and passes).
+    Under a sharded evaluator (`Evaluator.ranks`) every rank calls this together; each counts
+    the changed predictions of its rows and the counts are summed, so ξ is the single
+    process's exactly.
     """
     if task1 == task2:
         raise TaskvecError(f"disentanglement needs two different tasks, got {task1!r} twice")
@@ -91,7 +94,7 @@ def disentanglement_error(
             raise TaskvecError(f"no head for task {t!r}")
 
     started = time.perf_counter()
-    rows = {t: _subset_index(len(evaluator._set(t, split)), max_examples, seed) for t in (task1, task2)}
+    rows = {t: _subset_index(evaluator.size(t, split), max_examples, seed) for t in (task1, task2)}
     ev = evaluator if all(r is None for r in rows.values()) else evaluator.restricted(rows, split)
     passes_before = ev.forward_passes
 
@@ -101,8 +104,8 @@ def disentanglement_error(
     # Reference predictions: each task under its own edit only.
     own1 = [pred(task1, {task1: a}) for a in alphas1]
     own2 = [pred(task2, {task2: b}) for b in alphas2]
-    term1 = np.zeros((len(alphas1), len(alphas2)))
-    term2 = np.zeros_like(term1)
+    # Disagreements counted on this rank's rows, summed over the ranks at the end (exact).
+    changed = torch.zeros((2, len(alphas1), len(alphas2)), dtype=torch.long)
     # Cells with α1 ≠ α2 first: they need J τ1 and J τ2 on both sets, from which the linearized
     # evaluator then sums the α1 = α2 cells instead of computing J (τ1 + τ2) anew.
     cells = sorted(((i, j) for i in range(len(alphas1)) for j in range(len(alphas2))), key=lambda c: alphas1[c[0]] == alphas2[c[1]])
@@ -112,13 +115,16 @@ def disentanglement_error(
         cells = tqdm(cells, desc=f"ξ {ev.method} {task1}+{task2}", leave=False)
     for i, j in cells:
         both = ev.logits_many([task1, task2], split, {task1: alphas1[i], task2: alphas2[j]})  # one edit for both sets
-        term1[i, j] = float((both[task1].argmax(-1) != own1[i]).float().mean())
-        term2[i, j] = float((both[task2].argmax(-1) != own2[j]).float().mean())
+        changed[0, i, j] = int((both[task1].argmax(-1) != own1[i]).sum())
+        changed[1, i, j] = int((both[task2].argmax(-1) != own2[j]).sum())
+    changed = ev.ranks.total(changed).numpy()
+    sizes = {t: ev.size(t, split) for t in (task1, task2)}
+    term1, term2 = changed[0] / sizes[task1], changed[1] / sizes[task2]
     xi = term1 + term2
     return Disentanglement(
         task1=task1, task2=task2, alphas1=alphas1, alphas2=alphas2, xi=xi.tolist(), method=ev.method.name, split=split,
         xi_terms={task1: term1.tolist(), task2: term2.tolist()},
-        examples={task1: len(ev._set(task1, split)), task2: len(ev._set(task2, split))},
+        examples=sizes,
         seconds=round(time.perf_counter() - started, 3), forward_passes=ev.forward_passes - passes_before,
     )
 

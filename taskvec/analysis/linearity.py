@@ -11,20 +11,27 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluate import Evaluator, accuracy, encode_jvp
+from ..evaluate import Evaluator, correct, encode_jvp
 from ..results import Linearity
 
 
 def linearity_gap(evaluator: Evaluator, task: str, split: str = "val") -> Linearity:
     """The gap for the task's own vector (α = 1) in a non-linear `evaluator` (one forward pass,
-    cached, and one Jacobian-vector product)."""
-    data = evaluator.sets[(task, split)]
-    head = evaluator.heads[task]
+    cached, and one Jacobian-vector product). Sharded, each rank takes its own rows; the
+    accuracies are summed counts and the norms sum per-row squares in float64 in row order,
+    so the result does not depend on the number of ranks."""
+    data = evaluator.local(task, split)
     fine_tuned = evaluator.logits(task, split, {task: 1.0})
-    f0, jt = encode_jvp(evaluator.base, evaluator.vectors[task].vector, data.inputs, evaluator.chunk, evaluator.device)
-    linearized = head(f0 + jt)
-    pretrained = head(f0)
-    change = torch.linalg.vector_norm(fine_tuned - pretrained)
-    gap = torch.linalg.vector_norm(fine_tuned - linearized)
-    return Linearity(nonlinear=accuracy(fine_tuned, data.labels), linearized=accuracy(linearized, data.labels),
-                     relative_gap=float(gap / change) if change > 0 else 0.0)
+    if len(data):
+        f0, jt = encode_jvp(evaluator.base, evaluator.vectors[task].vector, data.inputs, evaluator.chunk, evaluator.device)
+        linearized, pretrained = evaluator.apply_head(task, f0 + jt), evaluator.apply_head(task, f0)
+    else:
+        linearized = pretrained = fine_tuned
+    ranks = evaluator.ranks
+    counts = ranks.total(torch.tensor([correct(fine_tuned, data.labels), correct(linearized, data.labels)]))
+    sizes = [b - a for a, b in ranks.spans(evaluator.size(task, split), evaluator.chunk)]
+    differences = torch.stack([fine_tuned - pretrained, fine_tuned - linearized], 1)  # (rows, 2, classes)
+    squares = evaluator.by_chunks(lambda part: part.double().square().sum(-1), differences) if len(differences) else differences.new_empty((0, 2), dtype=torch.float64)
+    change, gap = ranks.gather(squares, sizes).sum(0).sqrt().tolist()
+    n = evaluator.size(task, split)
+    return Linearity(nonlinear=int(counts[0]) / n, linearized=int(counts[1]) / n, relative_gap=gap / change if change > 0 else 0.0)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from ..distributed import Ranks
 from ..errors import TaskvecError
 from ..io import atomic_path
 from ..linearize import LinearizedBackbone, forward_ad_safe_attention
@@ -72,6 +73,7 @@ def empirical_ntk(
     kernel: Kernel = "trace",
     max_memory: int | None = None,
     progress: bool = False,
+    ranks: Ranks | None = None,
 ) -> torch.Tensor:
     """Empirical NTK Gram matrix of `model` between the samples of `batch_a` and `batch_b`.
 
@@ -89,11 +91,14 @@ def empirical_ntk(
     max_memory: bytes of Jacobians held at once; None: `default_max_memory()` (a third of
         the available memory, at most 4 GiB). Results do not depend on it beyond rounding.
     progress: a progress bar over the parameter groups (one pass over the samples each).
+    ranks: processes that share the work (`Ranks.of_process_group()` under torchrun): the
+        parameter groups are dealt out among them and every rank returns the whole matrix,
+        equal to one process's to the last bit. Every rank must call this together.
 
     The model is evaluated in eval mode (frozen BatchNorm) and its train/eval mode restored.
     """
     return _ntk(model, [batch_a], None if batch_b is None else [batch_b], output=output, chunk=chunk, kernel=kernel,
-                max_memory=max_memory, progress=progress)
+                max_memory=max_memory, progress=progress, ranks=ranks)
 
 
 def ntk_localization(
@@ -106,6 +111,7 @@ def ntk_localization(
     chunk: int = 32,
     max_memory: int | None = None,
     progress: bool = False,
+    ranks: Ranks | None = None,
 ) -> "NtkLocalization":
     """Local energy of the NTK's top eigenfunctions on a training task D_t and a control D_c.
 
@@ -116,13 +122,14 @@ def ntk_localization(
     (lists of length min(top_k, N)), n_train, n_control, trace_share_train (D_t's share of
     trace K: the kernel's scale on each task), and localization = the mean over
     those eigenfunctions of max(energy_train, energy_control): 1 when each one lives on one
-    task only; ≈0.5 for eigenvectors spread evenly over two equal-sized sets.
+    task only; ≈0.5 for eigenvectors spread evenly over two equal-sized sets. `ranks`: as in
+    `empirical_ntk` (every rank returns the same result).
     """
     if top_k < 1:
         raise TaskvecError(f"top_k must be at least 1, got {top_k}")
     n_train, n_control = _num_samples(batch_train), _num_samples(batch_control)
     gram = _ntk(model, [batch_train, batch_control], None, output=output, chunk=chunk, kernel="trace", max_memory=max_memory,
-                progress=progress)
+                progress=progress, ranks=ranks)
     values, vectors = torch.linalg.eigh(gram.double())
     order = torch.argsort(values, descending=True)[: min(top_k, len(values))]
     values, vectors = values[order], vectors[:, order]
@@ -278,7 +285,9 @@ def _ntk(
     kernel: Kernel,
     max_memory: int | None,
     progress: bool = False,
+    ranks: Ranks | None = None,
 ) -> torch.Tensor:
+    ranks = ranks if ranks is not None else Ranks()
     if kernel not in ("trace", "full"):
         raise TaskvecError(f"unknown kernel {kernel!r}; expected 'trace' or 'full'")
     if chunk < 1:
@@ -341,18 +350,36 @@ def _ntk(
         groups = _groups(names, params, held * num_out * itemsize, max_memory)
         shape = (A.n, B.n) if kernel == "trace" else (A.n, B.n, num_out, num_out)
         gram = torch.zeros(shape, dtype=torch.float64)
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            groups = tqdm(groups, desc=f"NTK of {A.n + (0 if symmetric else B.n)} samples, parameter groups", leave=False)
+            bar = tqdm(total=len(groups), desc=f"NTK of {A.n + (0 if symmetric else B.n)} samples, parameter groups", leave=False)
+
+        def contribution(group: list[str]) -> torch.Tensor:
+            """One parameter group's term J_g J_gᵀ of the Gram matrix."""
+            part = torch.zeros(shape, dtype=torch.float64)
+            group_size = sum(params[n].numel() for n in group)
+            block = max(chunk, max_memory // max(1, group_size * num_out * itemsize))
+            if symmetric:
+                _symmetric_blocks(part, A, group, block, chunk, kernel, jacobians)
+            else:
+                _cross_blocks(part, A, B, group, block, chunk, kernel, jacobians)
+            return part
+
+        # Groups are dealt out in rounds, one per rank; every rank adds each round's terms in
+        # group order, so the sum is the single process's to the last bit.
         with forward_ad_safe_attention():
-            for group in groups:
-                group_size = sum(params[n].numel() for n in group)
-                block = max(chunk, max_memory // max(1, group_size * num_out * itemsize))
-                if symmetric:
-                    _symmetric_blocks(gram, A, group, block, chunk, kernel, jacobians)
-                else:
-                    _cross_blocks(gram, A, B, group, block, chunk, kernel, jacobians)
+            for first in range(0, len(groups), ranks.count):
+                dealt = groups[first : first + ranks.count]
+                own = contribution(dealt[ranks.index]) if ranks.index < len(dealt) else None
+                for source in range(len(dealt)):
+                    term = own if source == ranks.index else torch.empty(shape, dtype=torch.float64)
+                    gram += ranks.broadcast_tensor(term, source)
+                if bar is not None:
+                    bar.update(len(dealt))
+        if bar is not None:
+            bar.close()
     finally:
         model.train(was_training)
     if symmetric:  # the diagonal blocks are symmetric only up to rounding
