@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -525,12 +526,27 @@ def list_names() -> None:
         typer.echo(f"  {name:<20} {task.modality:<6} {task.num_classes:>3} classes  {task.source}")
 
 
+def _which_rank() -> str:
+    """' (rank i of n)' under torchrun, where every rank prints its own errors; else nothing."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f" (rank {os.environ.get('RANK', '?')} of {world})" if world.isdigit() and int(world) > 1 else ""
+
+
+def _tell_torchrun(exc: Exception) -> None:
+    """Under torchrun, the error for its summary of the failed rank (which then stops the others)."""
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(exc)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input ends with a one-line error and exit status 2, never a traceback."""
     try:
         code = app(args=argv, prog_name="taskvec", standalone_mode=False)
     except TaskvecError as exc:
-        typer.echo(f"taskvec: error: {exc}", err=True)
+        typer.echo(f"taskvec: error{_which_rank()}: {exc}", err=True)
+        _tell_torchrun(exc)
         sys.exit(2)
     except Exception as exc:  # usage errors (typer raises its own click-like exceptions)
         import click
