@@ -43,7 +43,8 @@ def run(
     """Fine-tune every task in both modes, evaluate addition and negation, write the report.
 
     Multi-GPU: `torchrun --nproc-per-node N -m taskvec run --config FILE` fine-tunes each task
-    with DistributedDataParallel at the config's global batch size."""
+    with DistributedDataParallel at the config's global batch size and shares every evaluation's
+    examples among the GPUs (the same results as one GPU)."""
     from .distributed import parse_shard
     from .pipeline import run_pipeline
 

@@ -246,6 +246,14 @@ class Evaluator:
         self._jvps[key] = product
         return product
 
+    def prepare_products(self, vectors: list[str], tasks: list[str], split: str) -> None:
+        """J τ of each vector on each task's set, computed now (f_lin methods; else nothing), so
+        that later edits of these vectors cost additions only, whichever rank makes them."""
+        if self.method.linearized:
+            for vector in vectors:
+                for task in tasks:
+                    self._jvp((vector,), task, split)
+
     def _check(self, coeffs: Mapping[str, float]) -> tuple:
         unknown = set(coeffs) - set(self.vectors)
         if unknown:
@@ -285,14 +293,15 @@ class Evaluator:
             out[t] = self.apply_head(t, features)
         return out
 
-    def restricted(self, rows: Mapping[str, torch.Tensor | None], split: str) -> "Evaluator":
+    def restricted(self, rows: Mapping[str, torch.Tensor | None], split: str, ranks: Ranks | None = None) -> "Evaluator":
         """An evaluator of the same edits on a subset of rows of each task's `split` set.
 
         Rows are independent (encoders run in eval mode), so everything already computed on the
         full sets (θ0 features, JVPs, non-linear logits) is sliced and reused, not recomputed.
         `rows[task]` is an index tensor of global rows, or None to keep the whole set. Sharded,
         the subset is shared among the ranks by its own chunk grid, and the cached rows move to
-        the rank that now evaluates them (a collective: every rank calls this together).
+        the rank that now evaluates them (a collective: every rank calls this together);
+        `ranks=Ranks()` gives every rank the whole subset instead.
         """
         sets = {}
         for t in rows:
@@ -300,7 +309,7 @@ class Evaluator:
             index = rows[t]
             sets[(t, split)] = full if index is None else EvalSet({k: v[index] for k, v in full.inputs.items()}, full.labels[index])
         sub = Evaluator(self.base, self.heads, sets, self.vectors, self.method, chunk=self.chunk, device=self.device,
-                        pretrained_cache={}, ranks=self.ranks)
+                        pretrained_cache={}, ranks=self.ranks if ranks is None else ranks)
         for (t, s), values in self.pretrained.items():
             if s == split and t in rows:
                 sub.pretrained[(t, split)] = self._rows_for(sub, t, split, rows[t], values)
@@ -311,7 +320,9 @@ class Evaluator:
     def _rows_for(self, sub: "Evaluator", task: str, split: str, index: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
         """`sub`'s share of the subset `index` of a tensor this evaluator holds for its own rows."""
         if index is None:
-            return values  # the same set, so the same share
+            if sub.ranks == self.ranks:
+                return values  # the same set, shared alike
+            index = torch.arange(self.size(task, split))
         if not self.ranks.sharded:
             return values[index]
         index = torch.as_tensor(index, dtype=torch.long)

@@ -716,7 +716,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bo
     """Every stage of the benchmark; returns the results written to out/results.json.
 
     Under torchrun every rank fine-tunes together (DistributedDataParallel over the global
-    batch) and rank 0 alone evaluates and writes. `shard=(i, n)` fine-tunes only the i-th of n
+    batch) and evaluates together (each rank its share of every evaluation set, counts summed;
+    results equal one process's), and rank 0 alone writes. `shard=(i, n)` fine-tunes only the i-th of n
     shares of the (task, mode) units and stops: several processes (one per GPU) can fill one run
     directory, and a final unsharded run then skips their vectors and evaluates. Returns None
     for a shard and on ranks other than 0.

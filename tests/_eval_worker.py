@@ -109,7 +109,7 @@ def evaluate_all(folder: Path, ranks: Ranks) -> dict:
                        for m, ev in evaluators.items()}
     out["xi"] = {}
     for m, ev in evaluators.items():
-        for examples in (None, 13):  # the whole sets, and a subset (cached rows move between ranks)
+        for examples in (None, 13, 40):  # whole sets (split by rows), subsets (cells dealt out), one set whole
             data = to_data(disentanglement_error(ev, "toy-squares", "toy-stripes", XI_ALPHAS, XI_ALPHAS, max_examples=examples, seed=3))
             data.pop("seconds")
             out["xi"][f"{m.name}/{examples}"] = data

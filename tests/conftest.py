@@ -124,4 +124,13 @@ def tiny_training_setup():
     return model, head, inputs, labels
 
 
+def free_port() -> int:
+    """A TCP port free now, for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 __all__ = ["TaskvecError"]

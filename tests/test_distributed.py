@@ -1,22 +1,16 @@
 """DistributedDataParallel fine-tuning: 2 gloo processes on the CPU give the single-process
 task vector; gradient accumulation and sharding helpers."""
 import dataclasses
-import socket
 
 import pytest
 import torch
 
 import _ddp_worker
+from conftest import free_port
 from taskvec.distributed import parse_shard, shard_units
 from taskvec.errors import TaskvecError
 from taskvec.task_vector import TaskVector
 from taskvec.train import finetune
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _assert_same_vector(a: TaskVector, b: TaskVector, **tol) -> None:
@@ -31,7 +25,7 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     model, head, inputs, labels = _ddp_worker.setup()
     single = {mode: finetune(model, head, inputs, labels, mode=mode, cfg=_ddp_worker.CFG, task="toy-squares", progress=False)
               for mode in ("nonlinear", "linear")}
-    mp.spawn(_ddp_worker.run, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker.run, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for mode in ("nonlinear", "linear"):
         ranks = [TaskVector.load(tmp_path / f"{mode}.rank{r}.safetensors") for r in range(2)]
         _assert_same_vector(ranks[0], ranks[1], rtol=0, atol=0)  # every rank returns the same vector

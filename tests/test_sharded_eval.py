@@ -2,19 +2,13 @@
 results exactly (accuracies as counts, the same α and settings chosen, the same ξ grid and NTK),
 with sets whose rows do not divide evenly among the ranks."""
 import json
-import socket
 
 import pytest
 import torch
 
 import _eval_worker
+from conftest import free_port
 from taskvec.distributed import Ranks
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def test_two_ranks_give_the_single_process_results_exactly(folder):
     import torch.multiprocessing as mp
 
     single = json.loads(json.dumps(_one_thread(lambda: _eval_worker.evaluate_all(folder, Ranks())), sort_keys=True))
-    mp.spawn(_eval_worker.run, args=(2, _free_port(), str(folder)), nprocs=2, join=True)
+    mp.spawn(_eval_worker.run, args=(2, free_port(), str(folder)), nprocs=2, join=True)
     ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
     # the work was shared: every row evaluated by exactly one rank, both ranks busy, uneven shares
     for key, n in single["rows"].items():

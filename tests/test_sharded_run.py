@@ -4,13 +4,15 @@ the whole run with its error and leaves the earlier results as they were."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
+
 
 HERE = Path(__file__).parent
 CONFIG = """
@@ -53,15 +55,9 @@ ntk_eigenfunctions = 6
 EVALUATIONS = ("single_task", "linearity", "merge/task_arithmetic", "merge/ties", "negation", "disentanglement", "ntk")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _taskvec(args: list[str], ranks: int = 1, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port())] if ranks > 1 else [sys.executable]
+                "--master-port", str(free_port())] if ranks > 1 else [sys.executable]
     return subprocess.run([*launcher, str(HERE / "_run_cli.py"), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 

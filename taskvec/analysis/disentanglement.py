@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..distributed import Ranks
 from ..edits import alpha_grid
 from ..errors import TaskvecError
 from ..evaluate import Evaluator
@@ -77,9 +78,10 @@ def disentanglement_error(
     (338 for the default 13×13 grid) — keep the sets small.
 
     Returns a `Disentanglement` (ξ grid, its two terms, example counts, seconds and passes).
-    Under a sharded evaluator (`Evaluator.ranks`) every rank calls this together; each counts
-    the changed predictions of its rows and the counts are summed, so ξ is the single
-    process's exactly.
+    Under a sharded evaluator (`Evaluator.ranks`) every rank calls this together: on whole
+    sets each rank counts the changed predictions of its rows; on a subset every rank holds
+    the subset and computes its share of the grid's cells. Counts are summed, so ξ (and the
+    passes reported) are the single process's exactly.
     """
     if task1 == task2:
         raise TaskvecError(f"disentanglement needs two different tasks, got {task1!r} twice")
@@ -94,21 +96,31 @@ def disentanglement_error(
             raise TaskvecError(f"no head for task {t!r}")
 
     started = time.perf_counter()
+    ranks = evaluator.ranks
     rows = {t: _subset_index(evaluator.size(t, split), max_examples, seed) for t in (task1, task2)}
-    ev = evaluator if all(r is None for r in rows.values()) else evaluator.restricted(rows, split)
+    # Sharded, a subset (200 rows by default) is too small to split by rows; every rank then holds
+    # all of it and the grid's cells are dealt out instead. Whole sets stay split by rows.
+    deal_cells = ranks.sharded and any(r is not None for r in rows.values())
+    if all(r is None for r in rows.values()):
+        ev = evaluator
+    else:
+        ev = evaluator.restricted(rows, split, ranks=Ranks() if deal_cells else None)
     passes_before = ev.forward_passes
 
     def pred(task: str, coeffs: Mapping[str, float]) -> torch.Tensor:
         return ev.logits(task, split, coeffs).argmax(-1)
 
-    # Reference predictions: each task under its own edit only.
+    # Reference predictions: each task under its own edit only; then J τ1 and J τ2 on both sets,
+    # from which the linearized methods sum every cell (α1 = α2 too) without a new pass.
     own1 = [pred(task1, {task1: a}) for a in alphas1]
     own2 = [pred(task2, {task2: b}) for b in alphas2]
-    # Disagreements counted on this rank's rows, summed over the ranks at the end (exact).
+    ev.prepare_products([task1, task2], [task1, task2], split)
+    passes_shared = ev.forward_passes - passes_before
+    # Disagreements counted on this rank's rows (or cells), summed over the ranks (exact).
     changed = torch.zeros((2, len(alphas1), len(alphas2)), dtype=torch.long)
-    # Cells with α1 ≠ α2 first: they need J τ1 and J τ2 on both sets, from which the linearized
-    # evaluator then sums the α1 = α2 cells instead of computing J (τ1 + τ2) anew.
-    cells = sorted(((i, j) for i in range(len(alphas1)) for j in range(len(alphas2))), key=lambda c: alphas1[c[0]] == alphas2[c[1]])
+    cells = [(i, j) for i in range(len(alphas1)) for j in range(len(alphas2))]
+    if deal_cells:
+        cells = cells[ranks.index :: ranks.count]
     if progress:
         from tqdm.auto import tqdm
 
@@ -117,7 +129,12 @@ def disentanglement_error(
         both = ev.logits_many([task1, task2], split, {task1: alphas1[i], task2: alphas2[j]})  # one edit for both sets
         changed[0, i, j] = int((both[task1].argmax(-1) != own1[i]).sum())
         changed[1, i, j] = int((both[task2].argmax(-1) != own2[j]).sum())
-    changed = ev.ranks.total(changed).numpy()
+    cell_passes = torch.tensor([ev.forward_passes - passes_before - passes_shared])
+    if deal_cells:
+        changed, cell_passes = ranks.total(changed), ranks.total(cell_passes)
+    else:
+        changed = ev.ranks.total(changed)
+    changed = changed.numpy()
     sizes = {t: ev.size(t, split) for t in (task1, task2)}
     term1, term2 = changed[0] / sizes[task1], changed[1] / sizes[task2]
     xi = term1 + term2
@@ -125,7 +142,7 @@ def disentanglement_error(
         task1=task1, task2=task2, alphas1=alphas1, alphas2=alphas2, xi=xi.tolist(), method=ev.method.name, split=split,
         xi_terms={task1: term1.tolist(), task2: term2.tolist()},
         examples=sizes,
-        seconds=round(time.perf_counter() - started, 3), forward_passes=ev.forward_passes - passes_before,
+        seconds=round(time.perf_counter() - started, 3), forward_passes=passes_shared + int(cell_passes),
     )
 
 
