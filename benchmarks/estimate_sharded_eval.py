@@ -2,7 +2,10 @@
 counts of the work each stage does, the granularity of sharding (a rank takes whole chunks of
 `eval.chunk` rows, so a set of fewer chunks than ranks leaves ranks idle) and, where given, the
 share of each stage that did not shrink with ranks in the CPU measurement of
-bench_sharded_eval.py (Amdahl: s = 2 / speed-up − 1 with 2 ranks).
+bench_sharded_eval.py (Amdahl: s = 2 / speed-up − 1 with 2 ranks). Each N-GPU cell gives both:
+FLOPs and granularity alone (the bound), then with that unshared share (pessimistic: on the
+CPU the unshared work — data preparation, building each edited model, merging — weighs more
+against a forward pass of 32-px EfficientNet-Lite0 than against one of a ViT at 224 px).
 
     .venv/bin/python benchmarks/estimate_sharded_eval.py --config configs/paper-vit-b-32.toml \\
         --measured runs/bench-sharded-eval/summary.json --ranks 8 --chunk 512 64
@@ -38,19 +41,24 @@ TFLOPS = 20.0
 
 @dataclass
 class Work:
-    """Passes over evaluation sets: (rows, forward-equivalents per row) items."""
+    """Passes over evaluation sets, (rows, forward-equivalents per row): split by rows among
+    the ranks (`passes`), dealt out whole (`dealt`: ξ's cells) or made by every rank (`everywhere`)."""
 
     passes: list[tuple[int, float]] = field(default_factory=list)
+    dealt: list[tuple[int, float]] = field(default_factory=list)
+    everywhere: list[tuple[int, float]] = field(default_factory=list)
 
     def add(self, rows: int, cost: float, times: int = 1) -> None:
         self.passes += [(rows, cost)] * times
 
     def total(self) -> float:
-        return sum(n * c for n, c in self.passes)
+        return sum(n * c for n, c in self.passes + self.dealt + self.everywhere)
 
     def slowest_rank(self, ranks: int, chunk: int) -> float:
         """Forward-equivalents of the busiest rank: each pass waits for its largest share."""
-        return sum(max(b - a for a, b in Ranks(0, ranks).spans(n, chunk)) * c for n, c in self.passes)
+        split = sum(max(b - a for a, b in Ranks(0, ranks).spans(n, chunk)) * c for n, c in self.passes)
+        dealt = math.ceil(len(self.dealt) / ranks) * max((n * c for n, c in self.dealt), default=0)
+        return split + dealt + sum(n * c for n, c in self.everywhere)
 
 
 def stage_work(cfg, methods) -> dict[str, Work]:
@@ -98,10 +106,12 @@ def stage_work(cfg, methods) -> dict[str, Work]:
     a = cfg.analysis
     side = int(round((a.disentanglement_max - a.disentanglement_min) / a.disentanglement_step)) + 1
     w = work["disentanglement (with --analyses)"] = Work()
-    for _ in on_f:  # one pair: each own edit on its set, every cell on both sets
-        w.add(a.disentanglement_examples, 1, 2 * side + 2 * side * side)
-    for _ in on_flin:  # J τ1, J τ2 on both subsets, when not cached from the sweeps
-        w.add(a.disentanglement_examples, JVP, 4)
+    rows = a.disentanglement_examples
+    for _ in on_f:  # one pair: each own edit on its set (every rank), every cell on both sets (dealt out)
+        w.everywhere += [(rows, 1)] * (2 * side)
+        w.dealt += [(2 * rows, 1)] * (side * side)
+    for _ in on_flin:  # J τ1, J τ2 on both subsets (every rank), when not cached from the sweeps
+        w.everywhere += [(rows, JVP)] * 4
     return work
 
 
@@ -142,25 +152,36 @@ def main() -> None:
     n = args.ranks
     print(f"{cfg.backbone}, {len(cfg.tasks)} tasks, {len(cfg.merge.methods)} merge methods, methods {', '.join(m.name for m in methods)}; "
           f"{gflop:g} GFLOP per image, JVP = {JVP:g} forward passes, {TFLOPS:g} TFLOP/s\n")
-    head = " | ".join(f"{n} GPUs, chunk {c}" for c in chunks)
+    head = " | ".join(f"{n} GPUs, chunk {c} (FLOPs – with CPU share)" for c in chunks)
     print(f"| stage | forward-equivalents | 1 GPU | {head} | unshared share (CPU, 2 ranks) |")
     print("|---|---|---|" + "---|" * len(chunks) + "---|")
-    totals = [0.0] * (len(chunks) + 1)
+    totals = [0.0] * (2 * len(chunks) + 1)
     for key, work in stage_work(cfg, methods).items():
         one = hours(work.total(), gflop)
-        s = unshared.get(key, unshared.get("merge/tsv_m" if key.startswith("merge/") else key, 0.0))
-        many = [s * one + (1 - s) * hours(work.slowest_rank(n, c), gflop) for c in chunks]
+        stage = key.split(" ")[0]
+        s = unshared.get(stage, unshared.get("merge/tsv_m", 0.0) if stage.startswith("merge/") else 0.0)
+        shared = [hours(work.slowest_rank(n, c), gflop) for c in chunks]
+        many = [s * one + (1 - s) * h for h in shared]
         if "analyses" not in key:
-            totals = [t + v for t, v in zip(totals, [one, *many])]
-        cells = " | ".join(duration(h) for h in many)
+            totals = [t + v for t, v in zip(totals, [one, *shared, *many])]
+        cells = " | ".join(f"{duration(a)} – {duration(b)}" for a, b in zip(shared, many))
         print(f"| {key} | {work.total() / 1e6:.2f} M | {duration(one)} | {cells} | {s:.2f} |")
     fe, groups = ntk_work(cfg, cfg.backbone, args.ntk_memory_gib * 2**30)
     s = unshared.get("ntk", 0.0)
     one = hours(fe, gflop)
     shared = one * math.ceil(groups / n) / groups
     print(f"| ntk (with --analyses; {groups} parameter groups) | {fe / 1e6:.0f} M | {one:.1f} h | "
-          + " | ".join(f"{s * one + (1 - s) * shared:.1f} h" for _ in chunks) + f" | {s:.2f} |")
-    print(f"| evaluation without analyses | | {totals[0]:.1f} h | " + " | ".join(f"{t:.1f} h ({totals[0] / t:.1f}×)" for t in totals[1:]) + " | |")
+          + " | ".join(f"{shared:.1f} h – {s * one + (1 - s) * shared:.1f} h" for _ in chunks) + f" | {s:.2f} |")
+    k = len(chunks)
+    print(f"| evaluation without analyses | | {totals[0]:.1f} h | "
+          + " | ".join(f"{a:.1f} h ({totals[0] / a:.1f}×) – {b:.1f} h ({totals[0] / b:.1f}×)" for a, b in zip(totals[1 : k + 1], totals[k + 1 :]))
+          + " | |")
+    validation = [SIZES[t][0] for t in cfg.tasks]
+    for c in chunks:
+        busiest = sum(max(b - a for a, b in Ranks(0, n).spans(rows, c)) for rows in validation)
+        print(f"\nchunk {c}: the busiest of {n} GPUs evaluates {busiest:,} of the {sum(validation):,} validation images "
+              f"({sum(validation) / busiest:.1f}× rather than {n}×)", end="")
+    print()
 
 
 if __name__ == "__main__":
