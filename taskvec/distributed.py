@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence, TypeVar
+from typing import Iterator, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -208,7 +208,3 @@ class Ranks:
         _dist().broadcast(buffer, src=source)
         return buffer.cpu()
 
-
-def ranks_of(obj: Any) -> Ranks:
-    """An object's `ranks` attribute, or one process alone."""
-    return getattr(obj, "ranks", None) or Ranks()

@@ -41,7 +41,7 @@ def test_two_ranks_give_the_single_process_results_exactly(folder):
     assert ranks[0]["rows"]["toy-squares/test"] == 16 and ranks[1]["rows"]["toy-squares/test"] == 22
     assert ranks[0]["rows"]["toy-noise/val"] == 0  # one chunk: rank 0 holds nothing and still takes part
     for rank in ranks:
-        for section in ("single_task", "counts", "addition", "ties", "negation", "xi", "linearity", "ntk"):
+        for section in ("single_task", "counts", "addition", "ties", "negation", "xi", "restricted", "linearity", "ntk"):
             assert rank[section] == single[section], section
     # the comparison has teeth: edits change the numbers, and the merge searched its grid
     assert sum(len({p["val_absolute"] for p in r["curve"]}) > 1 for r in single["addition"].values()) >= 2

@@ -129,12 +129,10 @@ def disentanglement_error(
         both = ev.logits_many([task1, task2], split, {task1: alphas1[i], task2: alphas2[j]})  # one edit for both sets
         changed[0, i, j] = int((both[task1].argmax(-1) != own1[i]).sum())
         changed[1, i, j] = int((both[task2].argmax(-1) != own2[j]).sum())
-    cell_passes = torch.tensor([ev.forward_passes - passes_before - passes_shared])
+    changed = ranks.total(changed).numpy()
+    cell_passes = ev.forward_passes - passes_before - passes_shared  # alike on every rank when rows are split
     if deal_cells:
-        changed, cell_passes = ranks.total(changed), ranks.total(cell_passes)
-    else:
-        changed = ev.ranks.total(changed)
-    changed = changed.numpy()
+        cell_passes = int(ranks.total(torch.tensor([cell_passes])))
     sizes = {t: ev.size(t, split) for t in (task1, task2)}
     term1, term2 = changed[0] / sizes[task1], changed[1] / sizes[task2]
     xi = term1 + term2
@@ -142,7 +140,7 @@ def disentanglement_error(
         task1=task1, task2=task2, alphas1=alphas1, alphas2=alphas2, xi=xi.tolist(), method=ev.method.name, split=split,
         xi_terms={task1: term1.tolist(), task2: term2.tolist()},
         examples=sizes,
-        seconds=round(time.perf_counter() - started, 3), forward_passes=passes_shared + int(cell_passes),
+        seconds=round(time.perf_counter() - started, 3), forward_passes=passes_shared + cell_passes,
     )
 
 
