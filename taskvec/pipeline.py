@@ -722,11 +722,19 @@ def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bo
     directory, and a final unsharded run then skips their vectors and evaluates. Returns None
     for a shard and on ranks other than 0.
     """
+    with session(cfg):
+        return run_graph(cfg, RunDir(out), log, progress, shard)
+
+
+@contextmanager
+def session(cfg: RunConfig) -> Iterator[None]:
+    """A command's work in this process: joined to torchrun's process group when launched by it
+    (fine-tunes and evaluations then use every rank), with the config's thread count."""
     init_from_env()
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        return run_graph(cfg, RunDir(out), log, progress, shard)
+        yield
     finally:
         cleanup()
 

@@ -19,7 +19,7 @@ from .errors import TaskvecError
 from .io import write_text
 from .kinds import FINETUNE_MODES, method_for_vector
 from .merging import TASK_ARITHMETIC
-from .pipeline import FINETUNE, HEADS, Log, RunContext, RunDir, build_graph, newer_than, run_modes
+from .pipeline import FINETUNE, HEADS, Log, RunContext, RunDir, build_graph, newer_than, run_modes, session
 from .results import MergeResult, SingleTask
 from .stages import Graph, Outcome, Stage, execute
 from .tuning import TUNE_CRITERIA, TunePoint, TuneResult, render_markdown, tune_modes
@@ -197,7 +197,10 @@ def run_nested(graph: Graph, cfg: RunConfig, run_dir: RunDir, runs: list[SubRun]
 
 
 def run_tune(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True) -> TuneResult | None:
-    """`taskvec tune`: the grid's sub-runs (finished points are reused) and the choice."""
+    """`taskvec tune`: the grid's sub-runs (finished points are reused) and the choice. Under
+    torchrun every rank fine-tunes and evaluates together; ranks other than 0 return None."""
     run_dir = RunDir(out)
-    ctx = run_nested(tune_graph(cfg, run_dir), cfg, run_dir, [p.run for p in tune_grid(cfg, run_dir)], log, progress, compared=without_tuned)
+    with session(cfg):
+        ctx = run_nested(tune_graph(cfg, run_dir), cfg, run_dir, [p.run for p in tune_grid(cfg, run_dir)], log, progress,
+                         compared=without_tuned)
     return ctx.outcome.results.get(TUNE)

@@ -133,3 +133,42 @@ def test_a_failure_on_one_rank_ends_every_rank_with_the_error(single_run, tmp_pa
     assert not (copy / "stages" / "negation.json").exists() and not (copy / "results.json").exists()
     for path, data in before.items():
         assert path.read_bytes() == data, path  # nothing that was there was touched or half-written
+
+
+TUNE_CONFIG = """
+name = "tiny-tune"
+backbone = "tiny-cnn"
+tasks = ["toy-squares", "toy-stripes"]
+threads = 1
+[backbone_options]
+image_size = 8
+[data]
+max_train = 48
+max_val = 30
+max_test = 30
+[train]
+modes = ["nonlinear"]
+[train.nonlinear]
+steps = 4
+batch_size = 16
+lr = 1e-2
+warmup_steps = 1
+[eval]
+alpha_step = 0.5
+chunk = 8
+[merge]
+methods = ["task_arithmetic"]
+[tune.lr]
+nonlinear = [3e-3, 1e-2]
+"""
+
+
+def test_tune_under_torchrun_shares_the_work_and_writes_once(tmp_path):
+    config = tmp_path / "tune.toml"
+    config.write_text(TUNE_CONFIG)
+    done = _taskvec(["tune", "--config", str(config), "--out", str(tmp_path / "tune"), "--no-progress"], ranks=2)
+    assert done.returncode == 0, done.stderr[-3000:]  # one process group: no second run refused by the lock
+    assert done.stdout.count("wrote ") == 1 and done.stdout.count("by single-task") == 1  # rank 0 alone reports
+    assert done.stderr.count("[done] nonlinear/lr0.01-4/merge/task_arithmetic") == 1
+    result = json.loads((tmp_path / "tune" / "tune.json").read_text())["result"]
+    assert [p["lr"] for p in result["modes"]["nonlinear"]["points"]] == [3e-3, 1e-2]
