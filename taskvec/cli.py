@@ -283,9 +283,10 @@ def evaluate(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Accuracy of θ0 + α τ on each task (JSON on stdout)."""
+    from .distributed import Ranks, device_for, is_main
     from .evaluate import EvalSet, Evaluator
     from .kinds import PRETRAINED, method_for_vector
-    from .pipeline import build_head, prepare_tasks
+    from .pipeline import build_head, prepare_tasks, session
     from .task_vector import TaskVector
 
     finite(alpha, "--alpha")
@@ -293,19 +294,22 @@ def evaluate(
     if split not in ("val", "test"):
         raise TaskvecError(f"unknown split {split!r}; expected 'val' or 'test'")
     names = list(tasks) or list(cfg.tasks)
-    backbone = cfg.build_backbone()
-    prepared = prepare_tasks(backbone, names, cfg)
-    heads = {n: build_head(backbone, prepared[n], cfg) for n in names}
-    sets: dict[tuple[str, str], EvalSet] = {(n, split): prepared[n].sets[split] for n in names}
-    if vector is None:
-        vectors, coeffs, method = {}, {}, PRETRAINED
-    else:
-        tv = TaskVector.load(vector)
-        method = method_for_vector(tv.mode, linearized=posthoc)
-        vectors, coeffs = {"edit": tv}, {"edit": alpha}
-    ev = Evaluator(backbone, heads, sets, vectors, method, chunk=cfg.eval.chunk, device=cfg.device)
-    result = {n: ev.accuracy(n, split, coeffs) for n in names}
-    typer.echo(json.dumps({"method": method.name, "alpha": alpha if vector else 0.0, "split": split, "accuracy": result}, indent=2))
+    with session(cfg):  # under torchrun the ranks share the examples
+        backbone = cfg.build_backbone()
+        prepared = prepare_tasks(backbone, names, cfg)
+        heads = {n: build_head(backbone, prepared[n], cfg) for n in names}
+        sets: dict[tuple[str, str], EvalSet] = {(n, split): prepared[n].sets[split] for n in names}
+        if vector is None:
+            vectors, coeffs, method = {}, {}, PRETRAINED
+        else:
+            tv = TaskVector.load(vector)
+            method = method_for_vector(tv.mode, linearized=posthoc)
+            vectors, coeffs = {"edit": tv}, {"edit": alpha}
+        ev = Evaluator(backbone, heads, sets, vectors, method, chunk=cfg.eval.chunk, device=device_for(cfg.device),
+                       ranks=Ranks.of_process_group())
+        result = ev.accuracies(names, split, coeffs)
+        if is_main():
+            typer.echo(json.dumps({"method": method.name, "alpha": alpha if vector else 0.0, "split": split, "accuracy": result}, indent=2))
 
 
 @app.command()
@@ -325,8 +329,9 @@ def disentanglement(
     import dataclasses
 
     from .analysis import plot_disentanglement
+    from .distributed import Ranks, is_main
     from .io import write_json
-    from .pipeline import disentanglement_of_vectors
+    from .pipeline import disentanglement_of_vectors, session
     from .typed import to_data
     from .task_vector import TaskVector
 
@@ -336,7 +341,12 @@ def disentanglement(
     cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(
         cfg.analysis, disentanglement_min=alpha_min, disentanglement_max=alpha_max, disentanglement_step=alpha_step,
         disentanglement_examples=examples))
-    results = disentanglement_of_vectors(cfg, [TaskVector.load(p) for p in vectors], posthoc=posthoc, split=split, progress=progress)
+    with session(cfg):  # under torchrun the ranks share the work
+        main = is_main()  # asked inside: after the session every process is alone
+        results = disentanglement_of_vectors(cfg, [TaskVector.load(p) for p in vectors], posthoc=posthoc, split=split,
+                                             progress=progress and main, ranks=Ranks.of_process_group())
+    if not main:
+        return
     first = next(iter(results.values()))
     figure = out / f"disentanglement_{first.task1}_{first.task2}.png"
     write_json(out / "disentanglement.json", to_data(results))
@@ -361,18 +371,24 @@ def ntk(
     import dataclasses
 
     from .analysis import plot_ntk_localization
+    from .distributed import Ranks, is_main
     from .io import write_json
-    from .pipeline import build_head, ntk_results, prepare_tasks
+    from .pipeline import build_head, ntk_results, prepare_tasks, session
     from .typed import to_data
 
     if task == control:
         raise TaskvecError(f"the control task must differ from the training task, got {task!r} twice")
     cfg = _config(config)
     cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, ntk_examples=examples, ntk_eigenfunctions=eigenfunctions))
-    backbone = cfg.build_backbone()
-    prepared = prepare_tasks(backbone, [task, control], cfg)
-    heads = {task: build_head(backbone, prepared[task], cfg)}
-    result = ntk_results(backbone, heads, prepared, task, control, cfg, random_init=random_init, progress=progress)
+    with session(cfg):  # under torchrun the ranks share the parameter groups
+        backbone = cfg.build_backbone()
+        prepared = prepare_tasks(backbone, [task, control], cfg)
+        heads = {task: build_head(backbone, prepared[task], cfg)}
+        main = is_main()  # asked inside: after the session every process is alone
+        result = ntk_results(backbone, heads, prepared, task, control, cfg, random_init=random_init, progress=progress and main,
+                             ranks=Ranks.of_process_group())
+    if not main:
+        return
     write_json(out / "ntk.json", to_data(result))
     plot_ntk_localization(result.models, out / "ntk_localization.png", task, control)
     for label, r in result.models.items():

@@ -448,13 +448,14 @@ def disentanglement_stage(ctx: RunContext) -> dict[str, dict[str, Disentanglemen
 
 
 def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, posthoc: bool = False, split: str = "val",
-                               progress: bool = True) -> dict[str, Disentanglement]:
+                               progress: bool = True, ranks: Ranks | None = None) -> dict[str, Disentanglement]:
     """ξ heatmaps for the task vectors of two tasks, on the config's backbone and data.
 
     Each mode's vectors are evaluated by the method of that mode (non-linear vectors on f,
     linearized ones on f_lin) and, with `posthoc`, non-linear vectors also on f_lin; each mode
     present must hold one vector for each of the same two tasks. Grid and example count come
-    from cfg.analysis. Returns {method name: Disentanglement}.
+    from cfg.analysis. `ranks` share the work (every rank calls this; all get the results).
+    Returns {method name: Disentanglement}.
     """
     by_mode: dict[FinetuneMode, dict[str, TaskVector]] = {}
     for vector in vectors:
@@ -481,7 +482,8 @@ def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, pos
     shared: dict = {}
     results = {}
     for method in methods:
-        ev = Evaluator(backbone, heads, sets, by_mode[method.vectors], method, chunk=cfg.eval.chunk, device=cfg.device, pretrained_cache=shared)
+        ev = Evaluator(backbone, heads, sets, by_mode[method.vectors], method, chunk=cfg.eval.chunk, device=device_for(cfg.device),
+                       pretrained_cache=shared, ranks=ranks)
         results[method.name] = _disentanglement(ev, tasks[0], tasks[1], cfg, split, progress)
     return results
 

@@ -172,3 +172,25 @@ def test_tune_under_torchrun_shares_the_work_and_writes_once(tmp_path):
     assert done.stderr.count("[done] nonlinear/lr0.01-4/merge/task_arithmetic") == 1
     result = json.loads((tmp_path / "tune" / "tune.json").read_text())["result"]
     assert [p["lr"] for p in result["modes"]["nonlinear"]["points"]] == [3e-3, 1e-2]
+
+
+def test_evaluate_disentanglement_and_ntk_commands_share_the_work_with_the_same_results(single_run, tmp_path):
+    config, out = single_run
+    vectors = [str(out / "vectors" / f"{t}.linear.safetensors") for t in ("toy-squares", "toy-stripes")]
+    commands = {
+        "evaluate": ["evaluate", vectors[0], "--alpha", "0.5", "--split", "val"],
+        "disentanglement": ["disentanglement", *vectors, "--examples", "19", "--alpha-step", "1.5", "--no-progress"],
+        "ntk": ["ntk", "--task", "toy-squares", "--control", "toy-stripes", "--examples", "12", "--eigenfunctions", "6", "--no-progress"],
+    }
+    for name, args in commands.items():
+        outputs = {}
+        for ranks in (1, 2):
+            target = tmp_path / f"{name}-{ranks}"
+            done = _taskvec([*args, "--config", str(config), *([] if name == "evaluate" else ["--out", str(target)])], ranks=ranks)
+            assert done.returncode == 0, done.stderr[-3000:]
+            if name == "evaluate":
+                outputs[ranks] = json.loads(done.stdout)  # printed once, by rank 0
+            else:
+                outputs[ranks] = _without_seconds(json.loads((target / f"{name}.json").read_text()))
+                assert done.stdout.count("wrote ") == 1  # one process group: rank 0 alone writes and reports
+        assert outputs[2] == outputs[1], name
