@@ -188,9 +188,10 @@ def finetune(
     else its defaults; --set overrides its settings)."""
     import dataclasses
 
+    from .distributed import device_for, is_main
     from .io import check_output
     from .kinds import FINETUNE_MODES
-    from .pipeline import build_head, prepare_tasks
+    from .pipeline import build_head, prepare_tasks, session
     from .registry import parse_settings
     from .train import TrainConfig
     from .train import finetune as run_finetune
@@ -203,16 +204,20 @@ def finetune(
         raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' inputs: name them with --other TASK")
     train_modes = cfg.train if kind.name in cfg.train.modes else dataclasses.replace(
         cfg.train, modes={kind.name: TrainConfig(lr=kind.lr, settings=kind.resolve({}))})
-    backbone = cfg.build_backbone()
-    prepared = prepare_tasks(backbone, [task, *others], cfg)
-    head = build_head(backbone, prepared[task], cfg)
-    train = prepared[task].sets["train"]
-    loop = train_modes.for_task(kind, task, len(train))
-    loop = dataclasses.replace(loop, settings=kind.resolve({**loop.settings, **given}))
-    vector = run_finetune(backbone, head, train.inputs, train.labels, mode=kind, cfg=loop, task=task, checkpoint=checkpoint,
-                          device=cfg.device, progress=progress, others=[prepared[o].sets["train"].inputs for o in others])
-    vector.save(out)
-    typer.echo(f"wrote {out} ({kind.name} task vector of {task}, norm {vector.norm():.4f})")
+    with session(cfg):  # under torchrun: DistributedDataParallel over the ranks
+        main = is_main()
+        backbone = cfg.build_backbone()
+        prepared = prepare_tasks(backbone, [task, *others], cfg)
+        head = build_head(backbone, prepared[task], cfg)
+        train = prepared[task].sets["train"]
+        loop = train_modes.for_task(kind, task, len(train))
+        loop = dataclasses.replace(loop, settings=kind.resolve({**loop.settings, **given}))
+        vector = run_finetune(backbone, head, train.inputs, train.labels, mode=kind, cfg=loop, task=task, checkpoint=checkpoint,
+                              device=device_for(cfg.device), progress=progress and main,
+                              others=[prepared[o].sets["train"].inputs for o in others])
+    if main:
+        vector.save(out)
+        typer.echo(f"wrote {out} ({kind.name} task vector of {task}, norm {vector.norm():.4f})")
 
 
 @app.command()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import free_port
 
@@ -194,3 +195,20 @@ def test_evaluate_disentanglement_and_ntk_commands_share_the_work_with_the_same_
                 outputs[ranks] = _without_seconds(json.loads((target / f"{name}.json").read_text()))
                 assert done.stdout.count("wrote ") == 1  # one process group: rank 0 alone writes and reports
         assert outputs[2] == outputs[1], name
+
+
+def test_finetune_command_under_torchrun_trains_once_over_both_ranks(single_run, tmp_path):
+    from taskvec.task_vector import TaskVector
+
+    config, _ = single_run
+    vectors = {}
+    for ranks in (1, 2):
+        target = tmp_path / f"squares-{ranks}.safetensors"
+        done = _taskvec(["finetune", "--task", "toy-squares", "--mode", "linear", "--out", str(target), "--config", str(config),
+                         "--no-progress"], ranks=ranks)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("wrote ") == 1
+        vectors[ranks] = TaskVector.load(target)
+    assert vectors[2].info["processes"] == 2 and vectors[1].info["processes"] == 1  # DistributedDataParallel, same global batch
+    for name, tensor in vectors[1].vector.items():
+        torch.testing.assert_close(vectors[2].vector[name], tensor, rtol=1e-4, atol=1e-6)
