@@ -198,8 +198,8 @@ class Evaluator:
     def _features_dim(self, task: str) -> int:
         return self.heads[task].weight.shape[1]
 
-    def _encode(self, encoder: torch.nn.Module, task: str, split: str) -> torch.Tensor:
-        """Features of this rank's rows (a rank without rows runs nothing)."""
+    def _encode(self, encoder: torch.nn.Module | None, task: str, split: str) -> torch.Tensor:
+        """Features of this rank's rows (a rank without rows runs nothing, and needs no encoder)."""
         data = self.local(task, split)
         if not len(data):
             return torch.empty(0, self._features_dim(task))
@@ -278,8 +278,7 @@ class Evaluator:
             if missing:
                 edited = channels_last(self.edited_model(coeffs)) if any(len(self.local(t, split)) for t in missing) else None
                 for t in missing:
-                    self._logits[(key, t, split)] = self.apply_head(t, self._encode(edited, t, split) if edited is not None
-                                                               else torch.empty(0, self._features_dim(t)))
+                    self._logits[(key, t, split)] = self.apply_head(t, self._encode(edited, t, split))
                     self.forward_passes += 1
             return {t: self._logits[(key, t, split)] for t in tasks}
         groups: dict[float, list[str]] = {}
@@ -327,12 +326,11 @@ class Evaluator:
             return values[index]
         index = torch.as_tensor(index, dtype=torch.long)
         spans = self.ranks.spans(self.size(task, split), self.chunk)
-        start, stop = spans[self.ranks.index]
-        mine = (index >= start) & (index < stop)
+        held = [(index >= a) & (index < b) for a, b in spans]  # which subset rows each rank holds
+        start = spans[self.ranks.index][0]
         # every rank's subset rows, in rank order, then put back in the subset's order
-        held = [int(((index >= a) & (index < b)).sum()) for a, b in spans]
-        gathered = self.ranks.gather(values[index[mine] - start], held)
-        order = torch.cat([torch.nonzero((index >= a) & (index < b)).flatten() for a, b in spans])
+        gathered = self.ranks.gather(values[index[held[self.ranks.index]] - start], [int(m.sum()) for m in held])
+        order = torch.cat([torch.nonzero(m).flatten() for m in held])
         subset = torch.empty_like(gathered)
         subset[order] = gathered
         a, b = sub.ranks.span(len(index), sub.chunk)
