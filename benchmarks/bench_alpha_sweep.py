@@ -1,8 +1,8 @@
 """Exact fast α sweeps: a task-addition sweep of a linearized model, fast path vs direct.
 
-The default benchmark's setting: `RunConfig()` (EfficientNet-Lite0 at 32 px; tasks mnist,
+The default benchmark's setting: `load_config(None)` (EfficientNet-Lite0 at 32 px; tasks mnist,
 animal-mnist, ising, textile; validation sets of the default size), prototype heads from
-`taskvec.pipeline.build_head`, linear task vectors τ_t (a few steps of
+`taskvec.pipeline.setup.build_head`, linear task vectors τ_t (a few steps of
 `finetune(mode="linear")`, or the vectors of a finished run with `--run DIR`).
 
 The sweep is the paper's addition sweep on validation: the single-task accuracy of each τ_t
@@ -43,13 +43,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from taskvec.config import RunConfig  # noqa: E402
-from taskvec.edits import alpha_grid  # noqa: E402
+from taskvec.config import alpha_grid, load_config  # noqa: E402
 from taskvec.evaluate import Evaluator, accuracy, encode, encode_jvp  # noqa: E402
 from taskvec.io import load_tensors  # noqa: E402
 from taskvec.models import build_backbone  # noqa: E402
 from taskvec.models.heads import ClassificationHead  # noqa: E402
-from taskvec.pipeline import build_head, prepare_tasks  # noqa: E402
+from taskvec.pipeline.setup import build_head, prepare_tasks  # noqa: E402
 from taskvec.task_vector import TaskVector, base_identity, sum_vectors  # noqa: E402
 from taskvec.train import finetune  # noqa: E402
 
@@ -118,7 +117,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = RunConfig()
+    cfg = load_config(None)  # the default benchmark
     if args.tasks:
         cfg = dataclasses.replace(cfg, tasks=args.tasks)
     if args.max_val:
@@ -137,7 +136,7 @@ def main() -> int:
             source = f"run {args.run}"
         else:
             heads = {t: build_head(backbone, prepared[t], cfg) for t in tasks}
-            tcfg = dataclasses.replace(cfg.train.linear, steps=args.steps, warmup_steps=min(2, args.steps), lr=args.lr)
+            tcfg = dataclasses.replace(cfg.train["linear"], steps=args.steps, warmup_steps=min(2, args.steps), lr=args.lr)
             vectors = {}
             for t in tasks:
                 train = prepared[t].sets["train"]

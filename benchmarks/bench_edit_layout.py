@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from taskvec.config import RunConfig
+from taskvec.config import load_config
 from taskvec.evaluate import channels_last, encode
 from taskvec.kinds import NONLINEAR
 from taskvec.merging import TASK_ARITHMETIC
-from taskvec.pipeline import RunContext, RunDir
+from taskvec.pipeline.context import RunContext
+from taskvec.pipeline.rundir import RunDir
 from taskvec.task_vector import TaskVector, base_identity
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--run", type=Path, default=None, help="a finished default run directory (its vectors)")
     args = parser.parse_args()
-    cfg = RunConfig()
+    cfg = load_config(None)  # the default benchmark
     ctx = RunContext(cfg, RunDir(args.run or Path("/nonexistent")), log=lambda m: None, progress=False)
     base = ctx.backbone
     tasks = ctx.roles.tasks

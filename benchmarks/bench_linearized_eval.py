@@ -7,7 +7,7 @@ it cannot beat by much. The script times, interleaved per round on the same batc
 (τ random, of a fine-tune's size):
 
 - plain: f(x; θ0), inputs as taskvec's evaluator feeds them (channels-last images on CPU);
-- taskvec: `taskvec.linearize.jvp` (primal and tangent), as the evaluator calls it;
+- taskvec: `taskvec.linearization.jvp` (primal and tangent), as the evaluator calls it;
 - reference: `torch.func.jvp` of the whole model (math attention kernel), the paper's way.
 
     .venv/bin/python benchmarks/bench_linearized_eval.py                       # both backbones
@@ -28,7 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_linearized_step import build_base, make_batch  # noqa: E402
 
-from taskvec.linearize import jvp, preferred_layout  # noqa: E402
+from taskvec.linearization import jvp, preferred_layout  # noqa: E402
 
 
 def measure(name: str, args: argparse.Namespace) -> None:

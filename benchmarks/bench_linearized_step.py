@@ -6,12 +6,12 @@ clipping, AdamW step) is timed for three variants:
 
   nonlinear  f(x; θ), as `taskvec.train.finetune(mode="nonlinear")` trains it (channels-last images on
              CPU; `--contiguous-nonlinear` adds the contiguous layout it used before).
-  linear     f_lin(x; θ) through `taskvec.linearize.LinearizedBackbone`, as
+  linear     f_lin(x; θ) through `taskvec.linearization.LinearizedBackbone`, as
              `finetune(mode="linear")` trains it.
   reference  f_lin the straightforward way, as the paper's code does: the forward is
              `torch.func.jvp(lambda *p: functional_call(model, p, x), θ0, θ − θ0)` on the whole
              model, and autograd back-propagates through it (attention on the math SDPA kernel,
-             which forward-mode AD needs). Written here, independently of taskvec.linearize.
+             which forward-mode AD needs). Written here, independently of taskvec.linearization.
 
 The variants run in interleaved rounds (nonlinear, linear, reference, nonlinear, ...) so that
 noise from other processes on the machine hits all three alike. For each variant the script
@@ -72,7 +72,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from taskvec.linearize import LinearizedBackbone  # noqa: E402
+from taskvec.linearization import LinearizedBackbone  # noqa: E402
 from taskvec.models import build_backbone  # noqa: E402
 from taskvec.models.heads import ClassificationHead, Classifier  # noqa: E402
 
@@ -80,7 +80,7 @@ BACKBONES = ("effnet-lite0", "minilm")
 VARIANTS = ("nonlinear", "linear", "reference")
 RATIOS = (("linear", "nonlinear"), ("linear", "reference"), ("reference", "nonlinear"), ("linear", "nonlinear-contiguous"))
 NUM_CLASSES = 10
-LR, WEIGHT_DECAY, GRAD_CLIP = 3e-5, 0.1, 1.0  # taskvec.train.TrainConfig's defaults
+LR, WEIGHT_DECAY, GRAD_CLIP = 3e-5, 0.1, 1.0  # non-linear FT's default lr; TrainConfig's weight decay and clipping
 
 
 # --------------------------------------------------------------------------- the reference
@@ -106,7 +106,7 @@ class ReferenceLinearized(nn.Module):
 
 class ChannelsLastInput(nn.Module):
     """The non-linear model fed channels-last images, as taskvec trains it on CPU (and as
-    taskvec.linearize feeds the linearized one)."""
+    taskvec.linearization feeds the linearized one)."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()

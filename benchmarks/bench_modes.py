@@ -38,7 +38,7 @@ def probe(args: argparse.Namespace) -> dict:
     from taskvec.config import load_config
     from taskvec.kinds import FINETUNE_MODES
     from taskvec.models import build_backbone
-    from taskvec.pipeline import build_head, prepare_tasks
+    from taskvec.pipeline.setup import build_head, prepare_tasks
     from taskvec.train import finetune
 
     torch.set_num_threads(args.threads)

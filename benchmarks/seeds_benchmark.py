@@ -17,10 +17,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from taskvec.config import MergeConfig, load_config, seed_config, to_dict, with_seeds
+from taskvec.config import MergeConfig, load_config, seed_config, with_seeds
 from taskvec.io import read_json
-from taskvec.pipeline import RunDir, run_modes, run_pipeline
-from taskvec.protocol import tune_grid
+from taskvec.pipeline.rundir import RunDir
+from taskvec.protocol import run_pipeline, tune_grid
+from taskvec.typed import to_data
 
 ANALYSES = ("disentanglement", "ntk", "random_init")
 
@@ -30,15 +31,15 @@ def reuse_tuned(cfg, tuned: Path, out: Path) -> None:
     grid = tune_grid(cfg, RunDir(tuned))
     for seed in cfg.seeds:
         sub = seed_config(cfg, seed)
-        for mode in run_modes(sub):
-            want = to_dict(sub)["train"][mode.name]
+        for mode in sub.modes:
+            want = to_data(sub)["train"][mode.name]
             for point in grid:
                 saved = point.run.dir.config
                 if point.mode != mode.name or not saved.exists():
                     continue
                 made = read_json(saved)
-                same = (made["train"][mode.name] == want and made["data"] == to_dict(sub.data) and made["backbone"] == sub.backbone
-                        and made["backbone_options"] == sub.backbone_options and made["head"] == to_dict(sub.head) and made["tasks"] == sub.tasks)
+                same = (made["train"][mode.name] == want and made["data"] == to_data(sub.data) and made["backbone"] == sub.backbone
+                        and made["backbone_options"] == sub.backbone_options and made["head"] == to_data(sub.head) and made["tasks"] == sub.tasks)
                 if not same:
                     continue
                 target = RunDir(out / f"seed-{seed}")

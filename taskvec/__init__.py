@@ -13,23 +13,21 @@ that need no model do not import torch.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
     "TaskSetup": "api", "finetune_task": "api", "setup_task": "api",
     "TaskvecError": "errors",
     "EVAL_METHODS": "kinds", "FINETUNE_MODES": "kinds",
-    "LinearizedBackbone": "linearize", "linearize": "linearize",
+    "LinearizedBackbone": "linearization", "linearize": "linearization",
     "MERGE_METHODS": "merging", "merge": "merging",
     "available_backbones": "models", "build_backbone": "models",
     "TaskVector": "task_vector", "sum_vectors": "task_vector",
     "available_tasks": "tasks", "get_task": "tasks", "load_task_data": "tasks",
-    "TrainConfig": "train", "finetune": "train",
+    "TrainConfig": "config", "finetune": "train",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -46,26 +44,14 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-class _Package(types.ModuleType):
-    """`taskvec.linearize` is the function, though a submodule has that name too: importing the
-    submodule (which sets the package's attribute) must not replace the function."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
     from .api import TaskSetup, finetune_task, setup_task  # noqa: F401
     from .errors import TaskvecError  # noqa: F401
     from .kinds import EVAL_METHODS, FINETUNE_MODES  # noqa: F401
-    from .linearize import LinearizedBackbone, linearize  # noqa: F401
+    from .linearization import LinearizedBackbone, linearize  # noqa: F401
     from .merging import MERGE_METHODS, merge  # noqa: F401
     from .models import available_backbones, build_backbone  # noqa: F401
     from .task_vector import TaskVector, sum_vectors  # noqa: F401
     from .tasks import available_tasks, get_task, load_task_data  # noqa: F401
-    from .train import TrainConfig, finetune  # noqa: F401
+    from .config import TrainConfig  # noqa: F401
+    from .train import finetune  # noqa: F401

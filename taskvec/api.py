@@ -1,19 +1,20 @@
 """A few-line Python API over the building blocks (see the README's example)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .evaluate import EvalSet, accuracy, encode
 from .kinds import FINETUNE_MODES, NONLINEAR, FinetuneMode
 from .models.base import Backbone
+from .models.head_kinds import AUTO
 from .models.heads import ClassificationHead, Classifier
-from .pipeline import build_head, prepare_tasks
+from .pipeline.setup import Setup
 from .task_vector import TaskVector
-from .train import TrainConfig, finetune
+from .train import finetune
 
 
 @dataclass
@@ -32,15 +33,16 @@ class TaskSetup:
         return accuracy(self.head(encode(encoder, data.inputs)), data.labels)
 
 
-def setup_task(backbone: Backbone, name: str, *, head: str = "auto", head_scale: float = 30.0, seed: int = 0,
+def setup_task(backbone: Backbone, name: str, *, head: str = AUTO, head_scale: float = 30.0, seed: int = 0,
                max_train: int | None = 2000, max_val: int | None = 300, max_test: int | None = 500) -> TaskSetup:
-    """Load a registered task, split it (seeded), prepare its inputs and build its head on θ0."""
+    """Load a registered task, split it (seeded), prepare its inputs and build its head on θ0
+    (`head`: a registered head kind, `taskvec list`)."""
     defaults = RunConfig()
     cfg = replace(defaults, head=replace(defaults.head, kind=head, scale=head_scale),
                   data=replace(defaults.data, seed=seed, max_train=max_train, max_val=max_val, max_test=max_test))
-    prepared = prepare_tasks(backbone, [name], cfg)[name]
-    sets = prepared.sets
-    return TaskSetup(name, build_head(backbone, prepared, cfg), sets["train"], sets["val"], sets["test"])
+    setup = Setup(cfg, backbone)
+    sets = setup.prepared(name).sets
+    return TaskSetup(name, setup.head(name), sets["train"], sets["val"], sets["test"])
 
 
 def finetune_task(backbone: Backbone, setup: TaskSetup, mode: FinetuneMode | str = NONLINEAR, progress: bool = True,
@@ -53,9 +55,7 @@ def finetune_task(backbone: Backbone, setup: TaskSetup, mode: FinetuneMode | str
     mode's own. `others`: the other tasks, for a mode that penalizes τ on their inputs (τJp).
     """
     mode = FINETUNE_MODES.get(mode)
-    loop = {f.name for f in fields(TrainConfig)}
-    settings = {k: v for k, v in options.items() if k not in loop}
-    cfg = TrainConfig(**{"lr": mode.lr, **{k: v for k, v in options.items() if k in loop}, "settings": settings})
+    cfg = TrainConfig.for_mode(mode, **options)
     return finetune(backbone, setup.head, setup.train.inputs, setup.train.labels, mode=mode, cfg=cfg, task=setup.name, progress=progress,
                     others=[o.train.inputs for o in others])
 

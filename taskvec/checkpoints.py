@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import TaskvecError, finite
 from .kinds import LINEARIZED, NONLINEAR
 from .lazy import lazy_import
+from .models.hub import looks_like_repo_id, read_hf_folder, read_tensor_file, resolve_folder
 from .task_vector import TaskVector, base_identity
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 torch = lazy_import("torch")
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # transformers classes holding only CLIP's image tower: their files lack the projection, which
 # such fine-tunes leave at the base's value (FusionBench's model pools, for instance).
 VISION_ONLY = {"clip_vision_model": ("visual_projection.",)}
@@ -43,8 +43,6 @@ LINEARIZED_KEYS = ("params0.", "params.")
 def locate(source: str | Path) -> Path:
     """A checkpoint's path: a local folder or file, or a Hugging Face repo id (from the cache,
     downloaded once where allowed)."""
-    from .models.hf_clip import looks_like_repo_id, resolve_folder
-
     path = Path(source).expanduser()
     if path.exists() or not looks_like_repo_id(str(source)):
         return path
@@ -58,55 +56,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         return read_hf_folder(path)
     if not path.exists():
         raise TaskvecError(f"checkpoint not found: {path}")
-    return _read_file(path)
-
-
-def read_hf_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """All weights of a transformers folder, single-file or sharded."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
-                raise TaskvecError(f"corrupt shard index {index}: {exc}") from None
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                raise TaskvecError(f"{folder} lacks {len(missing)} of its {len(shards)} weight shards, e.g. {missing[0]} (named in {index_name})")
-            tensors: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                tensors.update(_read_file(folder / shard))
-            return tensors
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return _read_file(folder / name)
-    raise TaskvecError(f"{folder} holds no weights (model.safetensors, sharded safetensors with their index, or pytorch_model.bin)")
-
-
-def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from .io import load_foreign_tensors
-
-        return load_foreign_tensors(path)
-    if path.suffix not in TORCH_SUFFIXES:
-        raise TaskvecError(f"unknown checkpoint format {path.name!r}: expected a folder, .safetensors or {', '.join(TORCH_SUFFIXES)}")
-    import pickle
-
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise TaskvecError(f"{path} holds Python objects besides tensors (a pickled model?); taskvec reads only weights "
-                           "(torch.load with weights_only=True): save the model's state_dict() instead") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise TaskvecError(f"corrupt or unreadable checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise TaskvecError(f"{path} holds a {type(loaded).__name__}, not a state dict of tensors")
-    tensors = {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise TaskvecError(f"{path} holds no tensors")
-    return tensors
+    return read_tensor_file(path)
 
 
 def _hf_config(path: Path) -> dict | None:
@@ -233,7 +183,7 @@ def _linearized(state: dict[str, torch.Tensor], theta0: dict[str, torch.Tensor],
 # ----- export -------------------------------------------------------------------------------------
 def model_card(vector: TaskVector, base: "Backbone", alpha: float) -> str:
     """A README saying which vectors, method, settings and α made the exported model."""
-    from . import __version__
+    from ._version import __version__
 
     recipe = vector.info.get("merge")
     lines = [

@@ -24,14 +24,6 @@ if TYPE_CHECKING:
     from .merging import MergeMethod
 
 
-def alpha_grid(start: float = 0.0, stop: float = 1.0, step: float = 0.05) -> list[float]:
-    """The paper's grid {0, 0.05, …, 1.0} by default, rounded so keys compare exactly."""
-    if step <= 0 or stop < start:
-        raise TaskvecError(f"bad α grid: start={start}, stop={stop}, step={step}")
-    count = int(round((stop - start) / step)) + 1
-    return [round(start + i * step, 6) for i in range(count)]
-
-
 def _mean(values) -> float:
     return float(np.mean(list(values)))
 

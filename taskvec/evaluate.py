@@ -22,7 +22,7 @@ import torch
 from .distributed import Ranks
 from .errors import TaskvecError, finite
 from .kinds import EVAL_METHODS, EvalMethod
-from .linearize import jvp, preferred_layout
+from .linearization import jvp, preferred_layout
 from .models.base import Backbone, Batch
 from .models.heads import ClassificationHead
 from .task_vector import TaskVector, base_identity

@@ -76,7 +76,7 @@ def _num(value: float | None) -> str:
 def comparison_tables(results: "RunResults") -> str:
     """Markdown: our Table 1 and Table 2 numbers beside the paper's, for a run of a paper model.
     Empty string when the run's backbone is not one the paper reports."""
-    model = paper_model(str(results.config.get("backbone", "")))
+    model = paper_model(results.config.backbone)
     if model is None:
         return ""
     addition = results.merge.get(TASK_ARITHMETIC.name, {})

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import RunConfig
 from .errors import TaskvecError
 from .io import read_json, write_json
 from .kinds import PRETRAINED, EvalMethod
@@ -203,7 +204,7 @@ class Timing:
 
 @dataclass
 class RunResults:
-    config: dict[str, Any]
+    config: RunConfig
     tasks: list[str]
     single_task: SingleTask
     merge: dict[str, dict[str, MergeResult]]  # merge method -> evaluation method -> result

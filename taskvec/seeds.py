@@ -17,11 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .claims import ClaimCheck, Spread, check_claims, claims_table, format_spread  # noqa: E402
+from .config import RunConfig  # noqa: E402
 from .errors import TaskvecError  # noqa: E402
 from .io import write_json, write_text  # noqa: E402
 from .kinds import EVAL_METHODS, PRETRAINED, EvalMethod  # noqa: E402
 from .merging import MERGE_METHODS, TASK_ARITHMETIC  # noqa: E402
-from .report import _legend_outside, _save  # noqa: E402
+from .report.figures import _legend_outside, _save  # noqa: E402
 from .results import RunResults, load_results  # noqa: E402
 from .typed import to_data  # noqa: E402
 
@@ -63,7 +64,7 @@ class RandomInitSpread:
 class SeedResults:
     """results.json of a multi-seed run. Keys name registered kinds, as in RunResults."""
 
-    config: dict[str, Any]
+    config: RunConfig
     seeds: list[int]
     runs: dict[str, str]  # seed -> its run directory (relative)
     tasks: list[str]
@@ -95,10 +96,8 @@ def _over(runs: Sequence[RunResults], get: Callable[[RunResults], float | None])
     return Spread.of([safe(r) for r in runs])
 
 
-def aggregate(cfg: Any, runs: dict[int, tuple[str, RunResults]]) -> SeedResults:
+def aggregate(cfg: RunConfig, runs: dict[int, tuple[str, RunResults]]) -> SeedResults:
     """The seeds' runs as mean ± std tables (the runs must share tasks and methods)."""
-    from .config import to_dict
-
     seeds = list(runs)
     results = [r for _, r in runs.values()]
     first = results[0]
@@ -124,7 +123,7 @@ def aggregate(cfg: Any, runs: dict[int, tuple[str, RunResults]]) -> SeedResults:
     random_init = (RandomInitSpread({m: _over(results, lambda r, m=m: r.random_init.single_task[m]) for m in ri.single_task},
                                     {m: _over(results, lambda r, m=m: r.random_init.multi_task[m]) for m in ri.multi_task})
                    if ri is not None else None)
-    return SeedResults(config=to_dict(cfg), seeds=seeds, runs={str(s): d for s, (d, _) in runs.items()}, tasks=tasks,
+    return SeedResults(config=cfg, seeds=seeds, runs={str(s): d for s, (d, _) in runs.items()}, tasks=tasks,
                        single_task=single, single_task_mean=single_mean, merge=merge, negation=negation, addition_curve=curves,
                        claims=check_claims(results), disentanglement=xi, ntk=ntk, random_init=random_init)
 
@@ -201,43 +200,81 @@ def plot_addition_curves(results: SeedResults, path: Path) -> None:
 
 
 def render_markdown(results: SeedResults) -> str:
+    """The seeds' report.md: the same tables as one run's report, each value a spread over the seeds."""
     cfg, tasks, n = results.config, results.tasks, len(results.seeds)
-    seeds = ", ".join(map(str, results.seeds))
-    lines = [f"# taskvec report: {cfg['name']}, {n} seeds", "",
-             f"Backbone `{cfg['backbone']}` ({cfg['init']}), tasks: {', '.join(tasks)}. Seeds {seeds}: each seed sets the split, "
-             "the fine-tunes' data order and any sampling. Every number is mean ± sample std over the seeds, test accuracy in %; "
-             "the per-seed values are in results.json, each seed's full report in its directory: "
-             + ", ".join(f"[{d}]({d}/report.md)" for d in results.runs.values()) + ".", ""]
+    lines = _header(results, cfg, tasks, n)
     lines += claims_table(results.claims, n)
     addition = results.merge.get(TASK_ARITHMETIC.name, {})
+    lines += _addition_table(results, addition)
+    lines += _negation_table(results)
+    lines += _single_task_table(results, tasks)
+    lines += _merge_table(results)
+    lines += _analysis_tables(results)
+    lines += ["## Figures", "", "![single-task accuracy](figures/single_task.png)", ""]
     if addition:
-        lines += ["## Table 1: task addition (absolute / normalized)", "",
-                  "α chosen on validation per seed (values listed).", "",
-                  "| method | absolute | normalized | α per seed |", "|---|---|---|---|",
-                  f"| {PRETRAINED.label} | {_p(results.single_task_mean[PRETRAINED.name])} | – | – |"]
-        for m in _methods(addition):
-            a = addition[m.name]
-            lines.append(f"| {m.label} | {_p(a.absolute)} | {_p(a.normalized)} | {_values(a.alpha, points=False)} |")
-        lines.append("")
-    lines += ["## Table 2: task negation (target ↓ / control)", "",
-              "Mean over the targets with a feasible α, per seed; then mean ± std over the seeds.", "",
-              "| method | target | control | targets without a feasible α |", "|---|---|---|---|"]
+        lines += ["![addition sweep](figures/addition_alpha.png)", "", "*Band: ± one std over the seeds.*", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _header(results: SeedResults, cfg, tasks: list[str], n: int) -> list[str]:
+    """Title, backbone, tasks, the seeds and where each seed's own report is."""
+    seeds = ", ".join(map(str, results.seeds))
+    return [f"# taskvec report: {cfg.name}, {n} seeds", "",
+            f"Backbone `{cfg.backbone}` ({cfg.init}), tasks: {', '.join(tasks)}. Seeds {seeds}: each seed sets the split, "
+            "the fine-tunes' data order and any sampling. Every number is mean ± sample std over the seeds, test accuracy in %; "
+            "the per-seed values are in results.json, each seed's full report in its directory: "
+            + ", ".join(f"[{d}]({d}/report.md)" for d in results.runs.values()) + ".", ""]
+
+
+def _addition_table(results: SeedResults, addition: dict) -> list[str]:
+    """Table 1 (none when the runs merged nothing), with each seed's α."""
+    if not addition:
+        return []
+    lines = ["## Table 1: task addition (absolute / normalized)", "",
+             "α chosen on validation per seed (values listed).", "",
+             "| method | absolute | normalized | α per seed |", "|---|---|---|---|",
+             f"| {PRETRAINED.label} | {_p(results.single_task_mean[PRETRAINED.name])} | – | – |"]
+    for m in _methods(addition):
+        a = addition[m.name]
+        lines.append(f"| {m.label} | {_p(a.absolute)} | {_p(a.normalized)} | {_values(a.alpha, points=False)} |")
+    lines.append("")
+    return lines
+
+
+def _negation_table(results: SeedResults) -> list[str]:
+    """Table 2, with the targets that had no feasible α, per seed."""
+    lines = ["## Table 2: task negation (target ↓ / control)", "",
+             "Mean over the targets with a feasible α, per seed; then mean ± std over the seeds.", "",
+             "| method | target | control | targets without a feasible α |", "|---|---|---|---|"]
     for m in _methods(results.negation):
         neg = results.negation[m.name]
         infeasible = "; ".join(f"seed {s}: {', '.join(t)}" for s, t in zip(results.seeds, neg.infeasible) if t) or "none"
         lines.append(f"| {m.label} | {_p(neg.target)} | {_p(neg.control)} | {infeasible} |")
-    lines += ["", "## Single-task accuracy", "", "| method | mean | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    return lines
+
+
+def _single_task_table(results: SeedResults, tasks: list[str]) -> list[str]:
+    lines = ["", "## Single-task accuracy", "", "| method | mean | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     for m in _methods(results.single_task):
         lines.append(f"| {m.label} | {_p(results.single_task_mean[m.name])} | "
                      + " | ".join(_p(results.single_task[m.name][t]) for t in tasks) + " |")
+    return lines
+
+
+def _merge_table(results: SeedResults) -> list[str]:
     methods = _methods({m for by in results.merge.values() for m in by})
-    lines += ["", "## Merge methods (absolute / normalized)", "",
-              "Settings and α chosen on validation per seed, as in each seed's report.", "",
-              "| merge method | " + " | ".join(m.label for m in methods) + " |", "|---|" + "---|" * len(methods)]
+    lines = ["", "## Merge methods (absolute / normalized)", "",
+             "Settings and α chosen on validation per seed, as in each seed's report.", "",
+             "| merge method | " + " | ".join(m.label for m in methods) + " |", "|---|" + "---|" * len(methods)]
     for g, by in results.merge.items():
         lines.append(f"| {MERGE_METHODS.get(g).label} | "
                      + " | ".join(f"{_p(by[m.name].absolute)} / {_p(by[m.name].normalized)}" if m.name in by else "–" for m in methods) + " |")
-    lines += ["", "![merge methods](figures/merge_methods.png)", ""]
+    return lines + ["", "![merge methods](figures/merge_methods.png)", ""]
+
+
+def _analysis_tables(results: SeedResults) -> list[str]:
+    """Disentanglement, NTK localization and random init, each when the runs computed it."""
+    lines: list[str] = []
     if results.disentanglement:
         lines += ["## Weight disentanglement: mean ξ over the grid", "", "| pair | method | mean ξ | per seed |", "|---|---|---|---|"]
         for pair, by in results.disentanglement.items():
@@ -253,10 +290,7 @@ def render_markdown(results: SeedResults) -> str:
         lines += [f"| {'Random init' if m is PRETRAINED else m.label} | {_p(ri.single_task[m.name])} | "
                   f"{_p(ri.multi_task[m.name]) if m.name in ri.multi_task else '–'} |" for m in _methods(ri.single_task)]
         lines.append("")
-    lines += ["## Figures", "", "![single-task accuracy](figures/single_task.png)", ""]
-    if addition:
-        lines += ["![addition sweep](figures/addition_alpha.png)", "", "*Band: ± one std over the seeds.*", ""]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_seeds_report(results: SeedResults, out: str | Path) -> Path:

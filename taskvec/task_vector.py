@@ -7,8 +7,6 @@ bases, modes or parameter sets is refused: the result would be meaningless.
 from __future__ import annotations
 
 import copy
-import hashlib
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -17,6 +15,7 @@ from .errors import TaskvecError, finite
 from .io import load_tensors, save_tensors
 from .kinds import FINETUNE_MODES, FinetuneMode
 from .lazy import lazy_import
+from .models.identity import base_identity, fingerprint  # noqa: F401 - θ0's identity, defined below the models
 
 if TYPE_CHECKING:
     from .models.base import Backbone
@@ -24,39 +23,6 @@ if TYPE_CHECKING:
 torch = lazy_import("torch")
 
 FORMAT = "taskvec.task_vector/1"
-
-
-def fingerprint(params: dict[str, torch.Tensor]) -> str:
-    """A short hash of θ0's values, so a vector can't be applied to other weights by mistake."""
-    digest = hashlib.sha256()
-    for name in sorted(params):
-        tensor = params[name].detach().to("cpu", torch.float32).contiguous()
-        digest.update(name.encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
-
-
-def base_identity(backbone: Backbone) -> dict[str, str]:
-    """The backbone's own identity plus a fingerprint of its current (θ0) weights.
-
-    The hash is remembered per module until a parameter is replaced or modified in place
-    (tensor version counters), so sweeps that apply many edits to one base hash it once.
-    """
-    from .linearize import LinearizedBackbone
-
-    if isinstance(backbone, LinearizedBackbone):
-        params = backbone.params0
-    else:
-        params = dict(backbone.named_parameters())
-    state = tuple((name, p.data_ptr(), p._version) for name, p in params.items())
-    cached = _FINGERPRINTS.get(backbone)
-    if cached is None or cached[0] != state:
-        cached = (state, fingerprint(params))
-        _FINGERPRINTS[backbone] = cached
-    return {**backbone.identity(), "fingerprint": cached[1]}
 
 
 @dataclass
@@ -141,7 +107,7 @@ class TaskVector:
         identity = base_identity(base)
         if identity != self.base:
             raise TaskvecError(f"task vector was made from base {self.base}, not from this model {identity}")
-        from .linearize import LinearizedBackbone
+        from .linearization import LinearizedBackbone
 
         edited = copy.deepcopy(base)
         if linearized and not isinstance(edited, LinearizedBackbone):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .config import TrainConfig
 from .errors import TaskvecError
 from .io import load_tensors, save_tensors
 from .finetuning.build import PENALTY_BATCH, PENALTY_WEIGHT, FitData
@@ -40,32 +41,6 @@ from .task_vector import TaskVector, base_identity
 from .typed import to_data
 
 CHECKPOINT_FORMAT = "taskvec.checkpoint/1"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 150
-    batch_size: int = 32
-    lr: float = 3e-5
-    weight_decay: float = 0.1
-    warmup_steps: int = 15
-    grad_clip: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 50
-    grad_accumulation: int = 1  # equal micro-batches per (process's share of a) step
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: CUDA autocast for forward and backward
-    settings: dict[str, Any] = field(default_factory=dict)  # the mode's own (FinetuneMode.settings)
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise TaskvecError(f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("steps", "batch_size", "checkpoint_every", "grad_accumulation"):
-            if getattr(self, name) <= 0:
-                raise TaskvecError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise TaskvecError(f"train.lr must be positive, got {self.lr}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise TaskvecError(f"train.warmup_steps must be in [0, steps], got {self.warmup_steps}")
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -207,28 +182,21 @@ def finetune(
     device = torch.device(device)
     _autocast(device, cfg.precision)  # refuse bf16 off CUDA before any work
 
-    backbone = copy.deepcopy(base)
-    fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
-    trainable = mode.builds(backbone, settings, fit, mode.linearized)
-    weight = settings[PENALTY_WEIGHT.name] if mode.penalty else 0.0
-    model = TrainedModel(TunedEncoder(backbone, trainable, mode.linearized), head, weight).to(device)
-    model.train()
-    params = trainable.trained
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    meta = {"mode": mode.name, "task": task, "base": identity, "config": asdict(cfg)}
-    forward: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
-                                          if device.type == "cuda" else None, broadcast_buffers=False)
-
-    start = 0
-    checkpoint = Path(checkpoint) if checkpoint else None
-    if checkpoint is not None and checkpoint.exists():
-        start = load_checkpoint(checkpoint, params, optimizer, meta)
-
+    run = _Training(base, head, inputs, labels, mode, settings, cfg, device, rank, world)
+    start = run.resume(checkpoint, {"mode": mode.name, "task": task, "base": identity, "config": asdict(cfg)})
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    load = _batch_loader(inputs, labels, others, settings, cfg, rank, world)
+    meter = CostMeter(device).start()
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{mode.name:>9} {task}", disable=not progress or rank != 0, leave=False)
+    loss = run.steps(bar, load, meter, start, end, on_step)
+    bar.close()
+    return run.task_vector(identity, task, meter, loss, end > start)
+
+
+def _batch_loader(inputs: Batch, labels: torch.Tensor, others: list[Batch], settings: dict[str, Any], cfg: TrainConfig, rank: int,
+                  world: int) -> Callable[[int], tuple[list[tuple[Batch, torch.Tensor]], list[Batch]]]:
+    """step -> (this process's micro-batches of the step, its share of the other tasks' penalty
+    batches): a pure function of (seed, step), so a resumed run sees the same batches."""
 
     def parts(step: int) -> list[torch.Tensor]:
         """This process's micro-batches of the step's global batch."""
@@ -248,49 +216,98 @@ def finetune(
         return ([({key: value[part] for key, value in inputs.items()}, labels[part]) for part in parts(step)],
                 penalty_batches(step))
 
-    meter = CostMeter(device).start()
-    loss = torch.zeros(())
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{mode.name:>9} {task}", disable=not progress or rank != 0, leave=False)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskvec-prefetch") as prefetch:
-        upcoming = prefetch.submit(load, start) if start < end else None
-        for step in bar:
-            micro, penalized = upcoming.result()  # type: ignore[union-attr]
-            upcoming = prefetch.submit(load, step + 1) if step + 1 < end else None
-            meter.step_begins()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            for k, (cpu_batch, part_labels) in enumerate(micro):
-                batch = {key: value.to(device, non_blocking=True) for key, value in cpu_batch.items()}
-                sync = k == len(micro) - 1 or world == 1
-                others_k = [{key: value.to(device) for key, value in o.items()} for o in penalized] if k == 0 else []
-                with (nullcontext() if sync else forward.no_sync()), _autocast(device, cfg.precision):  # type: ignore[operator]
-                    logits, penalty = forward(batch, others_k)
-                    part_loss = F.cross_entropy(logits.float(), part_labels.to(device)) / len(micro) + penalty  # penalty: first micro-batch only
-                part_loss.backward()
-                total += part_loss.detach()
-            torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-            optimizer.step()
-            meter.step_ends()
-            if world > 1:
-                import torch.distributed as dist
+    return load
 
-                dist.all_reduce(total)
-                total /= world
-            loss = total.cpu()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if on_step is not None:
-                on_step(step, loss.item())
-            done = step + 1
-            if checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == end):
-                if rank == 0:
-                    save_checkpoint(checkpoint, done, params, optimizer, meta)
-                _barrier(world)
-    bar.close()
-    changed = {n: t.detach().cpu() for n, t in trainable.vector(mode.linearized).items()}
-    vector = {n: changed[n] if n in changed else torch.zeros_like(p, device="cpu") for n, p in backbone.named_parameters()}
-    cost = FinetuneCost(**meter.summary(), trained_entries=sum(p.numel() for p in params.values()), changed_entries=trainable.entries())
-    info = {"steps": cfg.steps, "seconds": cost.seconds, "last_loss": round(float(loss.item()), 4) if end > start else None,
-            "processes": world, "precision": cfg.precision, "settings": settings, "cost": to_data(cost)}
-    return TaskVector(vector, mode, identity, (task,), info)
+
+class _Training:
+    """One fine-tune's state: a copy of the backbone, what the mode trains in it, the model
+    (under torchrun, wrapped in DistributedDataParallel), the optimizer and the checkpoint."""
+
+    def __init__(self, base: Backbone, head: ClassificationHead, inputs: Batch, labels: torch.Tensor, mode: FinetuneMode,
+                 settings: dict[str, Any], cfg: TrainConfig, device: torch.device, rank: int, world: int):
+        self.mode, self.settings, self.cfg, self.device, self.rank, self.world = mode, settings, cfg, device, rank, world
+        self.backbone = copy.deepcopy(base)
+        fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
+        self.trainable = mode.builds(self.backbone, settings, fit, mode.linearized)
+        weight = settings[PENALTY_WEIGHT.name] if mode.penalty else 0.0
+        model = TrainedModel(TunedEncoder(self.backbone, self.trainable, mode.linearized), head, weight).to(device)
+        model.train()
+        self.params = self.trainable.trained
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.forward: torch.nn.Module = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+                                                   if device.type == "cuda" else None, broadcast_buffers=False)
+        self.checkpoint: Path | None = None
+        self.meta: dict = {}
+
+    def resume(self, checkpoint: str | Path | None, meta: dict) -> int:
+        """The step to start from: the checkpoint's if one exists (θ and optimizer restored), else 0."""
+        self.checkpoint, self.meta = (Path(checkpoint) if checkpoint else None), meta
+        if self.checkpoint is not None and self.checkpoint.exists():
+            return load_checkpoint(self.checkpoint, self.params, self.optimizer, meta)
+        return 0
+
+    def step(self, step: int, micro: list[tuple[Batch, torch.Tensor]], penalized: list[Batch]) -> torch.Tensor:
+        """One optimizer step over this process's micro-batches; its loss summed over them (on the device)."""
+        cfg, device, forward = self.cfg, self.device, self.forward
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device)
+        for k, (cpu_batch, part_labels) in enumerate(micro):
+            batch = {key: value.to(device, non_blocking=True) for key, value in cpu_batch.items()}
+            sync = k == len(micro) - 1 or self.world == 1
+            others_k = [{key: value.to(device) for key, value in o.items()} for o in penalized] if k == 0 else []
+            with (nullcontext() if sync else forward.no_sync()), _autocast(device, cfg.precision):  # type: ignore[operator]
+                logits, penalty = forward(batch, others_k)
+                part_loss = F.cross_entropy(logits.float(), part_labels.to(device)) / len(micro) + penalty  # penalty: first micro-batch only
+            part_loss.backward()
+            total += part_loss.detach()
+        torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip)
+        self.optimizer.step()
+        return total
+
+    def steps(self, bar, load: Callable, meter: CostMeter, start: int, end: int, on_step: Callable[[int, float], None] | None) -> torch.Tensor:
+        """Steps [start, end), the next step's batches loaded in a background thread; the last
+        step's loss averaged over the processes (zero if no step ran)."""
+        loss = torch.zeros(())
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskvec-prefetch") as prefetch:
+            upcoming = prefetch.submit(load, start) if start < end else None
+            for step in bar:
+                micro, penalized = upcoming.result()  # type: ignore[union-attr]
+                upcoming = prefetch.submit(load, step + 1) if step + 1 < end else None
+                meter.step_begins()
+                total = self.step(step, micro, penalized)
+                meter.step_ends()
+                if self.world > 1:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(total)
+                    total /= self.world
+                loss = total.cpu()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if on_step is not None:
+                    on_step(step, loss.item())
+                self.save(step + 1, end)
+        return loss
+
+    def save(self, done: int, end: int) -> None:
+        """Rank 0 writes the checkpoint every `checkpoint_every` steps and at the end; all ranks wait."""
+        if self.checkpoint is not None and (done % self.cfg.checkpoint_every == 0 or done == end):
+            if self.rank == 0:
+                save_checkpoint(self.checkpoint, done, self.params, self.optimizer, self.meta)
+            _barrier(self.world)
+
+    def task_vector(self, identity: dict, task: str, meter: CostMeter, loss: torch.Tensor, ran: bool) -> TaskVector:
+        """θ − θ0 over every backbone parameter (zeros where nothing was trained), with the run's cost."""
+        mode, cfg = self.mode, self.cfg
+        changed = {n: t.detach().cpu() for n, t in self.trainable.vector(mode.linearized).items()}
+        vector = {n: changed[n] if n in changed else torch.zeros_like(p, device="cpu") for n, p in self.backbone.named_parameters()}
+        cost = FinetuneCost(**meter.summary(), trained_entries=sum(p.numel() for p in self.params.values()),
+                            changed_entries=self.trainable.entries())
+        info = {"steps": cfg.steps, "seconds": cost.seconds, "last_loss": round(float(loss.item()), 4) if ran else None,
+                "processes": self.world, "precision": cfg.precision, "settings": self.settings, "cost": to_data(cost)}
+        return TaskVector(vector, mode, identity, (task,), info)

@@ -8,6 +8,7 @@ file layout is not its field layout (e.g. a table keyed by registered names).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from typing import Any, Literal
@@ -55,6 +56,11 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
         return {k: check_value(v, item, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
         return from_data(annotation, value, where)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        try:
+            return annotation(value)
+        except (ValueError, TaskvecError):
+            raise _fail(where, f"{value!r} is not one of {[m.value for m in annotation]}") from None
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation in (int, float, str, bool) and (not isinstance(value, annotation) or (annotation is int and isinstance(value, bool))):
@@ -92,4 +98,6 @@ def to_data(obj: Any) -> Any:
         return {k: to_data(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_data(v) for v in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
     return obj

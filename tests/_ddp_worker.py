@@ -10,7 +10,8 @@ import os
 import torch
 
 import conftest  # noqa: F401  (registers tiny-cnn and the toy tasks)
-from taskvec.train import TrainConfig, finetune
+from taskvec.config import TrainConfig
+from taskvec.train import finetune
 
 CFG = TrainConfig(steps=6, batch_size=16, lr=1e-2, warmup_steps=2, checkpoint_every=3)
 

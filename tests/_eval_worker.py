@@ -53,7 +53,8 @@ def write_inputs(folder: Path) -> None:
     from taskvec.io import save_tensors
     from taskvec.models.heads import prototype_head
     from taskvec.tasks import load_task_data
-    from taskvec.train import TrainConfig, finetune
+    from taskvec.config import TrainConfig
+    from taskvec.train import finetune
 
     model = build_backbone("tiny-cnn")
     cfg = TrainConfig(steps=12, batch_size=16, lr=3e-2, warmup_steps=2)

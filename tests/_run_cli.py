@@ -14,13 +14,14 @@ def _fail_on_rank() -> None:
     rank, name = spec.split(":")
     if os.environ.get("RANK", "0") != rank:
         return
-    from taskvec import pipeline
     from taskvec.errors import TaskvecError
+    from taskvec.pipeline import analyses, evaluations, reporting
 
     def fail(*args, **kwargs):
         raise TaskvecError(f"injected failure in {name} on rank {rank}")
 
-    setattr(pipeline, name, fail)
+    (module,) = [m for m in (evaluations, analyses, reporting) if hasattr(m, name)]  # the stage computations
+    setattr(module, name, fail)
 
 
 if __name__ == "__main__":

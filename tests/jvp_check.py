@@ -5,7 +5,7 @@ import copy
 
 import torch
 
-from taskvec.linearize import jvp
+from taskvec.linearization import jvp
 
 
 def assert_jvp_matches_finite_differences(model: torch.nn.Module, batch: dict, eps: float = 1e-6, seed: int = 1) -> None:

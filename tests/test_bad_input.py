@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from taskvec.cli import main
 from taskvec.io import load_tensors, save_tensors
 from taskvec.models import build_backbone
-from taskvec.pipeline import RunDir
+from taskvec.pipeline.rundir import RunDir
 from taskvec.task_vector import TaskVector, base_identity
 from test_cli import CONFIG as CLI_CONFIG
 

@@ -18,7 +18,7 @@ from taskvec.cli import main
 from taskvec.config import RunConfig
 from taskvec.errors import TaskvecError
 from taskvec.kinds import FINETUNE_MODES
-from taskvec.linearize import jvp
+from taskvec.linearization import jvp
 from taskvec.models import build_backbone
 from taskvec.task_vector import TaskVector, sum_vectors
 
@@ -212,7 +212,8 @@ def test_the_8_task_config_validates_and_its_dry_run_names_the_missing_models(tm
 
     import fake_paper_data
     from taskvec.config import load_config
-    from taskvec.plan import check_plan, plan_run
+    from taskvec.pipeline.plan import check_plan
+    from taskvec.protocol import plan_run
 
     import huggingface_hub.constants
 
@@ -231,9 +232,10 @@ def test_the_8_task_config_validates_and_its_dry_run_names_the_missing_models(tm
 
 
 def test_a_run_takes_vectors_from_checkpoints_and_fine_tunes_the_rest(folders, base, tmp_path):
-    from taskvec.config import from_dict
-    from taskvec.pipeline import RunDir, run_pipeline
-    from taskvec.plan import plan_run
+    from taskvec.typed import from_data, to_data
+    from taskvec.pipeline.rundir import RunDir
+    from taskvec.protocol import run_pipeline
+    from taskvec.protocol import plan_run
 
     data = {
         "name": "hf", "backbone": f"hf-clip:{folders['base']}", "tasks": ["toy-squares", "toy-stripes"],
@@ -242,7 +244,7 @@ def test_a_run_takes_vectors_from_checkpoints_and_fine_tunes_the_rest(folders, b
         "checkpoints": {"nonlinear": {"toy-squares": str(folders["ft"]), "toy-stripes": str(folders["vision"])}},
         "eval": {"alpha_step": 0.5}, "merge": {"methods": ["task_arithmetic"]},
     }
-    cfg = from_dict(RunConfig, data)
+    cfg = from_data(RunConfig, data)
     titles = [s.title for s in plan_run(cfg)]
     assert f"task vector of toy-squares (nonlinear) from checkpoint {folders['ft']}" in titles and "fine-tune toy-squares (linear)" in titles
     results = run_pipeline(cfg, tmp_path / "run", log=lambda m: None, progress=False)
@@ -257,7 +259,7 @@ def test_a_run_takes_vectors_from_checkpoints_and_fine_tunes_the_rest(folders, b
         ({"checkpoints": {"nonlinear": {"toy-squares": " "}}}, "checkpoints.nonlinear.toy-squares is empty"),
     ]:
         with pytest.raises(TaskvecError, match=re.escape(message)):
-            from_dict(RunConfig, {**data, **bad})
+            from_data(RunConfig, {**data, **bad})
 
 
 def _fake_hub_cache(cache: Path, repo: str, folder: Path) -> None:

@@ -120,6 +120,36 @@ def test_run_with_changed_config_refuses_and_keeps_results(finished_run, tmp_pat
     assert (out / "results.json").read_bytes() == results
 
 
+def test_dry_run_refuses_a_directory_of_another_config_exactly_as_the_run_does(finished_run, tmp_path, capsys):
+    """Before, the dry run never compared configs: on a directory made with another train.lr it
+    listed the fine-tunes as done and exited 0 while `run` refused."""
+    import shutil
+
+    config, out = finished_run
+    changed = tmp_path / "other-lr.toml"
+    changed.write_text(CONFIG.replace("lr = 1e-2", "lr = 3e-2", 1))
+    results = (out / "results.json").read_bytes()
+    outcomes = []
+    for extra in (["--dry-run"], ["--no-progress"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "--config", str(changed), "--out", str(out), *extra])
+        outcomes.append((exit_info.value.code, capsys.readouterr().err))
+    assert outcomes[0] == outcomes[1]
+    code, err = outcomes[0]
+    assert code == 2 and err.count("\n") == 1 and "holds a run of a different config (differs in: train)" in err
+    assert (out / "results.json").read_bytes() == results
+    # the random-init sub-run's directory is checked by both as well
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    saved = json.loads((copy / "random_init" / "config.json").read_text())
+    saved["eval"]["alpha_step"] = 0.5
+    (copy / "random_init" / "config.json").write_text(json.dumps(saved))
+    for extra in (["--dry-run"], ["--no-progress"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "--config", str(config), "--out", str(copy), *extra])
+        assert exit_info.value.code == 2 and f"{copy / 'random_init'} holds a run of a different config (differs in: eval)" in capsys.readouterr().err
+
+
 def test_changed_analysis_settings_redo_only_that_analysis(finished_run, tmp_path, capsys):
     import shutil
 
@@ -244,7 +274,7 @@ def test_dry_run_of_paper_config_names_what_is_missing(tmp_path, capsys):
 
 def test_dry_run_of_finished_run_reports_every_stage_done(finished_run, capsys):
     from taskvec.config import load_config
-    from taskvec.plan import plan_run
+    from taskvec.protocol import plan_run
 
     config, out = finished_run
     main(["run", "--config", str(config), "--dry-run", "--out", str(out)])

@@ -1,10 +1,12 @@
 import pytest
 
-from taskvec.config import RunConfig, from_dict, load_config, quick, to_dict
+from taskvec.config import RunConfig, load_config, quick
+
+from taskvec.typed import from_data, to_data
 from taskvec.errors import TaskvecError
-from taskvec.kinds import LINEARIZED, NONLINEAR
+from taskvec.kinds import FINETUNE_MODES, LINEARIZED, NONLINEAR
 from taskvec.merging import MERGE_METHODS
-from taskvec.train import TrainConfig
+from taskvec.config import TrainConfig
 
 
 def _write(tmp_path, text):
@@ -18,8 +20,50 @@ def test_default_and_partial_mode_overrides(tmp_path):
     assert cfg.tasks == ["mnist", "ising"]
     assert cfg.train[LINEARIZED].lr == 1e-3 and cfg.train[LINEARIZED].steps == 10
     assert cfg.train[NONLINEAR] == TrainConfig(lr=NONLINEAR.lr)  # a mode the [train] table leaves untouched keeps its registry defaults
-    assert load_config(None) == RunConfig()
-    assert from_dict(RunConfig, to_dict(cfg)) == cfg  # config.json reads back as the same config
+    assert from_data(RunConfig, to_data(cfg)) == cfg  # config.json reads back as the same config
+
+
+def test_the_default_benchmark_differs_from_the_defaults_only_in_the_rates_it_chose():
+    """`taskvec run` without --config reads the shipped default.toml: the settings' own defaults
+    except the learning rates tuned for it, written there, not hidden in a default."""
+    default, plain = load_config(None), RunConfig()
+    assert default.train[NONLINEAR].lr == 3e-4 and default.train[LINEARIZED].lr == 3e-4
+    assert plain.train[NONLINEAR].lr == NONLINEAR.lr == 3e-5 and plain.train[LINEARIZED].lr == LINEARIZED.lr
+    assert to_data(default)["train"] != to_data(plain)["train"]
+    assert {k: v for k, v in to_data(default).items() if k != "train"} == {k: v for k, v in to_data(plain).items() if k != "train"}
+
+
+@pytest.mark.parametrize("table", ["", "[train]\nepochs = { mnist = 2 }\n", "[train.linear]\nbatch_size = 16\n",
+                                   "[train.nonlinear]\nsteps = 20\n", '[train]\nmodes = ["nonlinear", "linear", "lora"]\n'])
+def test_an_unrelated_train_key_changes_no_learning_rate(tmp_path, table):
+    """Each rate has one default, the mode's own: a [train] table that leaves lr out, or no
+    table at all, gives every mode the same rate (before, any [train] table dropped non-linear
+    FT from the default benchmark's 3e-4 to 3e-5)."""
+    cfg = load_config(_write(tmp_path, 'tasks = ["mnist", "ising"]\n' + table))
+    assert {name: t.lr for name, t in cfg.train.modes.items()} == {name: FINETUNE_MODES.get(name).lr for name in cfg.train.modes}
+    assert TrainConfig.for_mode(NONLINEAR).lr == NONLINEAR.lr and TrainConfig.for_mode(NONLINEAR, lr=1e-2).lr == 1e-2
+
+
+def test_a_mode_setting_named_like_a_loop_field_and_a_merge_setting_named_alphas_are_refused(tmp_path, monkeypatch):
+    import dataclasses
+
+    from taskvec.config import LOOP_FIELDS
+    from taskvec.registry import Setting
+
+    for mode in FINETUNE_MODES:  # every registered mode and merge method is clean
+        assert not {s.name for s in mode.settings} & LOOP_FIELDS, mode.name
+    assert all("alphas" not in {s.name for s in m.settings} for m in MERGE_METHODS)
+    clash = dataclasses.replace(FINETUNE_MODES.get("lora"), settings=(Setting("lr", float, 1e-3, "a rate of its own"),))
+    monkeypatch.setattr(FINETUNE_MODES, "_items", {**FINETUNE_MODES._items, "lora": clash})
+    with pytest.raises(TaskvecError, match="declares setting 'lr', a name the training loop uses"):
+        TrainConfig.for_mode("lora")
+    with pytest.raises(TaskvecError, match="declares setting 'lr'"):
+        load_config(_write(tmp_path, '[train]\nmodes = ["lora"]\n'))
+    ties = MERGE_METHODS.get("ties")
+    monkeypatch.setattr(MERGE_METHODS, "_items", {**MERGE_METHODS._items, "ties": dataclasses.replace(ties, settings=(
+        *ties.settings, Setting("alphas", float, 0.5, "clashes with the α grid's key"),))})
+    with pytest.raises(TaskvecError, match="declares a setting named 'alphas'"):
+        load_config(_write(tmp_path, '[merge]\nmethods = ["ties"]\n'))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -96,7 +140,7 @@ def test_merge_table_sets_methods_and_grids(tmp_path):
     assert cfg.merge.alphas(ties, [0.0, 1.0]) == [1.0, 2.0]
     assert cfg.merge.alphas(ta, [0.0, 0.5]) == (list(ta.alphas) or [0.0, 0.5])  # the method's own grid, else the run's
     assert cfg.merge.settings_grid(ta) == [{}]
-    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+    assert from_data(RunConfig, to_data(cfg)) == cfg
     assert RunConfig().merge.methods == tuple(MERGE_METHODS.names())  # every registered method by default
     q = quick(cfg).merge  # quick: each setting at its default, a coarse α grid
     assert q.settings_grid(ties) == [{s.name: s.default for s in ties.settings}] and len(q.alphas(ties, [])) <= 6
@@ -106,9 +150,11 @@ def test_the_built_in_default_is_configs_image_toml():
     """`taskvec run` without --config runs the shipped default benchmark, tuned rates included."""
     from pathlib import Path
 
-    shipped = to_dict(load_config(Path(__file__).parent.parent / "configs" / "image.toml"))
-    default = to_dict(RunConfig())
+    from taskvec.models.registry import backbone_kind
+
+    shipped = to_data(load_config(Path(__file__).parent.parent / "configs" / "image.toml"))
+    default = to_data(load_config(None))
     assert default["head"]["kind"] == "auto"
-    default["head"]["kind"] = "prototype"  # what "auto" resolves to for effnet-lite0 (pipeline.head_kind)
+    default["head"]["kind"] = backbone_kind("effnet-lite0").default_head.name  # what "auto" resolves to for effnet-lite0
     ignore = {"name", "tune"}  # the file names itself and carries the grid its rates were tuned on
     assert {k: v for k, v in shipped.items() if k not in ignore} == {k: v for k, v in default.items() if k not in ignore}

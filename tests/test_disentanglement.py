@@ -11,7 +11,8 @@ from taskvec.models import build_backbone
 from taskvec.models.heads import prototype_head
 from taskvec.task_vector import TaskVector
 from taskvec.tasks import load_task_data
-from taskvec.train import TrainConfig, finetune
+from taskvec.config import TrainConfig
+from taskvec.train import finetune
 
 T1, T2 = "toy-squares", "toy-stripes"
 MODE = {"nonlinear": "nonlinear", "posthoc": "nonlinear", "linear": "linear"}

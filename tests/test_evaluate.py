@@ -2,13 +2,15 @@
 import pytest
 import torch
 
-from taskvec.edits import alpha_grid, negation_control, task_addition, task_negation
+from taskvec.config import alpha_grid
+from taskvec.edits import negation_control, task_addition, task_negation
 from taskvec.errors import TaskvecError
 from taskvec.evaluate import EvalSet, Evaluator, encode
 from taskvec.models import build_backbone
 from taskvec.models.heads import prototype_head
 from taskvec.tasks import load_task_data
-from taskvec.train import TrainConfig, finetune
+from taskvec.config import TrainConfig
+from taskvec.train import finetune
 
 TASKS = ["toy-squares", "toy-stripes", "toy-noise"]
 
@@ -134,7 +136,8 @@ def test_negation_respects_control_threshold():
 
 
 def test_negation_table_averages_feasible_targets_and_names_the_others():
-    from taskvec.pipeline import Roles, negation_table
+    from taskvec.pipeline.context import Roles
+    from taskvec.pipeline.evaluations import negation_table
     from taskvec.report import render_markdown
     from taskvec.results import NegationTarget, SingleTask
 
@@ -146,10 +149,12 @@ def test_negation_table_averages_feasible_targets_and_names_the_others():
     row = table["nonlinear"]
     assert row.infeasible == ["b"] and row.target == 0.3 and row.control == 0.78
     assert table["pretrained"].infeasible == [] and table["pretrained"].target == pytest.approx(0.85)
+    from taskvec.config import RunConfig
     from taskvec.results import RunResults
+    from taskvec.typed import from_data
 
-    results = RunResults(config={"name": "t", "backbone": "x", "init": "pretrained", "head": {"kind": "prototype", "scale": 30.0},
-                                 "data": {"seed": 0}, "train": {}, "negation": {"threshold": 0.95}},
+    results = RunResults(config=from_data(RunConfig, {"name": "t", "backbone": "x", "init": "pretrained", "head": {"kind": "prototype", "scale": 30.0},
+                                                      "data": {"seed": 0}, "train": {}, "negation": {"threshold": 0.95}}),
                          tasks=["a", "b"], single_task=single, merge={}, negation=table)
     report = render_markdown(results)
     assert "| Non-linear FT | 30.0 (1 of 2 targets) | 78.0 | 30.0 (0.50) | no feasible α |" in report

@@ -187,7 +187,7 @@ def test_jvp_under_math_sdpa_matches_finite_difference(tiny_dir):
 def test_taskvec_jvp_picks_the_math_kernel_that_plain_forward_ad_lacks(tiny):
     """Forward AD through the default (fused CPU) SDPA kernel raises with the pinned torch; the
     linearization's own JVP needs no kernel chosen by its caller and equals the MATH-kernel one."""
-    from taskvec.linearize import jvp as taskvec_jvp
+    from taskvec.linearization import jvp as taskvec_jvp
 
     batch = tiny.prepare([SHORT, LONG])
     params = {k: v.detach() for k, v in tiny.named_parameters()}
@@ -273,7 +273,7 @@ def test_per_sample_jacobians_vectorize_and_match_explicit_ones(tiny_dir, implem
     from test_ntk import explicit_jacobian
 
     from taskvec.analysis import empirical_ntk
-    from taskvec.linearize import forward_ad_safe_attention
+    from taskvec.linearization import forward_ad_safe_attention
     from taskvec.models.heads import ClassificationHead, Classifier
 
     encoder = build_backbone(f"hf:{tiny_dir}", attn_implementation=implementation).double()

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from taskvec.linearize import LinearizedBackbone, func_jvp, jvp, linearize
+from taskvec.linearization import LinearizedBackbone, func_jvp, jvp, linearize
 from taskvec.models import build_backbone
 
 
@@ -165,7 +165,7 @@ def test_linearized_forward_makes_theta_minus_theta0_one_tensor_at_a_time(which,
     (in LinearizedBackbone and in TunedEncoder, which `finetune` trains through)."""
     import weakref
 
-    from taskvec.linearize import LazyTensors
+    from taskvec.linearization import LazyTensors
 
     encoder = dict(_linearized_encoders())[which]
     alive, most = [], [0]

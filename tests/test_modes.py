@@ -12,7 +12,8 @@ from torch import nn
 
 import taskvec
 from conftest import tiny_training_setup
-from taskvec.config import from_dict, RunConfig
+from taskvec.config import RunConfig
+from taskvec.typed import from_data, to_data
 from taskvec.errors import TaskvecError
 from taskvec.finetuning.build import FitData
 from taskvec.finetuning.cost import CostMeter
@@ -23,7 +24,8 @@ from taskvec.kinds import (EVAL_METHODS, FINETUNE_MODES, LINEAR_LORA, LINEAR_SUB
 from taskvec.models import Backbone, build_backbone
 from taskvec.models.heads import Classifier
 from taskvec.task_vector import TaskVector
-from taskvec.train import TrainConfig, TrainedModel, finetune
+from taskvec.config import TrainConfig
+from taskvec.train import TrainedModel, finetune
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -184,7 +186,7 @@ def test_tjp_penalty_equals_an_explicit_jacobian_product():
 def test_tjp_needs_the_other_tasks():
     model, head, inputs, labels = tiny_training_setup()
     with pytest.raises(TaskvecError, match="other tasks' inputs"):
-        finetune(model, head, inputs, labels, mode=TJP, cfg=TrainConfig(steps=2, batch_size=8, warmup_steps=1), progress=False)
+        finetune(model, head, inputs, labels, mode=TJP, cfg=TrainConfig.for_mode(TJP, steps=2, batch_size=8, warmup_steps=1), progress=False)
 
 
 # ----- LoRA ----------------------------------------------------------------------------------------
@@ -240,19 +242,19 @@ def test_every_mode_saves_loads_and_merges_like_any_other(tmp_path):
 # ----- config and cost ---------------------------------------------------------------------------------
 
 def test_modes_and_their_settings_are_one_config_line_each():
-    cfg = from_dict(RunConfig, {"train": {"modes": ["nonlinear", "lora"], "lora": {"rank": 4, "steps": 70}}})
+    cfg = from_data(RunConfig, {"train": {"modes": ["nonlinear", "lora"], "lora": {"rank": 4, "steps": 70}}})
     assert list(cfg.train.modes) == ["nonlinear", "lora"]
     assert cfg.train["lora"].settings == {"params": "matrices", "rank": 4, "alpha": 16.0} and cfg.train["lora"].steps == 70
     assert cfg.train["lora"].lr == LORA.lr
     assert list(RunConfig().train.modes) == ["nonlinear", "linear"]  # new modes are opt-in
-    assert from_dict(RunConfig, taskvec.config.to_dict(cfg)) == cfg
+    assert from_data(RunConfig, to_data(cfg)) == cfg
     for table, message in [({"modes": ["nonlinear"], "lora": {"rank": 4}}, r"\[train.lora\] configures a mode that train.modes leaves out"),
                            ({"modes": ["lora"], "lora": {"rank": 0}}, r"train.lora.rank must be ≥ 1"),
                            ({"modes": ["talos"], "talos": {"fraction": 1.5}}, r"train.talos.fraction must be in \[1e-09, 1\]"),
                            ({"modes": ["lora"], "lora": {"rnak": 4}}, r"unknown key 'train.lora.rnak'"),
                            ({"modes": ["sparse"]}, r"unknown fine-tuning mode 'sparse'")]:
         with pytest.raises(TaskvecError, match=message):
-            from_dict(RunConfig, {"train": table})
+            from_data(RunConfig, {"train": table})
     shipped = Path(__file__).parents[1] / "configs"
     for name in ("methods.toml", "text-methods.toml"):
         cfg = taskvec.config.load_config(shipped / name)

@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from taskvec.analysis.ntk import empirical_ntk, ntk_localization, plot_ntk_localization
 from taskvec.errors import TaskvecError
-from taskvec.linearize import forward_ad_safe_attention, linearize
+from taskvec.linearization import forward_ad_safe_attention, linearize
 from taskvec.models import Backbone, build_backbone
 from taskvec.models.heads import ClassificationHead, Classifier
 

@@ -10,12 +10,13 @@ from PIL import Image
 import clip_tiny
 from jvp_check import assert_jvp_matches_finite_differences
 from taskvec.errors import TaskvecError
-from taskvec.linearize import linearize
+from taskvec.linearization import linearize
 from taskvec.models import build_backbone
 from taskvec.models.heads import text_head
 from taskvec.models.pixels import LazyImages
 from taskvec.task_vector import base_identity
-from taskvec.train import TrainConfig, finetune
+from taskvec.config import TrainConfig
+from taskvec.train import finetune
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +200,10 @@ def test_random_init_heads_come_from_the_pretrained_text_tower(tmp_path):
     built by the pre-trained text tower (and logit scale), unless head.text_encoder = "model"."""
     import open_clip
 
-    from taskvec.config import RunConfig, from_dict
-    from taskvec.pipeline import build_head, prepare_tasks
+    from taskvec.config import RunConfig
+
+    from taskvec.typed import from_data, to_data
+    from taskvec.pipeline.setup import build_head, prepare_tasks
 
     clip_tiny.register()
     torch.manual_seed(11)
@@ -212,12 +215,12 @@ def test_random_init_heads_come_from_the_pretrained_text_tower(tmp_path):
     random = build_backbone(spec, init="random")
 
     def head(text_encoder: str):
-        cfg = from_dict(RunConfig, {"backbone": spec, "backbone_options": {}, "init": "random", "tasks": ["toy-squares", "toy-noise"],
+        cfg = from_data(RunConfig, {"backbone": spec, "backbone_options": {}, "init": "random", "tasks": ["toy-squares", "toy-noise"],
                                     "head": {"kind": "zeroshot", "text_encoder": text_encoder}, "data": {"max_train": 8}})
         return build_head(random, prepare_tasks(random, ["toy-squares"], cfg)["toy-squares"], cfg)
 
     from_pretrained, from_model = head("pretrained"), head("model")
-    task_cfg = from_dict(RunConfig, {"backbone": spec, "backbone_options": {}, "tasks": ["toy-squares", "toy-noise"], "head": {"kind": "zeroshot"},
+    task_cfg = from_data(RunConfig, {"backbone": spec, "backbone_options": {}, "tasks": ["toy-squares", "toy-noise"], "head": {"kind": "zeroshot"},
                                      "data": {"max_train": 8}})
     reference = build_head(pretrained, prepare_tasks(pretrained, ["toy-squares"], task_cfg)["toy-squares"], task_cfg)
     torch.testing.assert_close(from_pretrained.weight, reference.weight)

@@ -7,12 +7,14 @@ import pytest
 
 import clip_tiny
 import fake_paper_data
-from taskvec.config import RunConfig, TrainModes, from_dict, load_config, quick, steps_for_epochs
+from taskvec.config import RunConfig, TrainModes, load_config, quick, steps_for_epochs
+from taskvec.typed import from_data, to_data
 from taskvec.errors import TaskvecError
 from taskvec.kinds import FINETUNE_MODES, LINEARIZED, NONLINEAR
-from taskvec.plan import check_plan, format_plan, plan_run
-from taskvec.stages import State
-from taskvec.train import TrainConfig
+from taskvec.pipeline.plan import check_plan, format_plan
+from taskvec.protocol import plan_run
+from taskvec.pipeline.stages import State
+from taskvec.config import TrainConfig
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("paper-vit-*.toml"))
 B32 = Path(__file__).resolve().parents[1] / "configs" / "paper-vit-b-32.toml"
@@ -38,7 +40,7 @@ def test_paper_configs_have_the_papers_protocol(path):
 
 
 def test_epochs_resolve_to_about_2000_steps_per_task():
-    modes = TrainModes(modes={NONLINEAR.name: TrainConfig(batch_size=128, warmup_steps=500, steps=2000)}, epochs={"MNIST": 5, "Cars": 35},
+    modes = TrainModes(modes={NONLINEAR.name: TrainConfig.for_mode(NONLINEAR, batch_size=128, warmup_steps=500, steps=2000)}, epochs={"MNIST": 5, "Cars": 35},
                        steps={"Cars": 10_000})
     assert modes.for_task(NONLINEAR, "MNIST", 55_000).steps == 5 * 430 == 2150
     assert modes.for_task(NONLINEAR, "Cars", 7330).steps == 10_000  # steps win over epochs
@@ -53,18 +55,18 @@ def test_epochs_resolve_to_about_2000_steps_per_task():
 
 def test_config_validation_of_the_new_keys():
     with pytest.raises(TaskvecError, match="train.epochs names tasks that are not in tasks"):
-        from_dict(RunConfig, {"tasks": ["a", "b"], "train": {"epochs": {"c": 3}}})
+        from_data(RunConfig, {"tasks": ["a", "b"], "train": {"epochs": {"c": 3}}})
     with pytest.raises(TaskvecError, match="train.steps.a must be an integer"):
-        from_dict(RunConfig, {"tasks": ["a", "b"], "train": {"steps": {"a": 2.5}}})
+        from_data(RunConfig, {"tasks": ["a", "b"], "train": {"steps": {"a": 2.5}}})
     with pytest.raises(TaskvecError):
-        from_dict(RunConfig, {"data": {"max_train": "some"}})
+        from_data(RunConfig, {"data": {"max_train": "some"}})
     with pytest.raises(TaskvecError, match="precision"):
-        from_dict(RunConfig, {"train": {"linear": {"precision": "fp16"}}})
-    cfg = from_dict(RunConfig, {"data": {"max_val": "all", "root": "/d"}, "train": {"linear": {"grad_accumulation": 2}}})
+        from_data(RunConfig, {"train": {"linear": {"precision": "fp16"}}})
+    cfg = from_data(RunConfig, {"data": {"max_val": "all", "root": "/d"}, "train": {"linear": {"grad_accumulation": 2}}})
     assert cfg.data.max_val is None and cfg.data.root == "/d" and cfg.train[LINEARIZED].grad_accumulation == 2
     assert cfg.train[LINEARIZED].lr == TrainModes()[LINEARIZED].lr == LINEARIZED.lr  # mode tables override the mode's defaults
     with pytest.raises(TaskvecError, match="unknown key 'train.lienar'; allowed: modes, epochs, steps, nonlinear, linear, subset"):
-        from_dict(RunConfig, {"train": {"lienar": {"lr": 1e-3}}})
+        from_data(RunConfig, {"train": {"lienar": {"lr": 1e-3}}})
 
 
 def test_dry_run_plan_lists_every_stage_and_names_what_is_missing(tmp_path):
@@ -135,7 +137,7 @@ def test_results_table_puts_ours_beside_the_papers():
     from taskvec.kinds import NONLINEAR_FT
 
     ties = MERGE_METHODS.get("ties")
-    results = RunResults(config={"backbone": "openclip:ViT-B-32/openai"}, tasks=tasks, single_task=single,
+    results = RunResults(config=from_data(RunConfig, {"backbone": "openclip:ViT-B-32/openai", "backbone_options": {}}), tasks=tasks, single_task=single,
                          merge={ta.name: {LINEARIZED_FT.name: added}, ties.name: {NONLINEAR_FT.name: added}},
                          negation={LINEARIZED_FT.name: NegationResult(target=0.1, control=0.6, per_task={})})
     table = comparison_tables(results)
@@ -144,5 +146,5 @@ def test_results_table_puts_ours_beside_the_papers():
     assert "| Linearized FT | 10.0 / 60.0 | 10.9 / 60.8 | -0.9 |" in table
     assert "| TIES | 77.0 | ≈72 |" in table  # a merge method beside its published ViT-B/32 number
     assert "| Task Arithmetic |" not in table.split("Merge methods")[1]  # no non-linear TA result: no row
-    other = RunResults(config={"backbone": "effnet-lite0"}, tasks=tasks, single_task=single, merge={}, negation={})
+    other = RunResults(config=RunConfig(), tasks=tasks, single_task=single, merge={}, negation={})
     assert comparison_tables(other) == ""

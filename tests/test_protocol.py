@@ -7,12 +7,14 @@ import pytest
 
 from taskvec.claims import CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Spread, check_claims, verdict
 from taskvec.cli import main
-from taskvec.config import RunConfig, from_dict, load_config, seed_config
+from taskvec.config import RunConfig, load_config, seed_config
+from taskvec.typed import from_data, to_data
 from taskvec.errors import TaskvecError
 from taskvec.kinds import LINEARIZED_FT, NONLINEAR_FT
 from taskvec.merging import TASK_ARITHMETIC
-from taskvec.pipeline import RunDir
-from taskvec.plan import format_plan, plan_run
+from taskvec.pipeline.rundir import RunDir
+from taskvec.pipeline.plan import format_plan
+from taskvec.protocol import plan_run
 from taskvec.results import RunResults
 from taskvec.seeds import SeedResults
 from taskvec.tuning import ADDITION, SINGLE_TASK, TuneResult, TunePoint, choose, config_lines, shared_rates, tune_modes
@@ -135,7 +137,7 @@ def test_spread_is_the_mean_and_sample_std_of_the_known_values():
 
 
 def test_seed_config_moves_every_seed_but_nothing_else():
-    cfg = from_dict(RunConfig, {"seeds": [0, 3], "train": {"linear": {"seed": 9}}})
+    cfg = from_data(RunConfig, {"seeds": [0, 3], "train": {"linear": {"seed": 9}}})
     sub = seed_config(cfg, 3)
     assert sub.seeds is None and sub.data.seed == 3 and all(t.seed == 3 for t in sub.train.modes.values())
     assert sub.train["linear"].lr == cfg.train["linear"].lr and sub.tasks == cfg.tasks
@@ -154,8 +156,8 @@ def seeded(tmp_path_factory):
 def test_a_seeded_run_is_one_full_run_per_seed_with_its_own_split_and_order(seeded):
     _, out = seeded
     runs = [RunResults.load(out / f"seed-{s}" / "results.json") for s in (0, 1)]
-    assert [r.config["data"]["seed"] for r in runs] == [0, 1]
-    assert [r.config["train"]["linear"]["seed"] for r in runs] == [0, 1]
+    assert [r.config.data.seed for r in runs] == [0, 1]
+    assert [r.config.train.modes["linear"].seed for r in runs] == [0, 1]
     assert (out / "seed-0" / "report.md").exists() and (out / "seed-1" / "vectors" / "toy-noise.linear.safetensors").exists()
     from taskvec.task_vector import TaskVector
 
@@ -238,7 +240,7 @@ def test_a_seeded_run_resumes_and_its_dry_run_walks_the_same_graph(seeded, capsy
     config, out = seeded
     main(["run", "--config", str(config), "--out", str(out), "--seeds", "2", "--no-progress"])
     assert "[done]" not in capsys.readouterr().err
-    cfg = from_dict(RunConfig, {**json.loads((out / "config.json").read_text())})
+    cfg = from_data(RunConfig, {**json.loads((out / "config.json").read_text())})
     plan = plan_run(cfg, out)
     assert plan[-1].key == "seeds" and all(p.done for p in plan)
     assert any(p.key == "seed-1/finetune/toy-noise.linear" for p in plan)
@@ -250,11 +252,11 @@ def test_a_single_run_directory_cannot_become_a_seeded_one(tmp_path):
     config.write_text(CONFIG)
     cfg = load_config(config)
     RunDir(tmp_path / "out").root.mkdir()
-    RunDir(tmp_path / "out").check_config(cfg)
+    RunDir(tmp_path / "out").made_for(cfg).stamp()
     from taskvec.config import with_seeds
 
     with pytest.raises(TaskvecError, match="differs in: name, seeds|differs in: seeds"):
-        RunDir(tmp_path / "out").check_config(with_seeds(cfg, 2))
+        RunDir(tmp_path / "out").made_for(with_seeds(cfg, 2)).verify()
 
 
 # ----- claims ------------------------------------------------------------------------------------

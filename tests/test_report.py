@@ -1,9 +1,11 @@
 """The report's merge table from typed results: labels from the registries, chosen settings, the
 α-at-the-top-of-the-grid marker, and the grouped bar figure."""
+from taskvec.config import RunConfig
 from taskvec.kinds import LINEARIZED_FT, NONLINEAR_FT, POSTHOC, PRETRAINED
 from taskvec.merging import TASK_ARITHMETIC, TIES
 from taskvec.report import render_markdown, write_report
 from taskvec.results import AlphaPoint, MergeResult, NegationResult, NegationTarget, RunResults, SearchPoint, SingleTask, TaskScore
+from taskvec.typed import from_data
 
 TASKS = ["a", "b"]
 
@@ -22,9 +24,11 @@ def _results() -> RunResults:
                                                                                           target=0.3, control=0.6) for t in TASKS})
                 for m in (PRETRAINED, *methods)}
     return RunResults(
-        config={"name": "r", "backbone": "tiny-cnn", "init": "pretrained", "head": {"kind": "prototype", "scale": 30.0}, "data": {"seed": 0},
-                "train": {"nonlinear": {"steps": 4, "lr": 0.01, "batch_size": 8}, "linear": {"steps": 4, "lr": 0.01, "batch_size": 8}},
-                "negation": {"threshold": 0.95}},
+        config=from_data(RunConfig, {
+            "name": "r", "backbone": "tiny-cnn", "backbone_options": {}, "init": "pretrained", "head": {"kind": "prototype", "scale": 30.0},
+            "data": {"seed": 0}, "negation": {"threshold": 0.95},
+            "train": {"nonlinear": {"steps": 4, "lr": 0.01, "batch_size": 8, "warmup_steps": 1},
+                      "linear": {"steps": 4, "lr": 0.01, "batch_size": 8, "warmup_steps": 1}}}),
         tasks=TASKS, single_task=SingleTask(val=single, test=single),
         merge={TASK_ARITHMETIC.name: {m.name: _merge(0.5, 0.8, {}, [0.0, 0.5, 1.0]) for m in methods},
                TIES.name: {NONLINEAR_FT.name: _merge(2.5, 0.85, {"k": 0.1}, [0.8, 1.5, 2.5]),

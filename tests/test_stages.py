@@ -5,12 +5,15 @@ from dataclasses import dataclass
 
 import pytest
 
-import taskvec.pipeline as pipeline
-from taskvec.config import from_dict, RunConfig
+import taskvec.pipeline.graph as benchmark
+from taskvec.protocol import run_pipeline
+from taskvec.config import RunConfig
+from taskvec.typed import from_data, to_data
 from taskvec.errors import TaskvecError
-from taskvec.plan import format_plan, plan_run
+from taskvec.pipeline.plan import format_plan
+from taskvec.protocol import plan_run
 from taskvec.results import SingleTask
-from taskvec.stages import Graph, Outcome, Stage, State, execute
+from taskvec.pipeline.stages import Graph, Outcome, Stage, State, execute
 
 TINY = {
     "name": "tiny", "backbone": "tiny-cnn", "tasks": ["toy-squares", "toy-stripes"],
@@ -61,7 +64,7 @@ def test_stage_files_keep_typed_results_and_redo_on_changed_settings(tmp_path):
 
 
 def test_a_stage_added_to_the_graph_appears_in_the_plan_and_the_run(tmp_path, monkeypatch):
-    original = pipeline.build_graph
+    original = benchmark.build_graph
     computed = []
 
     def extended(cfg, run_dir):
@@ -73,16 +76,16 @@ def test_a_stage_added_to_the_graph_appears_in_the_plan_and_the_run(tmp_path, mo
         graph.add(report)
         return graph
 
-    monkeypatch.setattr(pipeline, "build_graph", extended)
-    cfg, out = from_dict(RunConfig, TINY), tmp_path / "run"
+    monkeypatch.setattr(benchmark, "build_graph", extended)
+    cfg, out = from_data(RunConfig, TINY), tmp_path / "run"
     before = plan_run(cfg, out)
     assert "extra" in [s.key for s in before] and "extra: mean single-task accuracy" in format_plan(cfg, before)
     assert [s.state for s in before] == [State.TODO] * len(before)
-    pipeline.run_pipeline(cfg, out, log=lambda m: None, progress=False)
+    run_pipeline(cfg, out, log=lambda m: None, progress=False)
     assert computed == [1] and (out / "stages" / "extra.json").exists()
     single: SingleTask = SingleTask(**{k: v for k, v in json.loads((out / "stages" / "single_task.json").read_text())["result"].items()})
     assert json.loads((out / "stages" / "extra.json").read_text())["result"]["value"] == pytest.approx(sum(single.test["linear"].values()))
     after = plan_run(cfg, out)
     assert [s.key for s in after] == [s.key for s in before] and all(s.done for s in after)
-    pipeline.run_pipeline(cfg, out, log=lambda m: None, progress=False)
+    run_pipeline(cfg, out, log=lambda m: None, progress=False)
     assert computed == [1]  # done: skipped by the run as the plan said

@@ -78,7 +78,7 @@ def test_summarize_refuses_what_load_refuses(tiny, tmp_path):
 
 
 def test_import_taskvec_is_light_and_keeps_its_names():
-    code = ("import sys, taskvec; light = 'torch' not in sys.modules; import taskvec.linearize; "
+    code = ("import sys, taskvec; light = 'torch' not in sys.modules; import taskvec.linearization; "
             "print(light, callable(taskvec.linearize), taskvec.TaskVector.__name__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split()[:3] == ["True", "True", "TaskVector"], done.stderr

@@ -1,4 +1,4 @@
-"""The fused tangent rules of taskvec.linearize (attention, linear, GELU; issue 13) against
+"""The fused tangent rules of taskvec.linearization (attention, linear, GELU; issue 13) against
 PyTorch's own forward-AD formulas, central finite differences, and autograd's gradients of
 those formulas, in float64 (and float32 at float32 tolerance)."""
 from contextlib import nullcontext
@@ -8,7 +8,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from taskvec.linearize import _attention, _gelu, _linear, _TangentRules, forward_ad_safe_attention
+from taskvec.linearization import forward_ad_safe_attention
+from taskvec.linearization.tangent_rules import _attention, _gelu, _linear, _TangentRules
 
 
 def _tangent(op, primals, tangents, kwargs, rules: bool):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from taskvec.errors import TaskvecError
-from taskvec.linearize import LinearizedBackbone
+from taskvec.linearization import LinearizedBackbone
 from taskvec.models import build_backbone
 from taskvec.task_vector import TaskVector, base_identity, sum_vectors
 

@@ -12,7 +12,7 @@ from taskvec.errors import TaskvecError
 from taskvec.tasks import Split, Task, available_tasks, get_task, load_task_data, make_splits
 from taskvec.tasks._safe_pickle import load_numpy_pickle, loads_numpy
 from taskvec.tasks.image import package_dir, read_idx
-from taskvec.tasks.text import MAX_SENTENCES, MAX_WORDS, chunk_text, deduplicate, grouped_split, split_sentences
+from taskvec.tasks.corpus import MAX_SENTENCES, MAX_WORDS, chunk_text, deduplicate, grouped_split, split_sentences
 
 IMAGE_TASKS = ["mnist", "ising", "animal-mnist", "digits", "textile"]
 TEXT_TASKS = ["movie-sentiment", "review-or-plot", "debate-party", "convention-party", "moral-foundation", "word-polarity"]

@@ -6,8 +6,10 @@ import torch.nn.functional as F
 from conftest import tiny_training_setup as _setup
 
 from taskvec.errors import TaskvecError
+from taskvec.kinds import NONLINEAR
 from taskvec.models.heads import Classifier
-from taskvec.train import TrainConfig, batch_indices, finetune, learning_rate
+from taskvec.config import TrainConfig
+from taskvec.train import batch_indices, finetune, learning_rate
 
 
 def test_schedule_warmup_then_cosine():
@@ -70,7 +72,7 @@ def test_every_registered_mode_is_covered_by_the_resume_test():
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     model, head, inputs, labels = _setup()
-    cfg = TrainConfig(steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
+    cfg = TrainConfig.for_mode(NONLINEAR, steps=4, batch_size=8, warmup_steps=1, checkpoint_every=2)
     ckpt = tmp_path / "ckpt.safetensors"
     finetune(model, head, inputs, labels, mode="nonlinear", cfg=cfg, checkpoint=ckpt, progress=False, stop_after=2)
     with pytest.raises(TaskvecError, match="different run"):
@@ -81,4 +83,4 @@ def test_bad_train_config_is_refused():
     with pytest.raises(TaskvecError, match="lr"):
         TrainConfig(lr=-1)
     with pytest.raises(TaskvecError, match="warmup"):
-        TrainConfig(steps=5, warmup_steps=10)
+        TrainConfig(steps=5, warmup_steps=10, lr=1e-3)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..distributed import Ranks
-from ..edits import alpha_grid
+from ..config import alpha_grid
 from ..errors import TaskvecError
 from ..evaluate import Evaluator
 from ..kinds import EVAL_METHODS
@@ -83,53 +83,18 @@ def disentanglement_error(
     the subset and computes its share of the grid's cells. Counts are summed, so ξ (and the
     passes reported) are the single process's exactly.
     """
-    if task1 == task2:
-        raise TaskvecError(f"disentanglement needs two different tasks, got {task1!r} twice")
-    alphas1 = [float(a) for a in (disentanglement_grid() if alphas1 is None else alphas1)]
-    alphas2 = [float(a) for a in (disentanglement_grid() if alphas2 is None else alphas2)]
-    if not alphas1 or not alphas2:
-        raise TaskvecError("disentanglement needs at least one α per task")
-    for t in (task1, task2):
-        if t not in evaluator.vectors:
-            raise TaskvecError(f"no task vector for {t!r}")
-        if t not in evaluator.heads:
-            raise TaskvecError(f"no head for task {t!r}")
-
+    alphas1, alphas2 = _checked_alphas(evaluator, task1, task2, alphas1, alphas2)
     started = time.perf_counter()
     ranks = evaluator.ranks
-    rows = {t: _subset_index(evaluator.size(t, split), max_examples, seed) for t in (task1, task2)}
-    # Sharded, a subset (200 rows by default) is too small to split by rows; every rank then holds
-    # all of it and the grid's cells are dealt out instead. Whole sets stay split by rows.
-    deal_cells = ranks.sharded and any(r is not None for r in rows.values())
-    if all(r is None for r in rows.values()):
-        ev = evaluator
-    else:
-        ev = evaluator.restricted(rows, split, ranks=Ranks() if deal_cells else None)
+    ev, deal_cells = _on_subsets(evaluator, (task1, task2), split, max_examples, seed)
     passes_before = ev.forward_passes
-
-    def pred(task: str, coeffs: Mapping[str, float]) -> torch.Tensor:
-        return ev.logits(task, split, coeffs).argmax(-1)
-
     # Reference predictions: each task under its own edit only; then J τ1 and J τ2 on both sets,
     # from which the linearized methods sum every cell (α1 = α2 too) without a new pass.
-    own1 = [pred(task1, {task1: a}) for a in alphas1]
-    own2 = [pred(task2, {task2: b}) for b in alphas2]
+    own1 = [ev.logits(task1, split, {task1: a}).argmax(-1) for a in alphas1]
+    own2 = [ev.logits(task2, split, {task2: b}).argmax(-1) for b in alphas2]
     ev.prepare_products([task1, task2], [task1, task2], split)
     passes_shared = ev.forward_passes - passes_before
-    # Disagreements counted on this rank's rows (or cells), summed over the ranks (exact).
-    changed = torch.zeros((2, len(alphas1), len(alphas2)), dtype=torch.long)
-    cells = [(i, j) for i in range(len(alphas1)) for j in range(len(alphas2))]
-    if deal_cells:
-        cells = cells[ranks.index :: ranks.count]
-    if progress:
-        from tqdm.auto import tqdm
-
-        cells = tqdm(cells, desc=f"ξ {ev.method} {task1}+{task2}", leave=False)
-    for i, j in cells:
-        both = ev.logits_many([task1, task2], split, {task1: alphas1[i], task2: alphas2[j]})  # one edit for both sets
-        changed[0, i, j] = int((both[task1].argmax(-1) != own1[i]).sum())
-        changed[1, i, j] = int((both[task2].argmax(-1) != own2[j]).sum())
-    changed = ranks.total(changed).numpy()
+    changed = _changed_predictions(ev, ranks, (task1, task2), (alphas1, alphas2), (own1, own2), split, deal_cells, progress)
     cell_passes = ev.forward_passes - passes_before - passes_shared  # alike on every rank when rows are split
     if deal_cells:
         cell_passes = int(ranks.total(torch.tensor([cell_passes])))
@@ -142,6 +107,59 @@ def disentanglement_error(
         examples=sizes,
         seconds=round(time.perf_counter() - started, 3), forward_passes=passes_shared + cell_passes,
     )
+
+
+def _checked_alphas(
+    evaluator: Evaluator, task1: str, task2: str, alphas1: Sequence[float] | None, alphas2: Sequence[float] | None
+) -> tuple[list[float], list[float]]:
+    """The two α axes as floats (default: `disentanglement_grid()`), after checking that the
+    evaluator holds a vector and a head for two different tasks."""
+    if task1 == task2:
+        raise TaskvecError(f"disentanglement needs two different tasks, got {task1!r} twice")
+    alphas1 = [float(a) for a in (disentanglement_grid() if alphas1 is None else alphas1)]
+    alphas2 = [float(a) for a in (disentanglement_grid() if alphas2 is None else alphas2)]
+    if not alphas1 or not alphas2:
+        raise TaskvecError("disentanglement needs at least one α per task")
+    for t in (task1, task2):
+        if t not in evaluator.vectors:
+            raise TaskvecError(f"no task vector for {t!r}")
+        if t not in evaluator.heads:
+            raise TaskvecError(f"no head for task {t!r}")
+    return alphas1, alphas2
+
+
+def _on_subsets(evaluator: Evaluator, tasks: tuple[str, str], split: str, max_examples: int | None,
+                seed: int) -> tuple[Evaluator, bool]:
+    """(the evaluator restricted to each task's seeded subset, whether the grid's cells are dealt
+    out among the ranks rather than the rows)."""
+    rows = {t: _subset_index(evaluator.size(t, split), max_examples, seed) for t in tasks}
+    # Sharded, a subset (200 rows by default) is too small to split by rows; every rank then holds
+    # all of it and the grid's cells are dealt out instead. Whole sets stay split by rows.
+    deal_cells = evaluator.ranks.sharded and any(r is not None for r in rows.values())
+    if all(r is None for r in rows.values()):
+        return evaluator, deal_cells
+    return evaluator.restricted(rows, split, ranks=Ranks() if deal_cells else None), deal_cells
+
+
+def _changed_predictions(ev: Evaluator, ranks: Ranks, tasks: tuple[str, str], alphas: tuple[list[float], list[float]],
+                         own: tuple[list[torch.Tensor], list[torch.Tensor]], split: str, deal_cells: bool,
+                         progress: bool) -> np.ndarray:
+    """(2, len(α1), len(α2)) counts of each task's predictions that the joint edit changes from
+    its own edit's, counted on this rank's rows (or cells) and summed over the ranks (exact)."""
+    (task1, task2), (alphas1, alphas2), (own1, own2) = tasks, alphas, own
+    changed = torch.zeros((2, len(alphas1), len(alphas2)), dtype=torch.long)
+    cells = [(i, j) for i in range(len(alphas1)) for j in range(len(alphas2))]
+    if deal_cells:
+        cells = cells[ranks.index :: ranks.count]
+    if progress:
+        from tqdm.auto import tqdm
+
+        cells = tqdm(cells, desc=f"ξ {ev.method} {task1}+{task2}", leave=False)
+    for i, j in cells:
+        both = ev.logits_many([task1, task2], split, {task1: alphas1[i], task2: alphas2[j]})  # one edit for both sets
+        changed[0, i, j] = int((both[task1].argmax(-1) != own1[i]).sum())
+        changed[1, i, j] = int((both[task2].argmax(-1) != own2[j]).sum())
+    return ranks.total(changed).numpy()
 
 
 def mean_xi(result: Disentanglement, box: tuple[float, float] | None = None) -> float:

@@ -12,7 +12,7 @@ through f or through its linearization f_lin:
   gradient there, so the linearized variant (L-LoRA) trains B alone.
 
 `TunedEncoder` runs the frozen backbone with θ(φ) (non-linear) or as θ0's dual numbers with
-the tangent θ(φ) − θ0 restricted to the changed tensors (linearized, `linearize.jvp`): the
+the tangent θ(φ) − θ0 restricted to the changed tensors (linearized, `linearization.jvp`): the
 partial linearization f(x; θ0) + J_S(x; θ0)(θ_S − θ0_S) of the subset S. The task vector is
 always a full-weight difference (zeros outside the selection), so every merge method and
 analysis applies to it unchanged.
@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import TaskvecError
-from ..linearize import LazyTensors, jvp, preferred_layout
+from ..linearization import LazyTensors, jvp, preferred_layout
 from ..models.base import Backbone, Batch
 
 Tensors = dict[str, torch.Tensor]
@@ -192,7 +192,7 @@ class TunedEncoder(nn.Module):
     def tangent_features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(f(x; θ0), J_S(x; θ0)(θ_S − θ0_S)) for the changed tensors S."""
         primals = {n: self.trainable.pretrained[n] for n in self.trainable.names}
-        # each tangent made as its layer reads it, never all at once (taskvec.linearize.jvp)
+        # each tangent made as its layer reads it, never all at once (taskvec.linearization.jvp)
         return jvp(self.backbone, primals, LazyTensors(self.trainable.names, self.trainable.tangent_of), batch)
 
     def train(self, mode: bool = True) -> "TunedEncoder":

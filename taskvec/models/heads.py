@@ -11,7 +11,8 @@ much to break. `probe_head` stays available for comparison (`head = "probe"` in 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TaskvecError
+from .base import Backbone
+
 
 class ClassificationHead(nn.Module):
     """A frozen linear classifier on L2-normalized features."""
@@ -90,3 +93,33 @@ class Classifier(nn.Module):
 def describe(classnames: Sequence[str]) -> list[str]:
     """Fallback descriptions when a task gives none."""
     return [f"An example of {name}." for name in classnames]
+
+
+# ----- builders of the registered head kinds (taskvec.models.head_kinds) --------------------------
+
+@dataclass
+class HeadSource:
+    """What a head builder may read. `features` and `text_encoder` are computed on first call:
+    prototype heads never build a text encoder, zero-shot heads never encode training data."""
+
+    task: Any  # taskvec.tasks.Task
+    labels: Any  # the training labels (tensor)
+    features: Callable[[], Any]  # θ0's features of the training inputs
+    text_encoder: Callable[[], Backbone]  # the model that embeds class descriptions
+    scale: float
+    seed: int = 0
+    cache_dir: str | None = None
+    device: Any = None
+
+
+def from_prototypes(source: HeadSource) -> ClassificationHead:
+    return prototype_head(source.features(), source.labels, source.task.num_classes, source.scale)
+
+
+def from_probe(source: HeadSource) -> ClassificationHead:
+    return probe_head(source.features(), source.labels, source.task.num_classes, seed=source.seed)
+
+
+def from_descriptions(source: HeadSource) -> ClassificationHead:
+    task = source.task
+    return text_head(source.text_encoder().encode_text(list(task.descriptions or describe(task.classnames))), source.scale)

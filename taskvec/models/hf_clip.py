@@ -24,58 +24,14 @@ from torch import nn
 
 from ..errors import TaskvecError
 from .base import Backbone, Batch, Shared
+from .hub import WEIGHT_FILES, read_hf_folder, resolve_folder
+from .identity import fingerprint
 from .pixels import ImageTransform, LazyImages
 from .registry import Init
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # CLIP's own normalization (used when a folder has no preprocessor_config.json)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def looks_like_repo_id(spec: str) -> bool:
-    return spec.count("/") == 1 and not spec.startswith(("/", ".", "~")) and not Path(spec).suffix
-
-
-def find_local(spec: str, weights_dir: str | None = None) -> Path | None:
-    """The folder of a local path, or of a repo id already in the Hugging Face cache; None when
-    neither (nothing is downloaded)."""
-    local = Path(spec).expanduser()
-    if local.exists():
-        return local
-    if not looks_like_repo_id(spec):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=spec, cache_dir=weights_dir, local_files_only=True))
-    except Exception:  # not cached (huggingface_hub raises several kinds)
-        return None
-
-
-def fetch_hint(spec: str) -> str:
-    return (f"fetch it once where the internet is reachable with `huggingface-cli download {spec}` (or pass its folder)"
-            if looks_like_repo_id(spec) else "no such file or folder")
-
-
-def resolve_folder(spec: str, weights_dir: str | None = None) -> Path:
-    """A local model folder, or the hub cache's snapshot of repo id `spec` (downloaded if allowed)."""
-    if not spec:
-        raise TaskvecError("backbone 'hf-clip:' needs a folder or a Hugging Face repo id: hf-clip:/path or hf-clip:openai/clip-vit-base-patch32")
-    found = find_local(spec, weights_dir)
-    if found is not None:
-        if not found.is_dir():
-            raise TaskvecError(f"hf-clip needs a model folder, got the file {spec!r}")
-        return found
-    if not looks_like_repo_id(spec):
-        raise TaskvecError(f"hf-clip model folder not found: {spec!r}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=spec, cache_dir=weights_dir, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
-    except Exception as exc:  # offline, unknown repo
-        raise TaskvecError(f"Hugging Face model {spec!r} is neither a local folder nor in the cache ({type(exc).__name__}); "
-                           f"{fetch_hint(spec)}") from None
 
 
 def config_of(folder: Path) -> dict:
@@ -166,8 +122,6 @@ class HFCLIPVisual(Backbone):
     def text_fingerprint(self) -> str:
         """A hash of the text tower's weights (zero-shot heads depend on them, not on θ)."""
         if self._text_fingerprint is None:
-            from ..task_vector import fingerprint
-
             self._text_fingerprint = fingerprint(dict(self._text.model.state_dict()))
         return self._text_fingerprint
 
@@ -182,8 +136,6 @@ class HFCLIPVisual(Backbone):
         import shutil
 
         from safetensors.torch import save_file
-
-        from ..checkpoints import read_hf_folder
 
         tensors = read_hf_folder(self.folder)
         for name, value in self.state_dict().items():
@@ -211,13 +163,11 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def build_hf_clip(spec: str, init: Init = "pretrained", *, weights_dir: str | None = None, pixel_cache: str | None = None,
+def build_hf_clip(spec: str, init: Init = Init.PRETRAINED, *, weights_dir: str | None = None, pixel_cache: str | None = None,
                   attn_implementation: str = "sdpa") -> HFCLIPVisual:
     """`hf-clip:<folder or repo id>`: a transformers CLIPModel (both towers) as a backbone."""
     from .hf_text import _zero_dropout
 
-    if init not in ("pretrained", "random"):
-        raise TaskvecError(f"unknown init {init!r}: expected 'pretrained' or 'random'")
     folder = resolve_folder(spec, weights_dir)
     config = config_of(folder)
     if config.get("model_type") != "clip" or "text_config" not in config:
@@ -231,7 +181,7 @@ def build_hf_clip(spec: str, init: Init = "pretrained", *, weights_dir: str | No
             clip_config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
             _zero_dropout(clip_config.vision_config)
             _zero_dropout(clip_config.text_config)
-            if init == "pretrained":
+            if init == Init.PRETRAINED:
                 if not any((folder / f).is_file() for f in WEIGHT_FILES):
                     raise TaskvecError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES)})")
                 model = CLIPModel.from_pretrained(str(folder), config=clip_config, local_files_only=True,
@@ -242,4 +192,4 @@ def build_hf_clip(spec: str, init: Init = "pretrained", *, weights_dir: str | No
     except (OSError, ValueError, RuntimeError) as exc:
         raise TaskvecError(f"cannot load CLIP from {folder}: {str(exc).splitlines()[0][:300]}") from None
     transform = image_transform(folder, int(clip_config.vision_config.image_size))
-    return HFCLIPVisual(model, tokenizer, transform, name=f"hf-clip:{spec}", folder=folder, init=init, pixel_cache=pixel_cache)
+    return HFCLIPVisual(model, tokenizer, transform, name=f"hf-clip:{spec}", folder=folder, init=str(init), pixel_cache=pixel_cache)

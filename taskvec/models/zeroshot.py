@@ -14,7 +14,7 @@ import inspect
 import json
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,10 @@ from ..errors import TaskvecError
 from ..io import load_tensors, save_tensors
 from .base import Backbone
 from .heads import ClassificationHead
+from .identity import base_identity
+
+if TYPE_CHECKING:
+    from .head_kinds import HeadSource
 
 FORMAT = "taskvec.zeroshot_head/1"
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -59,8 +63,6 @@ def zeroshot_weights(backbone: Backbone, prompts: Sequence[Sequence[str]], devic
 
 def text_identity(backbone: Backbone) -> dict:
     """What a zero-shot head depends on, besides the prompts: the text encoder's weights."""
-    from ..task_vector import base_identity
-
     identity = dict(backbone.identity())
     fingerprint = getattr(backbone, "text_fingerprint", None)
     identity["text"] = fingerprint() if callable(fingerprint) else base_identity(backbone)["fingerprint"]
@@ -96,3 +98,8 @@ def zeroshot_head(backbone: Backbone, task, *, cache_dir: str | Path | None = No
         save_tensors(path, {"weight": weight}, {"format": FORMAT, "task": task.name, "model": text_identity(backbone),
                                                 "templates": list(task.templates or []), "classes": task.num_classes})
     return ClassificationHead(weight, scale)
+
+
+def from_templates(source: HeadSource) -> ClassificationHead:
+    """The builder of the registered zero-shot head kind: the text encoder's own logit scale."""
+    return zeroshot_head(source.text_encoder(), source.task, cache_dir=source.cache_dir, device=source.device)

@@ -1,6 +1,6 @@
 """`taskvec run --dry-run`: the run's stage graph with each stage's state, and what is missing.
 
-`plan_run(cfg, out)` walks the same graph as `taskvec run` (taskvec.pipeline.build_graph) and
+`plan_graph(cfg, graph)` walks the same graph as `taskvec run` (taskvec.protocol builds it) and
 says for each stage whether it is done in the run directory, ready, or missing data, weights
 or a device (one line each, naming the folder expected and how to obtain it). Nothing is loaded
 beyond directory listings and file headers, and nothing is downloaded or written.
@@ -8,28 +8,14 @@ beyond directory listings and file headers, and nothing is downloaded or written
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from functools import cached_property
-from pathlib import Path
 
-from .config import RunConfig
-from .errors import TaskvecError
-from .stages import State
-
-if TYPE_CHECKING:
-    from .stages import Graph
-
-
-@dataclass
-class Need:
-    """One thing a stage needs: a dataset, weights, a device."""
-
-    what: str
-    present: bool
-    detail: str = ""
-
-    def line(self) -> str:
-        return f"{self.what}: {self.detail}" if self.detail else self.what
+from ..config import RunConfig
+from ..errors import TaskvecError
+from ..models.head_kinds import resolve_head
+from ..models.registry import backbone_kind, backbone_needs
+from ..needs import Need
+from .stages import Graph, State
 
 
 class Needs:
@@ -43,18 +29,20 @@ class Needs:
         return [self._data_need(n) for n in dict.fromkeys(names)]
 
     def head_data(self, names: list[str]) -> list[Need]:
-        """Prototype and probe heads read the training data; zero-shot heads only read class
-        names, which some datasets (Cars, DTD, SUN397) keep in their files; text heads nothing."""
-        kind = self.cfg.head.kind
-        if kind == "text":
-            return []
-        if kind == "zeroshot":
+        """Heads built from training features read the training data; heads built from class
+        names read only those, which some datasets (Cars, DTD, SUN397) keep in their files."""
+        try:
+            kind = backbone_kind(self.cfg.backbone)
+        except TaskvecError:  # an unknown backbone: the model's need names it
+            return self.data(names)
+        head = resolve_head(self.cfg.head.kind, kind.head, kind.modality)
+        if head.reads == "class names":
             return [self._data_need(n) for n in dict.fromkeys(names) if not self._data_need(n).present and self._names_from_files(n)]
         return self.data(names)
 
     def _data_need(self, name: str) -> Need:
         if name not in self._data:
-            from .tasks import get_task
+            from ..tasks import get_task
 
             try:
                 task = get_task(name, root=self.cfg.data.root)
@@ -66,7 +54,7 @@ class Needs:
         return self._data[name]
 
     def _names_from_files(self, name: str) -> bool:
-        from .tasks import get_task
+        from ..tasks import get_task
 
         try:
             return get_task(name, root=self.cfg.data.root).num_classes == 0
@@ -75,32 +63,14 @@ class Needs:
 
     @cached_property
     def model(self) -> list[Need]:
-        cfg, name = self.cfg, self.cfg.backbone
-        if name.startswith("hf-clip:"):  # the text tower is needed for the heads even at random init
-            return [self._hf_need(f"model {name}", name.partition(":")[2])]
-        if cfg.init == "random" or not name.startswith("openclip:"):
-            return []
-        from .models.openclip import parse_spec, weights_location
-
-        arch, tag = parse_spec(name.partition(":")[2])
-        tag = cfg.backbone_options.get("pretrained") or tag
-        try:
-            present, where = weights_location(arch, tag, cfg.backbone_options.get("weights_dir"))
-        except Exception as exc:  # noqa: BLE001 - open_clip missing or broken
-            return [Need(f"weights {name}", False, str(exc))]
-        how = "" if present else (f" (fetch once where the internet is reachable: python -c \"import open_clip; "
-                                  f"open_clip.create_model('{arch}', pretrained='{tag}')\", then copy the cache)")
-        return [Need(f"weights {arch}/{tag}", present, f"{where}{how}")]
+        """What building the backbone needs (weights, a model folder), as its kind reports it."""
+        return backbone_needs(self.cfg.backbone, self.cfg.backbone_options, self.cfg.init)
 
     def checkpoint(self, source: str) -> list[Need]:
         """A fine-tuned checkpoint of [checkpoints]: a local folder or file, or a cached repo id."""
-        return [self._hf_need(f"checkpoint {source}", source)]
+        from ..models.hub import local_need
 
-    def _hf_need(self, what: str, spec: str) -> Need:
-        from .models.hf_clip import fetch_hint, find_local
-
-        found = find_local(spec, self.cfg.backbone_options.get("weights_dir"))
-        return Need(what, found is not None, str(found) if found is not None else fetch_hint(spec))
+        return [local_need(f"checkpoint {source}", source, self.cfg.backbone_options.get("weights_dir"))]
 
     @cached_property
     def device(self) -> list[Need]:
@@ -136,15 +106,7 @@ class PlannedStage:
         return all(n.present for n in self.needs)
 
 
-def plan_run(cfg: RunConfig, out: str | Path | None = None) -> list[PlannedStage]:
-    """Every stage of `taskvec run` for this config with what it needs and, given the run
-    directory `out`, whether it is done there (and will be skipped)."""
-    from .pipeline import RunDir, build_graph
-
-    return plan_graph(cfg, build_graph(cfg, RunDir(out if out is not None else Path("runs/default"))), look=out is not None)
-
-
-def plan_graph(cfg: RunConfig, graph: "Graph", look: bool = True) -> list[PlannedStage]:
+def plan_graph(cfg: RunConfig, graph: Graph, look: bool = True) -> list[PlannedStage]:
     """The stages of `graph` with what they need and (`look`) whether they are done."""
     needs = Needs(cfg)
     planned = []

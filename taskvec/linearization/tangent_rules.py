@@ -1,161 +1,20 @@
-"""Linearization: f_lin(x; θ) = f(x; θ0) + J(x; θ0)(θ − θ0), one Jacobian-vector product.
-
-`linearize(backbone)` returns a `LinearizedBackbone` whose trainable parameters θ have the
-same names as the backbone's, start at θ0, and can be fine-tuned with the same loop as the
-non-linear model. θ0 is a frozen copy. The head is never linearized (it sits outside).
-
-Speed (benchmarks/bench_linearized_step.py, docs/benchmarks.md). A linearized training step
-runs the forward pass with dual numbers (primal and tangent) and back-propagates through the
-tangent computation. Two things in `jvp` make that cheaper without changing what is computed:
-
-* Normalization layers (and, since, attention, linear layers and GELU: see their section
-  below) get hand-written tangent rules (`_TangentRules`). PyTorch's
-  built-in forward-AD formulas for `layer_norm` and `batch_norm` are generic, and autograd
-  then back-propagates through each of their element-wise operations. The tangent of a
-  normalization is linear in the tangents of (input, weight, bias), and its adjoint is exactly
-  the layer's ordinary backward at the primal point, so here the tangent is computed in a few
-  fused passes and differentiated by the single fused `native_layer_norm_backward` /
-  `native_batch_norm_backward` kernel. BatchNorm is covered in inference mode only (running
-  statistics, as `Backbone.train()` keeps it); anything else uses PyTorch's own formulas.
-  Measured on CPU: a LayerNorm of MiniLM's size, 14 ms -> 5.5 ms for tangent + its backward;
-  an EfficientNet-Lite0 step at 224 px, about 12% less time.
-* On CPU, 4-D floating inputs of a module that has `Conv2d` layers are passed in the
-  channels-last memory format (same values, other strides): oneDNN's convolutions, the
-  depthwise ones above all, are faster in that layout, for the three convolutions (primal and
-  two tangent terms) and their backward. EfficientNet-Lite0 step at 32 px: about 15% less time.
-
-An alternative that was measured and dropped: a custom autograd.Function computing f_lin's
-gradient as the VJP J(θ0)ᵀg from the primal graph instead of through the tangent operations.
-It needs either a dual pass with the primal graph recorded (autograd then also records every
-tangent operation, for higher-order derivatives) or a second primal pass; both were 5-15%
-slower than back-propagating through the tangents. `torch.func.jvp` (see `func_jvp`) computes
-the same dual numbers with an extra layer of wrapping per operation, and is not faster.
+"""Hand-written tangent rules for the layers a linearized step spends its time in (LayerNorm,
+inference-mode BatchNorm, attention, Linear, GELU): each computes the tangent in a few fused
+passes, and back-propagation through it is the layer's ordinary backward at the primal point
+(one fused kernel for the normalizations and GELU), instead of PyTorch's generic forward-AD
+formulas differentiated operation by operation. Same values up to floating-point rounding;
+`jvp` (dual.py) installs them with `_TangentRules`. A rule returns None to decline, and the
+layer then goes through PyTorch's own formulas.
 """
 from __future__ import annotations
 
-import copy
 import math
-import warnings
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
-from torch.func import functional_call
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
-
-from .models.base import Backbone, Batch
-
-Params = dict[str, torch.Tensor]
-
-# torch's forward-AD path scripts a helper on first use and warns about its own deprecated API.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-
-
-@contextmanager
-def forward_ad_safe_attention() -> Iterator[None]:
-    """Forward-mode AD has no rule for the fused attention kernels (on CPU): use the math one."""
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
-
-
-def jvp(module: torch.nn.Module, primals: Params, tangents: Mapping[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(f(x; primals), J(x; primals) · tangents) with dual numbers.
-
-    Uses `torch.autograd.forward_ad` directly rather than `torch.func.jvp`: same maths, fewer
-    layers of wrapping per operation, and autograd can differentiate the tangent with respect
-    to `tangents` (that is how the linearized model is trained). Each parameter's dual number is
-    made when the forward reads it (`_dual_parameters`), so a lazy `tangents` mapping (θ − θ0,
-    `LazyTensors`) is computed one tensor at a time and freed after its layer, never all at once.
-    Normalization, attention, linear and GELU layers use the fused tangent rules below, and on
-    CPU image inputs of convolutional modules are passed channels-last (see the module
-    docstring): both change speed, not values beyond floating-point rounding.
-    """
-    batch = preferred_layout(module, batch)
-    with forward_ad_safe_attention(), fwAD.dual_level(), _TangentRules(), _dual_parameters(module, primals, tangents):
-        out = module(**batch)
-        primal, tangent = fwAD.unpack_dual(out)
-    if tangent is None:  # output independent of the parameters
-        tangent = torch.zeros_like(primal)
-    return primal, tangent
-
-
-class LazyTensors(Mapping):
-    """Tensors computed when asked for, e.g. the tangents θ − θ0 that `jvp` reads one layer at a
-    time (differentiable: computed inside the forward)."""
-
-    def __init__(self, names: list[str], compute: Callable[[str], torch.Tensor]):
-        self.names, self.compute = list(names), compute
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.compute(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-class _DualTable(dict):
-    """A module's parameter table that hands out dual numbers (primal, tangent) for the named
-    entries, made when read: nn.Module.__getattr__ reads `_parameters[name]`."""
-
-    def __init__(self, original: dict, duals: dict[str, Callable[[], torch.Tensor]]):
-        super().__init__(original)
-        self._duals = duals
-
-    def __getitem__(self, name: str) -> Any:
-        make = self._duals.get(name)
-        return make() if make is not None else super().__getitem__(name)
-
-
-@contextmanager
-def _dual_parameters(module: torch.nn.Module, primals: Params, tangents: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """While the block runs, reading a parameter named in `primals` (under any of its tied
-    names) gives make_dual(primals[name], tangents[name]); the module's own tensors are untouched."""
-    canonical: dict[int, str] = {}
-    tables: dict[torch.nn.Module, dict[str, Callable[[], torch.Tensor]]] = {}
-    named = list(module.named_parameters(remove_duplicate=False))
-    unknown = set(primals) - {name for name, _ in named}
-    if unknown:
-        raise KeyError(f"not parameters of the module: {sorted(unknown)[:3]}")
-    for name, param in named:
-        canonical.setdefault(id(param), name)
-        source = name if name in primals else canonical[id(param)]
-        if source not in primals:
-            continue
-        owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
-        tables.setdefault(owner, {})[leaf] = lambda n=source: fwAD.make_dual(primals[n], tangents[n])
-    originals = {owner: owner.__dict__["_parameters"] for owner in tables}
-    try:
-        for owner, duals in tables.items():
-            owner.__dict__["_parameters"] = _DualTable(originals[owner], duals)
-        yield
-    finally:
-        for owner, table in originals.items():
-            owner.__dict__["_parameters"] = table
-
-
-def preferred_layout(module: torch.nn.Module, batch: Batch) -> Batch:
-    """Channels-last copies of the 4-D floating CPU inputs of a module with Conv2d layers.
-
-    Values are unchanged; only strides differ. oneDNN's CPU convolutions (depthwise above all)
-    run faster on channels-last activations, and the layout propagates through the network.
-    Other devices, modules without convolutions and non-image inputs are left as given.
-    """
-    if not any(isinstance(m, torch.nn.Conv2d) for m in module.modules()):
-        return batch
-    out = dict(batch)
-    for key, value in batch.items():
-        if (isinstance(value, torch.Tensor) and value.ndim == 4 and value.is_floating_point()
-                and value.device.type == "cpu" and not value.is_contiguous(memory_format=torch.channels_last)):
-            out[key] = value.contiguous(memory_format=torch.channels_last)
-    return out
-
 
 # --- fused tangent rules for normalization layers ---------------------------------------------
 #
@@ -380,71 +239,3 @@ class _TangentRules(TorchFunctionMode):
             if out is not None:
                 return out
         return func(*args, **kwargs)
-
-
-def func_jvp(module: torch.nn.Module, primals: Params, tangents: Params, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same product through `torch.func.jvp`: the paper's way, kept as an independent reference."""
-    names = list(primals)
-
-    def f(*values: torch.Tensor) -> torch.Tensor:
-        return functional_call(module, dict(zip(names, values)), args=(), kwargs=batch, strict=False)
-
-    with forward_ad_safe_attention():
-        return torch.func.jvp(f, tuple(primals[n] for n in names), tuple(tangents[n] for n in names))
-
-
-class LinearizedBackbone(Backbone):
-    """First-order Taylor expansion of a backbone around its current weights θ0."""
-
-    def __init__(self, backbone: Backbone):
-        super().__init__()
-        if isinstance(backbone, LinearizedBackbone):
-            raise TypeError("backbone is already linearized")
-        # `model` holds θ (trainable, same names as the backbone); θ0 is a frozen snapshot.
-        self.model = backbone
-        self.name = backbone.name
-        self.modality = backbone.modality
-        self.embed_dim = backbone.embed_dim
-        self._params0: Params = {n: p.detach().clone() for n, p in backbone.named_parameters()}
-
-    @property
-    def params0(self) -> Params:
-        return self._params0
-
-    def _apply(self, fn, recurse: bool = True):  # keep θ0 on the same device/dtype as θ
-        super()._apply(fn, recurse)
-        self._params0 = {n: fn(p) for n, p in self._params0.items()}
-        return self
-
-    def differences(self) -> LazyTensors:
-        """θ − θ0 (differentiable with respect to θ), each tensor computed when asked for."""
-        theta = dict(self.model.named_parameters())
-        return LazyTensors(list(theta), lambda n: theta[n] - self._params0[n])
-
-    def delta(self) -> Params:
-        """θ − θ0 for every parameter at once."""
-        return dict(self.differences().items())
-
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        # θ − θ0 one tensor at a time, as each layer reads it: never all of it at once
-        primal, tangent = jvp(self.model, self._params0, self.differences(), batch)
-        return primal + tangent
-
-    def prepare(self, inputs):
-        return self.model.prepare(inputs)
-
-    def encode_text(self, texts):
-        return self.model.encode_text(texts)
-
-    def identity(self) -> dict[str, str]:
-        return self.model.identity()
-
-    def train(self, mode: bool = True) -> "LinearizedBackbone":
-        super().train(mode)
-        self.model.train(mode)
-        return self
-
-
-def linearize(backbone: Backbone) -> LinearizedBackbone:
-    """f_lin around the backbone's current weights. The backbone is deep-copied, not shared."""
-    return LinearizedBackbone(copy.deepcopy(backbone))

@@ -5,6 +5,10 @@ and weights it needs (for the dry run) and how to compute it. `state` says wheth
 (outputs present, readable, made with the same settings); `execute` computes the stages that
 are not, in graph order, and reads the results of those that are. JSON stage files keep the
 result, the settings and the seconds the stage took, so a resumed run still knows both.
+
+A graph also holds the directories its stages write into, each with the config it must have
+been made with (`Workspace`): the run and its dry run check them alike before anything else,
+so a directory of another config is refused by both in the same words.
 """
 from __future__ import annotations
 
@@ -13,20 +17,42 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 
-from .errors import TaskvecError
-from .io import check_tensors, read_json, write_json
-from .typed import check_value, to_data
+from ..errors import TaskvecError
+from ..io import check_tensors, read_json, write_json
+from ..needs import Need
+from ..typed import check_value, to_data
 
-if TYPE_CHECKING:
-    from .plan import Need, Needs
+T = TypeVar("T")
 
 
 class State(Enum):
     DONE = "done"
     TODO = "to do"
     REDO = "settings changed"
+
+
+@dataclass(frozen=True)
+class ResultKey(Generic[T]):
+    """The key of a stage whose result is kept in a JSON stage file, with the result's type:
+    stages are declared with it and later stages read the result back typed (`Outcome.get`)."""
+
+    name: str
+    type: Any
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Workspace(Protocol):
+    """A directory a graph's stages write into, made for one config."""
+
+    def verify(self) -> None:
+        """Raise a TaskvecError when the directory holds a run of another config."""
+
+    def stamp(self) -> None:
+        """Record the config in the directory (the run does; the dry run writes nothing)."""
 
 
 class Context(Protocol):
@@ -58,7 +84,7 @@ class Stage:
     title: str
     outputs: list[Path]
     compute: Callable[[Any], Any]
-    needs: Callable[["Needs"], list["Need"]] = lambda needs: []
+    needs: Callable[[Any], list[Need]] = lambda needs: []  # given the dry run's lookups (taskvec.pipeline.plan.Needs)
     settings: Any = None
     result_type: Any = None
     detail: str = ""
@@ -66,6 +92,12 @@ class Stage:
     after: tuple[str, ...] = ()
     current: Callable[[], bool] | None = None
     record: str | None = None  # the key its stage file records, when `key` carries a sub-run's prefix
+
+    @classmethod
+    def keeping(cls, key: ResultKey, title: str, outputs: list[Path], compute: Callable[[Any], Any],
+                needs: Callable[[Any], list[Need]] = lambda needs: [], **options: Any) -> Stage:
+        """A stage whose result, of `key`'s type, is kept in its stage file (`outputs[0]`)."""
+        return cls(key.name, title, outputs, compute, needs, result_type=key.type, **options)
 
     @property
     def stored_key(self) -> str:
@@ -116,6 +148,7 @@ class Graph:
     """The stages of one run, in an order where every stage comes after those it reads."""
 
     stages: list[Stage] = field(default_factory=list)
+    workspaces: list[Workspace] = field(default_factory=list)
 
     def add(self, stage: Stage) -> Stage:
         known = {s.key for s in self.stages}
@@ -146,6 +179,16 @@ class Graph:
         for stage in sub:
             if stage.key in kept:
                 self.add(stage.nested(prefix, context, kept))
+        self.workspaces.extend(sub.workspaces)
+
+    def verify(self) -> None:
+        """Refuse to start (run or dry run) when a directory holds a run of another config."""
+        for workspace in self.workspaces:
+            workspace.verify()
+
+    def stamp(self) -> None:
+        for workspace in self.workspaces:
+            workspace.stamp()
 
 
 @dataclass
@@ -156,6 +199,13 @@ class Outcome:
     seconds: dict[str, float | None] = field(default_factory=dict)
     computed: list[str] = field(default_factory=list)
 
+    def get(self, key: ResultKey[T], prefix: str = "") -> T:
+        """The result of stage `key` (of a sub-run: under its `prefix`), typed."""
+        return self.results[prefix + key.name]
+
+    def has(self, key: ResultKey, prefix: str = "") -> bool:
+        return prefix + key.name in self.results
+
 
 def execute(graph: Graph, ctx: Context, *, main: bool = True, select: Callable[[Stage], bool] = lambda s: True) -> Outcome:
     """Compute every selected stage that is not done, in order; read the results of the others.
@@ -165,7 +215,7 @@ def execute(graph: Graph, ctx: Context, *, main: bool = True, select: Callable[[
     (their collectives pair up) or all skip it; deciding also waits for rank 0 to finish the
     stages before, whose files the others may read.
     """
-    from .distributed import agree  # torch: not for the dry run
+    from ..distributed import agree  # torch: not for the dry run
 
     outcome = ctx.outcome
     for stage in graph:
