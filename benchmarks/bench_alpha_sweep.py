@@ -28,6 +28,7 @@ Usage:
   .venv/bin/python benchmarks/bench_alpha_sweep.py --json out.json --no-summed
   .venv/bin/python benchmarks/bench_alpha_sweep.py --tasks ising textile --max-val 20 --steps 2   # smoke test
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,13 @@ def sweep(logits_of, labels: dict, tasks: list[str], alphas: list[float], single
         out = logits_of({t: alpha for t in tasks}, tasks)
         per_task = {t: accuracy(out[t], labels[t]) for t in tasks}
         logits.update({(alpha, t): out[t] for t in tasks})
-        curve.append({"alpha": alpha, "val_per_task": per_task,
-                      "val_normalized": statistics.fmean(per_task[t] / max(single[t], 1e-12) for t in tasks)})
+        curve.append(
+            {
+                "alpha": alpha,
+                "val_per_task": per_task,
+                "val_normalized": statistics.fmean(per_task[t] / max(single[t], 1e-12) for t in tasks),
+            }
+        )
     best = max(curve, key=lambda p: (p["val_normalized"], -p["alpha"]))  # ties: the smaller α, as task_addition
     return {"alpha": best["alpha"], "single": single, "curve": curve, "logits": logits}
 
@@ -125,8 +131,10 @@ def main() -> int:
     tasks = list(cfg.tasks)
     alphas = alpha_grid(cfg.eval.alpha_start, cfg.eval.alpha_stop, cfg.eval.alpha_step)
     chunk, device = cfg.eval.chunk, cfg.device
-    print(f"{cfg.backbone} {cfg.backbone_options}, tasks {tasks}, {len(alphas)} α values, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"{cfg.backbone} {cfg.backbone_options}, tasks {tasks}, {len(alphas)} α values, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
 
     with Clock() as setup:
         backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
@@ -145,8 +153,9 @@ def main() -> int:
     sets = {(t, "val"): prepared[t].sets["val"] for t in tasks}
     labels = {t: sets[(t, "val")].labels for t in tasks}
     sizes = {t: len(labels[t]) for t in tasks}
-    print(f"setup {setup.wall:.1f}s; vectors: {source}; val sizes {sizes}; |τ| = "
-          + ", ".join(f"{t} {vectors[t].norm():.3g}" for t in tasks))
+    print(
+        f"setup {setup.wall:.1f}s; vectors: {source}; val sizes {sizes}; |τ| = " + ", ".join(f"{t} {vectors[t].norm():.3g}" for t in tasks)
+    )
 
     # ---- fast: the Evaluator, from cold ------------------------------------------------------
     fast_ev = Evaluator(backbone, heads, sets, vectors, "linear", chunk=chunk, device=device)
@@ -162,8 +171,10 @@ def main() -> int:
     fast_passes = fast_ev.forward_passes
     with Clock() as warm_clock:  # the same sweep again: every JVP is cached
         sweep(fast_logits, labels, tasks, alphas, fast_single)
-    print(f"fast   normalizers {fast_norm_clock.wall:6.1f}s, sweep {fast_clock.wall:8.1f}s wall {fast_clock.cpu:8.1f}s cpu  "
-          f"({fast_passes} passes in all); warm re-sweep {warm_clock.wall:.3f}s")
+    print(
+        f"fast   normalizers {fast_norm_clock.wall:6.1f}s, sweep {fast_clock.wall:8.1f}s wall {fast_clock.cpu:8.1f}s cpu  "
+        f"({fast_passes} passes in all); warm re-sweep {warm_clock.wall:.3f}s"
+    )
 
     # ---- direct: build each edited linearized model and run it ----------------------------
     passes = {"n": 0}
@@ -181,10 +192,14 @@ def main() -> int:
     with Clock() as direct_clock:
         direct = sweep(direct_logits, labels, tasks, alphas, direct_single)
     direct["logits"].update(direct_single_logits)
-    print(f"direct normalizers {direct_norm_clock.wall:6.1f}s, sweep {direct_clock.wall:8.1f}s wall {direct_clock.cpu:8.1f}s cpu  "
-          f"({passes['n']} passes, {len(tasks)} of them of θ0 itself at α = 0)")
-    print(f"speed-up of the 21-point sweep (normalizers given, as in taskvec run): "
-          f"{direct_clock.wall / fast_clock.wall:.1f}x wall, {direct_clock.cpu / fast_clock.cpu:.1f}x cpu")
+    print(
+        f"direct normalizers {direct_norm_clock.wall:6.1f}s, sweep {direct_clock.wall:8.1f}s wall {direct_clock.cpu:8.1f}s cpu  "
+        f"({passes['n']} passes, {len(tasks)} of them of θ0 itself at α = 0)"
+    )
+    print(
+        f"speed-up of the 21-point sweep (normalizers given, as in taskvec run): "
+        f"{direct_clock.wall / fast_clock.wall:.1f}x wall, {direct_clock.cpu / fast_clock.cpu:.1f}x cpu"
+    )
     total_fast, total_direct = fast_clock.wall + fast_norm_clock.wall, direct_clock.wall + direct_norm_clock.wall
     print(f"speed-up including the normalizers: {total_direct / total_fast:.1f}x wall")
 
@@ -221,28 +236,43 @@ def main() -> int:
         same_single = result["single"] == direct["single"]
         max_diff = max(float((result["logits"][k] - direct["logits"][k]).abs().max()) for k in direct["logits"])
         flips = sum(int((result["logits"][k].argmax(-1) != direct["logits"][k].argmax(-1)).sum()) for k in direct["logits"])
-        print(f"{name} vs direct: α {result['alpha']} vs {direct['alpha']} ({'same' if same_alpha else 'DIFFERENT'}); "
-              f"accuracies at all {len(alphas)} points {'identical' if same_points and same_single else 'DIFFERENT'}; "
-              f"max |Δ logit| {max_diff:.2e}; {flips} flipped predictions")
+        print(
+            f"{name} vs direct: α {result['alpha']} vs {direct['alpha']} ({'same' if same_alpha else 'DIFFERENT'}); "
+            f"accuracies at all {len(alphas)} points {'identical' if same_points and same_single else 'DIFFERENT'}; "
+            f"max |Δ logit| {max_diff:.2e}; {flips} flipped predictions"
+        )
         ok = ok and same_alpha and same_points and same_single
     best = next(p for p in direct["curve"] if p["alpha"] == direct["alpha"])
-    print(f"chosen α {direct['alpha']}: mean normalized val accuracy {100 * best['val_normalized']:.1f}% "
-          f"(α = 0: {100 * direct['curve'][0]['val_normalized']:.1f}%)")
+    print(
+        f"chosen α {direct['alpha']}: mean normalized val accuracy {100 * best['val_normalized']:.1f}% "
+        f"(α = 0: {100 * direct['curve'][0]['val_normalized']:.1f}%)"
+    )
 
     ratio_wall, ratio_cpu = direct_clock.wall / fast_clock.wall, direct_clock.cpu / fast_clock.cpu
     print(f"\nspeed-up of the fast path over direct evaluation: {ratio_wall:.1f}x wall, {ratio_cpu:.1f}x cpu")
     if summed:
-        print(f"speed-up of the summed-vector shortcut: {direct_clock.wall / summed_clock.wall:.1f}x wall, "
-              f"{direct_clock.cpu / summed_clock.cpu:.1f}x cpu")
+        print(
+            f"speed-up of the summed-vector shortcut: {direct_clock.wall / summed_clock.wall:.1f}x wall, "
+            f"{direct_clock.cpu / summed_clock.cpu:.1f}x cpu"
+        )
 
     if args.json:
         record = {
-            "backbone": cfg.backbone, "backbone_options": cfg.backbone_options, "tasks": tasks, "val_sizes": sizes,
-            "alphas": len(alphas), "vectors": source, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "backbone": cfg.backbone,
+            "backbone_options": cfg.backbone_options,
+            "tasks": tasks,
+            "val_sizes": sizes,
+            "alphas": len(alphas),
+            "vectors": source,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
             "fast": {"wall": fast_clock.wall, "cpu": fast_clock.cpu, "passes": fast_passes, "warm_wall": warm_clock.wall},
             "direct": {"wall": direct_clock.wall, "cpu": direct_clock.cpu, "passes": passes["n"]},
             "summed": {"wall": summed_clock.wall, "cpu": summed_clock.cpu} if summed else None,
-            "ratio_wall": ratio_wall, "ratio_cpu": ratio_cpu, "alpha": direct["alpha"], "agree": ok,
+            "ratio_wall": ratio_wall,
+            "ratio_cpu": ratio_cpu,
+            "alpha": direct["alpha"],
+            "agree": ok,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")

@@ -13,6 +13,7 @@ by the script. Prints the median wall time of each and the ratio reference ÷ th
 5a02229 is the last commit before deferred imports: there the CLI imported torch at start and
 `list` imported open_clip.
 """
+
 from __future__ import annotations
 
 import argparse

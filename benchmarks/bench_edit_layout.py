@@ -11,6 +11,7 @@ validation set; this times that pass both ways on the default benchmark's four v
 without it, a small random direction. Prints the median seconds of each layout, their ratio, the
 largest logit difference and how many predictions differ.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,10 @@ def main() -> None:
     heads = [ctx.head(t) for t in tasks] if args.run is not None else None
     flips = sum(int((h(x).argmax(-1) != h(y).argmax(-1)).sum()) for h, x, y in zip(heads, a, b)) if heads else None
     n = sum(len(next(iter(s.values()))) for s in sets)
-    print(f"{n} validation images of {len(tasks)} tasks, {cfg.backbone} at {cfg.backbone_options['image_size']} px, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"{n} validation images of {len(tasks)} tasks, {cfg.backbone} at {cfg.backbone_options['image_size']} px, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     for k, v in med.items():
         print(f"  {k:<14} {v:.3f} s per edit pass")
     print(f"  speed-up of channels-last: {med['contiguous'] / med['channels-last']:.2f}x")

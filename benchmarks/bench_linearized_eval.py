@@ -13,6 +13,7 @@ it cannot beat by much. The script times, interleaved per round on the same batc
     .venv/bin/python benchmarks/bench_linearized_eval.py                       # both backbones
     .venv/bin/python benchmarks/bench_linearized_eval.py --backbone minilm --batch-size 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,7 +85,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    for name in (("effnet-lite0", "minilm") if args.backbone == "all" else (args.backbone,)):
+    for name in ("effnet-lite0", "minilm") if args.backbone == "all" else (args.backbone,):
         measure(name, args)
 
 

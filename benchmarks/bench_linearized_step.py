@@ -50,6 +50,7 @@ Usage:
 
 The exit status is 1 if a correctness check fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -188,7 +189,7 @@ class Variant:
 
 
 # --------------------------------------------------------------------------- correctness
-def _grads(variant: "Variant") -> dict[str, torch.Tensor]:
+def _grads(variant: Variant) -> dict[str, torch.Tensor]:
     """Gradients by name; a parameter the loss does not reach (BERT's pooler) counts as zero."""
     return {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone() for n, p in variant.params.items()}
 
@@ -255,9 +256,11 @@ def check_correctness(base: nn.Module, head: ClassificationHead, batch, labels, 
 
 
 def _describe_check(c: dict) -> str:
-    return (f"{c['dtype']}: linear vs reference from θ0+δ: loss {c['loss_linear']:.8f} vs {c['loss_reference']:.8f}, "
-            f"gradients rel. err {c['grad_rel_err']:.1e}; at θ0, linear vs nonlinear gradients rel. err "
-            f"{c['at_theta0_grad_rel_err']:.1e}; allclose at rtol {c['rtol']:g}: {'yes' if c['ok'] else 'NO'}")
+    return (
+        f"{c['dtype']}: linear vs reference from θ0+δ: loss {c['loss_linear']:.8f} vs {c['loss_reference']:.8f}, "
+        f"gradients rel. err {c['grad_rel_err']:.1e}; at θ0, linear vs nonlinear gradients rel. err "
+        f"{c['at_theta0_grad_rel_err']:.1e}; allclose at rtol {c['rtol']:g}: {'yes' if c['ok'] else 'NO'}"
+    )
 
 
 # --------------------------------------------------------------------------- memory
@@ -296,9 +299,24 @@ def memory_probe(args: argparse.Namespace) -> dict:
 
 
 def measure_memory(backbone: str, variant: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--backbone", backbone, "--batch-size", str(args.batch_size),
-           "--image-size", str(args.image_size), "--seq-length", str(args.seq_length),
-           "--threads", str(args.threads), "--probe-steps", str(args.probe_steps), "--_probe", variant]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--backbone",
+        backbone,
+        "--batch-size",
+        str(args.batch_size),
+        "--image-size",
+        str(args.image_size),
+        "--seq-length",
+        str(args.seq_length),
+        "--threads",
+        str(args.threads),
+        "--probe-steps",
+        str(args.probe_steps),
+        "--_probe",
+        variant,
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -313,8 +331,11 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict:
     batch, labels = make_batch(base, name, args)
     head = make_head(base)
     shape = {k: list(v.shape) for k, v in batch.items()}
-    print(f"\n== {name}: {sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters, batch {shape}, "
-          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"\n== {name}: {sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters, batch {shape}, "
+        f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     check = check_correctness(base, head, batch, labels, torch.float64, rtol=1e-7)
     check32 = check_correctness(base, head, batch, labels, torch.float32, rtol=1e-4)
@@ -339,8 +360,7 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict:
     if args.memory:
         for k in kinds:
             runs = [measure_memory(name, k, args) for _ in range(args.memory_repeats)]
-            memory[k] = {key: statistics.median(r[key] for r in runs) if runs[0][key] is not None else None
-                         for key in runs[0]}
+            memory[k] = {key: statistics.median(r[key] for r in runs) if runs[0][key] is not None else None for key in runs[0]}
             memory[k]["runs"] = runs
 
     def summary(times: dict[str, list[float]]) -> dict:
@@ -349,26 +369,40 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict:
             "median_s": med,
             "iqr_s": {k: (_quantile(ts, 0.25), _quantile(ts, 0.75)) for k, ts in times.items()},
             "ratio_of_medians": {f"{a}/{b}": med[a] / med[b] for a, b in RATIOS if a in med and b in med},
-            "median_of_paired_ratios": {f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a], times[b]))
-                                        for a, b in RATIOS if a in times and b in times},
+            "median_of_paired_ratios": {
+                f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a], times[b])) for a, b in RATIOS if a in times and b in times
+            },
         }
 
     stats = {"wall": summary(wall), "cpu": summary(cpu)}
-    print(f"{'variant':<13} {'wall median ms':>15} {'wall IQR ms':>16} {'CPU median ms':>14} "
-          f"{'RSS before MiB':>15} {'step peak +MiB':>15}")
+    print(f"{'variant':<13} {'wall median ms':>15} {'wall IQR ms':>16} {'CPU median ms':>14} {'RSS before MiB':>15} {'step peak +MiB':>15}")
     for k in kinds:
         mem = memory.get(k, {})
         before = f"{mem['rss_before_bytes'] / 2**20:.0f}" if mem else "-"
         step_peak = f"{mem['step_peak_bytes'] / 2**20:.0f}" if mem.get("step_peak_bytes") is not None else "-"
         lo, hi = stats["wall"]["iqr_s"][k]
-        print(f"{k:<13} {stats['wall']['median_s'][k] * 1e3:>15.1f} {f'{lo * 1e3:.0f}-{hi * 1e3:.0f}':>16} "
-              f"{stats['cpu']['median_s'][k] * 1e3:>14.1f} {before:>15} {step_peak:>15}")
+        print(
+            f"{k:<13} {stats['wall']['median_s'][k] * 1e3:>15.1f} {f'{lo * 1e3:.0f}-{hi * 1e3:.0f}':>16} "
+            f"{stats['cpu']['median_s'][k] * 1e3:>14.1f} {before:>15} {step_peak:>15}"
+        )
     for clock in ("wall", "cpu"):
-        print(f"{clock:>4} ratios, of medians: " + ", ".join(f"{r} {v:.2f}" for r, v in stats[clock]["ratio_of_medians"].items())
-              + "; medians of per-round ratios: "
-              + ", ".join(f"{r} {v:.2f}" for r, v in stats[clock]["median_of_paired_ratios"].items()), flush=True)
-    return {"backbone": name, "batch": shape, "correctness": check, "correctness_float32": check32, "wall_s": wall, "cpu_s": cpu,
-            "stats": stats, "memory": memory}
+        print(
+            f"{clock:>4} ratios, of medians: "
+            + ", ".join(f"{r} {v:.2f}" for r, v in stats[clock]["ratio_of_medians"].items())
+            + "; medians of per-round ratios: "
+            + ", ".join(f"{r} {v:.2f}" for r, v in stats[clock]["median_of_paired_ratios"].items()),
+            flush=True,
+        )
+    return {
+        "backbone": name,
+        "batch": shape,
+        "correctness": check,
+        "correctness_float32": check32,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "stats": stats,
+        "memory": memory,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,11 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
     p.add_argument("--probe-steps", type=int, default=3, help="training steps per memory subprocess")
-    p.add_argument("--memory-repeats", type=int, default=3,
-                   help="memory subprocesses per variant; the median is reported (RSS varies by tens of MiB)")
-    p.add_argument("--contiguous-nonlinear", action="store_true",
-                   help="add a fourth variant: the non-linear step with contiguous (NCHW) input, as taskvec "
-                        "trained it before it fed channels-last images on CPU (effnet-lite0)")
+    p.add_argument(
+        "--memory-repeats", type=int, default=3, help="memory subprocesses per variant; the median is reported (RSS varies by tens of MiB)"
+    )
+    p.add_argument(
+        "--contiguous-nonlinear",
+        action="store_true",
+        help="add a fourth variant: the non-linear step with contiguous (NCHW) input, as taskvec "
+        "trained it before it fed channels-last images on CPU (effnet-lite0)",
+    )
     p.add_argument("--json", type=Path, help="also write all measurements to this file")
     p.add_argument("--_probe", dest="variant", choices=(*VARIANTS, "nonlinear-contiguous"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -396,8 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     names = BACKBONES if args.backbone == "all" else (args.backbone,)
     results = [bench_backbone(n, args) for n in names]
     if args.json:

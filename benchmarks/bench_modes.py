@@ -13,6 +13,7 @@ non-linear FT of the same backbone.
     .venv/bin/python benchmarks/bench_modes.py                      # both backbones
     .venv/bin/python benchmarks/bench_modes.py --backbone minilm --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,18 @@ def probe(args: argparse.Namespace) -> dict:
 
 
 def run_probe(backbone: str, mode: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--backbone", backbone, "--steps", str(args.steps),
-           "--threads", str(args.threads), "--_probe", mode]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--backbone",
+        backbone,
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--_probe",
+        mode,
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -73,18 +84,26 @@ def bench(backbone: str, args: argparse.Namespace) -> dict:
             runs[mode].append(run_probe(backbone, mode, args))
     rows = {}
     for mode, rs in runs.items():
-        rows[mode] = {"step_ms": statistics.median(r["step_ms"] for r in rs),
-                      "peak_mib": statistics.median(r["peak_mib"] for r in rs) if rs[0]["peak_mib"] is not None else None,
-                      "trained_entries": rs[0]["trained_entries"], "changed_entries": rs[0]["changed_entries"],
-                      "batch_size": rs[0]["batch_size"], "runs": rs}
+        rows[mode] = {
+            "step_ms": statistics.median(r["step_ms"] for r in rs),
+            "peak_mib": statistics.median(r["peak_mib"] for r in rs) if rs[0]["peak_mib"] is not None else None,
+            "trained_entries": rs[0]["trained_entries"],
+            "changed_entries": rs[0]["changed_entries"],
+            "batch_size": rs[0]["batch_size"],
+            "runs": rs,
+        }
     ref = rows[NONLINEAR.name]
-    print(f"\n{backbone} ({SETUPS[backbone]['config']}, batch {ref['batch_size']}, {args.steps} steps, {args.rounds} rounds, {args.threads} threads)")
+    print(
+        f"\n{backbone} ({SETUPS[backbone]['config']}, batch {ref['batch_size']}, {args.steps} steps, {args.rounds} rounds, {args.threads} threads)"
+    )
     print(f"{'mode':<15} {'step ms':>9} {'÷ nonlin':>9} {'peak MiB':>9} {'÷ nonlin':>9} {'trained':>11} {'changed':>11}")
     for mode, row in rows.items():
         peak = row["peak_mib"]
-        print(f"{mode:<15} {row['step_ms']:>9.1f} {row['step_ms'] / ref['step_ms']:>9.2f} "
-              f"{peak if peak is not None else float('nan'):>9.0f} {peak / ref['peak_mib'] if peak and ref['peak_mib'] else float('nan'):>9.2f} "
-              f"{row['trained_entries']:>11,} {row['changed_entries']:>11,}")
+        print(
+            f"{mode:<15} {row['step_ms']:>9.1f} {row['step_ms'] / ref['step_ms']:>9.2f} "
+            f"{peak if peak is not None else float('nan'):>9.0f} {peak / ref['peak_mib'] if peak and ref['peak_mib'] else float('nan'):>9.2f} "
+            f"{row['trained_entries']:>11,} {row['changed_entries']:>11,}"
+        )
     return rows
 
 

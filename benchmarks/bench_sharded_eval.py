@@ -11,6 +11,7 @@ the speed-up compares one core with N. `--methods` and `--ntk-examples` trim the
 methods and the NTK (settings a run directory may change) to keep the benchmark short; the
 run's vectors are never touched (the stages are recomputed in copies under --out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,11 +61,29 @@ def prepare_copy(run: Path, target: Path, overrides: dict) -> Path:
 
 
 def run_taskvec(config: Path, out: Path, ranks: int) -> float:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
-                 "--master-port", str(free_port())] if ranks > 1 else [sys.executable])
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(ranks),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+        ]
+        if ranks > 1
+        else [sys.executable]
+    )
     started = time.perf_counter()
-    done = subprocess.run([*launcher, "-m", "taskvec", "run", "--config", str(config), "--out", str(out), "--no-progress"],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    done = subprocess.run(
+        [*launcher, "-m", "taskvec", "run", "--config", str(config), "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
+    )
     if done.returncode:
         sys.exit(f"taskvec run with {ranks} rank(s) failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -109,11 +128,16 @@ def main() -> None:
     for key, one, many, same in rows:
         print(f"| {key} | {one:.1f} | {many:.1f} | {one / many:.2f}× | {'yes' if same else 'NO'} |")
     total1, totaln = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    print(f"| all evaluation stages | {total1:.1f} | {totaln:.1f} | {total1 / totaln:.2f}× | "
-          f"{'yes' if all(r[3] for r in rows) else 'NO'} |")
-    summary = {"ranks": n, "stages": {k: {"seconds_1": one, f"seconds_{n}": many, "speedup": one / many, "same": same}
-                                      for k, one, many, same in rows},
-               "wall_seconds": walls, "run": str(args.run), "overrides": overrides}
+    print(
+        f"| all evaluation stages | {total1:.1f} | {totaln:.1f} | {total1 / totaln:.2f}× | {'yes' if all(r[3] for r in rows) else 'NO'} |"
+    )
+    summary = {
+        "ranks": n,
+        "stages": {k: {"seconds_1": one, f"seconds_{n}": many, "speedup": one / many, "same": same} for k, one, many, same in rows},
+        "wall_seconds": walls,
+        "run": str(args.run),
+        "overrides": overrides,
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     if not all(r[3] for r in rows):
         sys.exit("sharded results differ from the single process's")

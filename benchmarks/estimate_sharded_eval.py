@@ -15,6 +15,7 @@ forward pass's GFLOP per image, a Jacobian-vector product = 3 forward passes (2.
 for MiniLM in docs/benchmarks.md, issue 13), 20 TFLOP/s sustained in fp32, the standard sizes
 of the paper's validation and test sets, analyses with their default settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,17 @@ from taskvec.merging import MERGE_METHODS
 
 # (validation, test) rows: validation is 10% of train capped at 5,000 (EuroSAT: its own split);
 # ImageNet is the negation control (validation from its train set, test = its 50,000 val images).
-SIZES = {"Cars": (814, 8041), "DTD": (376, 1880), "EuroSAT": (2700, 2700), "GTSRB": (2664, 12630), "MNIST": (5000, 10000),
-         "RESISC45": (1890, 6300), "SUN397": (1985, 19850), "SVHN": (5000, 26032), "ImageNet": (5000, 50000)}
+SIZES = {
+    "Cars": (814, 8041),
+    "DTD": (376, 1880),
+    "EuroSAT": (2700, 2700),
+    "GTSRB": (2664, 12630),
+    "MNIST": (5000, 10000),
+    "RESISC45": (1890, 6300),
+    "SUN397": (1985, 19850),
+    "SVHN": (5000, 26032),
+    "ImageNet": (5000, 50000),
+}
 CLASSES = {"Cars": 196, "DTD": 47, "EuroSAT": 10, "GTSRB": 43, "MNIST": 10, "RESISC45": 45, "SUN397": 397, "SVHN": 10}
 GFLOP = {"openclip:ViT-B-32/openai": 8.8, "openclip:ViT-B-16/openai": 35.0, "openclip:ViT-L-14/openai": 156.0}
 PARAMS = {"openclip:ViT-B-32/openai": 88e6, "openclip:ViT-B-16/openai": 86e6, "openclip:ViT-L-14/openai": 304e6}
@@ -150,8 +160,10 @@ def main() -> None:
         for key, row in measured["stages"].items():
             unshared[key] = min(1.0, max(0.0, 2 / row["speedup"] - 1))
     n = args.ranks
-    print(f"{cfg.backbone}, {len(cfg.tasks)} tasks, {len(cfg.merge.methods)} merge methods, methods {', '.join(m.name for m in methods)}; "
-          f"{gflop:g} GFLOP per image, JVP = {JVP:g} forward passes, {TFLOPS:g} TFLOP/s\n")
+    print(
+        f"{cfg.backbone}, {len(cfg.tasks)} tasks, {len(cfg.merge.methods)} merge methods, methods {', '.join(m.name for m in methods)}; "
+        f"{gflop:g} GFLOP per image, JVP = {JVP:g} forward passes, {TFLOPS:g} TFLOP/s\n"
+    )
     head = " | ".join(f"{n} GPUs, chunk {c} (FLOPs – with CPU share)" for c in chunks)
     print(f"| stage | forward-equivalents | 1 GPU | {head} | unshared share (CPU, 2 ranks) |")
     print("|---|---|---|" + "---|" * len(chunks) + "---|")
@@ -170,17 +182,27 @@ def main() -> None:
     s = unshared.get("ntk", 0.0)
     one = hours(fe, gflop)
     shared = one * math.ceil(groups / n) / groups
-    print(f"| ntk (with --analyses; {groups} parameter groups) | {fe / 1e6:.0f} M | {one:.1f} h | "
-          + " | ".join(f"{shared:.1f} h – {s * one + (1 - s) * shared:.1f} h" for _ in chunks) + f" | {s:.2f} |")
+    print(
+        f"| ntk (with --analyses; {groups} parameter groups) | {fe / 1e6:.0f} M | {one:.1f} h | "
+        + " | ".join(f"{shared:.1f} h – {s * one + (1 - s) * shared:.1f} h" for _ in chunks)
+        + f" | {s:.2f} |"
+    )
     k = len(chunks)
-    print(f"| evaluation without analyses | | {totals[0]:.1f} h | "
-          + " | ".join(f"{a:.1f} h ({totals[0] / a:.1f}×) – {b:.1f} h ({totals[0] / b:.1f}×)" for a, b in zip(totals[1 : k + 1], totals[k + 1 :]))
-          + " | |")
+    print(
+        f"| evaluation without analyses | | {totals[0]:.1f} h | "
+        + " | ".join(
+            f"{a:.1f} h ({totals[0] / a:.1f}×) – {b:.1f} h ({totals[0] / b:.1f}×)" for a, b in zip(totals[1 : k + 1], totals[k + 1 :])
+        )
+        + " | |"
+    )
     validation = [SIZES[t][0] for t in cfg.tasks]
     for c in chunks:
         busiest = sum(max(b - a for a, b in Ranks(0, n).spans(rows, c)) for rows in validation)
-        print(f"\nchunk {c}: the busiest of {n} GPUs evaluates {busiest:,} of the {sum(validation):,} validation images "
-              f"({sum(validation) / busiest:.1f}× rather than {n}×)", end="")
+        print(
+            f"\nchunk {c}: the busiest of {n} GPUs evaluates {busiest:,} of the {sum(validation):,} validation images "
+            f"({sum(validation) / busiest:.1f}× rather than {n}×)",
+            end="",
+        )
     print()
 
 

@@ -9,6 +9,7 @@ settings equal a seed's (the tuned rate, seed 0) lends its task vectors to that 
 instead of fine-tuning them again (their stages are then skipped). Only fine-tunes made with
 identical settings and data are copied; the script says which.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,14 @@ def reuse_tuned(cfg, tuned: Path, out: Path) -> None:
                 if point.mode != mode.name or not saved.exists():
                     continue
                 made = read_json(saved)
-                same = (made["train"][mode.name] == want and made["data"] == to_data(sub.data) and made["backbone"] == sub.backbone
-                        and made["backbone_options"] == sub.backbone_options and made["head"] == to_data(sub.head) and made["tasks"] == sub.tasks)
+                same = (
+                    made["train"][mode.name] == want
+                    and made["data"] == to_data(sub.data)
+                    and made["backbone"] == sub.backbone
+                    and made["backbone_options"] == sub.backbone_options
+                    and made["head"] == to_data(sub.head)
+                    and made["tasks"] == sub.tasks
+                )
                 if not same:
                     continue
                 target = RunDir(out / f"seed-{seed}")

@@ -1,8 +1,10 @@
 """A few-line Python API over the building blocks (see the README's example)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -33,20 +35,38 @@ class TaskSetup:
         return accuracy(self.head(encode(encoder, data.inputs)), data.labels)
 
 
-def setup_task(backbone: Backbone, name: str, *, head: str = AUTO, head_scale: float = 30.0, seed: int = 0,
-               max_train: int | None = 2000, max_val: int | None = 300, max_test: int | None = 500) -> TaskSetup:
+def setup_task(
+    backbone: Backbone,
+    name: str,
+    *,
+    head: str = AUTO,
+    head_scale: float = 30.0,
+    seed: int = 0,
+    max_train: int | None = 2000,
+    max_val: int | None = 300,
+    max_test: int | None = 500,
+) -> TaskSetup:
     """Load a registered task, split it (seeded), prepare its inputs and build its head on θ0
     (`head`: a registered head kind, `taskvec list`)."""
     defaults = RunConfig()
-    cfg = replace(defaults, head=replace(defaults.head, kind=head, scale=head_scale),
-                  data=replace(defaults.data, seed=seed, max_train=max_train, max_val=max_val, max_test=max_test))
+    cfg = replace(
+        defaults,
+        head=replace(defaults.head, kind=head, scale=head_scale),
+        data=replace(defaults.data, seed=seed, max_train=max_train, max_val=max_val, max_test=max_test),
+    )
     setup = Setup(cfg, backbone)
     sets = setup.prepared(name).sets
     return TaskSetup(name, setup.head(name), sets["train"], sets["val"], sets["test"])
 
 
-def finetune_task(backbone: Backbone, setup: TaskSetup, mode: FinetuneMode | str = NONLINEAR, progress: bool = True,
-                  others: Sequence[TaskSetup] = (), **options: Any) -> TaskVector:
+def finetune_task(
+    backbone: Backbone,
+    setup: TaskSetup,
+    mode: FinetuneMode | str = NONLINEAR,
+    progress: bool = True,
+    others: Sequence[TaskSetup] = (),
+    **options: Any,
+) -> TaskVector:
     """Fine-tune `backbone` on the task in a registered mode (`taskvec list`) and return its task
     vector.
 
@@ -56,8 +76,17 @@ def finetune_task(backbone: Backbone, setup: TaskSetup, mode: FinetuneMode | str
     """
     mode = FINETUNE_MODES.get(mode)
     cfg = TrainConfig.for_mode(mode, **options)
-    return finetune(backbone, setup.head, setup.train.inputs, setup.train.labels, mode=mode, cfg=cfg, task=setup.name, progress=progress,
-                    others=[o.train.inputs for o in others])
+    return finetune(
+        backbone,
+        setup.head,
+        setup.train.inputs,
+        setup.train.labels,
+        mode=mode,
+        cfg=cfg,
+        task=setup.name,
+        progress=progress,
+        others=[o.train.inputs for o in others],
+    )
 
 
 __all__ = ["TaskSetup", "setup_task", "finetune_task", "Classifier"]

@@ -16,6 +16,7 @@ tensors are found under the base's parameter names, behind whatever prefix the f
 paper's code saves them: `params.<i>` and `params0.<i>` in θ's order, or under θ's names) gives
 a linear task vector.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,7 +87,7 @@ def match_keys(names: list[str], keys: set[str]) -> dict[str, str]:
     strips = {""} | {n.split(".", 1)[0] + "." for n in names if "." in n}
     best: dict[str, str] = {}
     for strip in sorted(strips):
-        renamed = {n: n[len(strip):] if strip and n.startswith(strip) else n for n in names}
+        renamed = {n: n[len(strip) :] if strip and n.startswith(strip) else n for n in names}
         add = find_prefix(list(renamed.values()), keys)
         found = {n: add + r for n, r in renamed.items() if add + r in keys}
         if len(found) > len(best):
@@ -94,7 +95,7 @@ def match_keys(names: list[str], keys: set[str]) -> dict[str, str]:
     return best
 
 
-def _compare_configs(base: "Backbone", finetuned: Path) -> None:
+def _compare_configs(base: Backbone, finetuned: Path) -> None:
     """transformers folders: the image towers' architecture fields must agree."""
     base_folder = getattr(base, "folder", None)
     config = _hf_config(finetuned)
@@ -111,8 +112,9 @@ def _compare_configs(base: "Backbone", finetuned: Path) -> None:
 
 def _checked(name: str, tensor: torch.Tensor, reference: torch.Tensor, path: Path) -> torch.Tensor:
     if tuple(tensor.shape) != tuple(reference.shape):
-        raise TaskvecError(f"{path} is another architecture than the base: {name!r} has shape {tuple(tensor.shape)}, "
-                           f"the base's {tuple(reference.shape)}")
+        raise TaskvecError(
+            f"{path} is another architecture than the base: {name!r} has shape {tuple(tensor.shape)}, the base's {tuple(reference.shape)}"
+        )
     if not tensor.is_floating_point():
         raise TaskvecError(f"{path}: {name!r} is not a floating-point tensor ({tensor.dtype})")
     if not torch.isfinite(tensor).all():
@@ -121,7 +123,7 @@ def _checked(name: str, tensor: torch.Tensor, reference: torch.Tensor, path: Pat
 
 
 # ----- task vectors -------------------------------------------------------------------------------
-def vector_from_checkpoints(base: "Backbone", finetuned: str | Path, task: str) -> TaskVector:
+def vector_from_checkpoints(base: Backbone, finetuned: str | Path, task: str) -> TaskVector:
     """τ = θ_ft − θ0 with θ0 the base backbone's parameters; linear when the checkpoint is linearized."""
     path = locate(finetuned)
     _compare_configs(base, path)
@@ -130,8 +132,14 @@ def vector_from_checkpoints(base: "Backbone", finetuned: str | Path, task: str) 
     source = {"base": base.name, "finetuned": str(path)}
     if any("params0" in key.split(".") for key in state):
         finetuned_params = _linearized(state, theta0, path)
-        return TaskVector.from_weights(theta0, finetuned_params, mode=LINEARIZED, base=base_identity(base), task=task,
-                                       info={"source": source, "linearized checkpoint": True})
+        return TaskVector.from_weights(
+            theta0,
+            finetuned_params,
+            mode=LINEARIZED,
+            base=base_identity(base),
+            task=task,
+            info={"source": source, "linearized checkpoint": True},
+        )
     keys = match_keys(list(theta0), set(state))
     config = _hf_config(path) or {}
     may_lack = VISION_ONLY.get(config.get("model_type", ""), ())
@@ -145,8 +153,10 @@ def vector_from_checkpoints(base: "Backbone", finetuned: str | Path, task: str) 
         else:
             missing.append(name)
     if missing:
-        raise TaskvecError(f"{path} lacks {len(missing)} of the base's {len(theta0)} parameters, e.g. {missing[:3]} "
-                           f"(under any prefix): is it a fine-tune of {base.name}?")
+        raise TaskvecError(
+            f"{path} lacks {len(missing)} of the base's {len(theta0)} parameters, e.g. {missing[:3]} "
+            f"(under any prefix): is it a fine-tune of {base.name}?"
+        )
     info: dict[str, Any] = {"source": source, "ignored tensors": len(set(state) - set(keys.values()))}
     if unchanged:
         info["unchanged from the base (absent from the checkpoint)"] = unchanged
@@ -169,19 +179,23 @@ def _linearized(state: dict[str, torch.Tensor], theta0: dict[str, torch.Tensor],
             continue
         indexed = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in state.items() if _indexed_under(k, part[:-1]))
         if len(indexed) != len(names):
-            raise TaskvecError(f"{path}: a linearized checkpoint needs {part}<name> or {part}<index> for each of the base's "
-                               f"{len(names)} parameters; found {len(indexed)}")
+            raise TaskvecError(
+                f"{path}: a linearized checkpoint needs {part}<name> or {part}<index> for each of the base's "
+                f"{len(names)} parameters; found {len(indexed)}"
+            )
         parts[part] = dict(zip(names, (v for _, v in indexed)))
     params0 = {n: _checked(n, t, theta0[n], path) for n, t in parts["params0."].items()}
     params = {n: _checked(n, t, theta0[n], path) for n, t in parts["params."].items()}
     off = [n for n in names if not torch.allclose(params0[n], theta0[n], rtol=1e-4, atol=1e-6)]
     if off:
-        raise TaskvecError(f"{path} was linearized around other weights than the base's (e.g. {off[0]!r}): use the base it was trained from")
+        raise TaskvecError(
+            f"{path} was linearized around other weights than the base's (e.g. {off[0]!r}): use the base it was trained from"
+        )
     return params
 
 
 # ----- export -------------------------------------------------------------------------------------
-def model_card(vector: TaskVector, base: "Backbone", alpha: float) -> str:
+def model_card(vector: TaskVector, base: Backbone, alpha: float) -> str:
     """A README saying which vectors, method, settings and α made the exported model."""
     from ._version import __version__
 
@@ -201,15 +215,17 @@ def model_card(vector: TaskVector, base: "Backbone", alpha: float) -> str:
     return "\n".join(lines)
 
 
-def export_model(vector: TaskVector, base: "Backbone", out: str | Path, alpha: float = 1.0, force: bool = False) -> Path:
+def export_model(vector: TaskVector, base: Backbone, out: str | Path, alpha: float = 1.0, force: bool = False) -> Path:
     """Write θ0 + α τ in the base's own format (a transformers folder for hf-clip, an open_clip
     state dict for openclip, θ as safetensors otherwise) with a model card; atomically."""
     from .io import atomic_dir
 
     finite(alpha, "--alpha")
     if vector.mode.linearized:
-        raise TaskvecError(f"a {vector.mode.name} task vector edits the linearized model f_lin, which other tools do not load; "
-                           "export takes vectors of non-linear modes (or evaluate f_lin with taskvec)")
+        raise TaskvecError(
+            f"a {vector.mode.name} task vector edits the linearized model f_lin, which other tools do not load; "
+            "export takes vectors of non-linear modes (or evaluate f_lin with taskvec)"
+        )
     edited = vector.apply_to(base, alpha)
     with atomic_dir(out, force) as folder:
         edited.export(folder, model_card(vector, base, alpha))

@@ -12,12 +12,14 @@ Two ways to use N GPUs (docs/paper.md):
   fine-tunes (`shard_units`), then one process for the evaluation stages, which reuse the
   saved task vectors.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -140,7 +142,7 @@ class Ranks:
     count: int = 1
 
     @classmethod
-    def of_process_group(cls) -> "Ranks":
+    def of_process_group(cls) -> Ranks:
         """This process among the torchrun group (one process alone when there is none)."""
         return cls(rank(), world_size())
 
@@ -207,4 +209,3 @@ class Ranks:
         buffer = tensor.to(self._device(), copy=True)
         _dist().broadcast(buffer, src=source)
         return buffer.cpu()
-

@@ -5,11 +5,13 @@ reported on test. A merge method is chosen the same way, over its settings grid 
 grid (plain addition is the task-arithmetic merge). Negation: for each target, the α that minimizes the target's validation
 accuracy while the control keeps ≥ threshold × its pre-trained validation accuracy.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,15 +33,22 @@ def _mean(values) -> float:
 Edit = Callable[[float], Mapping[str, float]]  # α -> coefficients of the evaluator's vectors
 
 
-def sweep(evaluator: Evaluator, edit: Edit, tasks: Sequence[str], finetuned_val: Mapping[str, float],
-          alphas: Sequence[float]) -> list[AlphaPoint]:
+def sweep(
+    evaluator: Evaluator, edit: Edit, tasks: Sequence[str], finetuned_val: Mapping[str, float], alphas: Sequence[float]
+) -> list[AlphaPoint]:
     """Validation accuracy of each task under `edit(α)` for every α, normalized by `finetuned_val`
     (each task's single-task accuracy of the same method)."""
     curve = []
     for alpha in alphas:
         val = evaluator.accuracies(list(tasks), "val", edit(alpha))
-        curve.append(AlphaPoint(alpha=alpha, val_per_task=val, val_absolute=_mean(val.values()),
-                                val_normalized=_mean(val[t] / max(finetuned_val[t], 1e-12) for t in tasks)))
+        curve.append(
+            AlphaPoint(
+                alpha=alpha,
+                val_per_task=val,
+                val_absolute=_mean(val.values()),
+                val_normalized=_mean(val[t] / max(finetuned_val[t], 1e-12) for t in tasks),
+            )
+        )
     return curve
 
 
@@ -48,8 +57,9 @@ def best_point(curve: Sequence[AlphaPoint]) -> AlphaPoint:
     return max(curve, key=lambda point: (point.val_normalized, -point.alpha))
 
 
-def _on_test(evaluator: Evaluator, coeffs: Mapping[str, float], tasks: Sequence[str],
-             finetuned_test: Mapping[str, float]) -> tuple[float, float, dict[str, TaskScore]]:
+def _on_test(
+    evaluator: Evaluator, coeffs: Mapping[str, float], tasks: Sequence[str], finetuned_test: Mapping[str, float]
+) -> tuple[float, float, dict[str, TaskScore]]:
     test = evaluator.accuracies(list(tasks), "test", coeffs)
     per_task = {t: TaskScore(test[t], test[t] / max(finetuned_test[t], 1e-12)) for t in tasks}
     return _mean(test.values()), _mean(s.normalized for s in per_task.values()), per_task
@@ -68,8 +78,15 @@ def task_addition(
     curve = sweep(evaluator, lambda a: {t: a for t in tasks}, tasks, finetuned["val"], alphas)
     alpha = best_point(curve).alpha
     absolute, normalized, per_task = _on_test(evaluator, {t: alpha for t in tasks}, tasks, finetuned["test"])
-    return MergeResult(alpha=alpha, absolute=absolute, normalized=normalized, per_task=per_task, settings={},
-                       seconds=round(time.perf_counter() - started, 2), curve=curve)
+    return MergeResult(
+        alpha=alpha,
+        absolute=absolute,
+        normalized=normalized,
+        per_task=per_task,
+        settings={},
+        seconds=round(time.perf_counter() - started, 2),
+        curve=curve,
+    )
 
 
 @dataclass
@@ -118,8 +135,14 @@ def select_merge(
                 ev.add_vector(key, merged)
                 curve = sweep(ev, lambda a, key=key: {key: a}, tasks, finetuned["val"][m.name], alphas)
                 point = best_point(curve)
-                search[m].append(SearchPoint(settings=dict(settings), alpha=point.alpha, val_normalized=point.val_normalized,
-                                             merge_seconds=round(merge_seconds, 3)))
+                search[m].append(
+                    SearchPoint(
+                        settings=dict(settings),
+                        alpha=point.alpha,
+                        val_normalized=point.val_normalized,
+                        merge_seconds=round(merge_seconds, 3),
+                    )
+                )
                 if m not in best or point.val_normalized > best[m].best.val_normalized:
                     if m in best:
                         ev.drop_vector(best[m].key)
@@ -134,8 +157,16 @@ def select_merge(
         absolute, normalized, per_task = _on_test(ev, {chosen.key: chosen.best.alpha}, tasks, finetuned["test"][m.name])
         ev.drop_vector(chosen.key)
         seconds[m] += time.perf_counter() - started
-        results[m.name] = MergeResult(alpha=chosen.best.alpha, absolute=absolute, normalized=normalized, per_task=per_task,
-                                      settings=chosen.settings, seconds=round(seconds[m], 2), curve=chosen.curve, search=search[m])
+        results[m.name] = MergeResult(
+            alpha=chosen.best.alpha,
+            absolute=absolute,
+            normalized=normalized,
+            per_task=per_task,
+            settings=chosen.settings,
+            seconds=round(seconds[m], 2),
+            curve=chosen.curve,
+            search=search[m],
+        )
     return results
 
 

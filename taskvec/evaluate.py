@@ -12,10 +12,11 @@ cached f(x; θ0), J τ and logits stay where they were computed), and accuracies
 counts summed over the ranks. All per-row work happens in chunks of the same global grid in
 one process and in many, so results are identical, not just close.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 
@@ -77,7 +78,9 @@ def encode(encoder: torch.nn.Module, inputs: Batch, chunk: int = 256, device: st
 
 
 @torch.no_grad()
-def encode_jvp(base: Backbone, vector: Mapping[str, torch.Tensor], inputs: Batch, chunk: int = 256, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def encode_jvp(
+    base: Backbone, vector: Mapping[str, torch.Tensor], inputs: Batch, chunk: int = 256, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(f(x; θ0), J(x; θ0) τ) for all inputs: one Jacobian-vector product per chunk."""
     base = base.to(device).eval()
     primals = {n: p.detach() for n, p in base.named_parameters()}
@@ -292,7 +295,7 @@ class Evaluator:
             out[t] = self.apply_head(t, features)
         return out
 
-    def restricted(self, rows: Mapping[str, torch.Tensor | None], split: str, ranks: Ranks | None = None) -> "Evaluator":
+    def restricted(self, rows: Mapping[str, torch.Tensor | None], split: str, ranks: Ranks | None = None) -> Evaluator:
         """An evaluator of the same edits on a subset of rows of each task's `split` set.
 
         Rows are independent (encoders run in eval mode), so everything already computed on the
@@ -307,16 +310,27 @@ class Evaluator:
             full = self._set(t, split)
             index = rows[t]
             sets[(t, split)] = full if index is None else EvalSet({k: v[index] for k, v in full.inputs.items()}, full.labels[index])
-        sub = Evaluator(self.base, self.heads, sets, self.vectors, self.method, chunk=self.chunk, device=self.device,
-                        pretrained_cache={}, ranks=self.ranks if ranks is None else ranks)
+        sub = Evaluator(
+            self.base,
+            self.heads,
+            sets,
+            self.vectors,
+            self.method,
+            chunk=self.chunk,
+            device=self.device,
+            pretrained_cache={},
+            ranks=self.ranks if ranks is None else ranks,
+        )
         for (t, s), values in self.pretrained.items():
             if s == split and t in rows:
                 sub.pretrained[(t, split)] = self._rows_for(sub, t, split, rows[t], values)
         sub._jvps = {k: self._rows_for(sub, k[1], split, rows[k[1]], v) for k, v in self._jvps.items() if k[2] == split and k[1] in rows}
-        sub._logits = {k: self._rows_for(sub, k[1], split, rows[k[1]], v) for k, v in self._logits.items() if k[2] == split and k[1] in rows}
+        sub._logits = {
+            k: self._rows_for(sub, k[1], split, rows[k[1]], v) for k, v in self._logits.items() if k[2] == split and k[1] in rows
+        }
         return sub
 
-    def _rows_for(self, sub: "Evaluator", task: str, split: str, index: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    def _rows_for(self, sub: Evaluator, task: str, split: str, index: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
         """`sub`'s share of the subset `index` of a tensor this evaluator holds for its own rows."""
         if index is None:
             if sub.ranks == self.ranks:

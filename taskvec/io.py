@@ -1,13 +1,15 @@
 """Files: atomic writes and safetensors with JSON metadata. Nothing here unpickles."""
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from safetensors import SafetensorError, safe_open
 

@@ -6,14 +6,30 @@ methods say which vectors are applied to which model (f or f_lin). Everything el
 the evaluator, configs, the CLI, the report, `taskvec list`) asks these registries; a mode or
 method is named by a string only here and in files it is saved to.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import TaskvecError
-from .finetuning.build import (ADAPTED, ALPHA, BATCHES, CANDIDATES, FRACTION, PARAMS, PENALTY_BATCH, PENALTY_WEIGHT, RANK, Builder, full_weights,
-                               low_rank, sparse_least_sensitive, weight_subset)
+from .finetuning.build import (
+    ADAPTED,
+    ALPHA,
+    BATCHES,
+    CANDIDATES,
+    FRACTION,
+    PARAMS,
+    PENALTY_BATCH,
+    PENALTY_WEIGHT,
+    RANK,
+    Builder,
+    full_weights,
+    low_rank,
+    sparse_least_sensitive,
+    weight_subset,
+)
 from .registry import Kind, Registry, Setting, resolve_settings
 
 PAPER = "https://arxiv.org/abs/2305.12827"
@@ -42,42 +58,113 @@ class FinetuneMode(Kind):
         """Defaults overridden by `given`; unknown or out-of-range values are a TaskvecError."""
         return resolve_settings(self.settings, given, f"train.{self.name}")
 
+
 FINETUNE_MODES: Registry[FinetuneMode] = Registry("fine-tuning mode")
 
 _LORA = (ADAPTED, RANK, ALPHA)
 
-NONLINEAR = FINETUNE_MODES.register(FinetuneMode(
-    name="nonlinear", label="Non-linear FT", color="#1f77b4", linearized=False, lr=3e-5, paper=True,
-    description="fine-tune f(x; θ) itself", reference=PAPER))
-LINEARIZED = FINETUNE_MODES.register(FinetuneMode(
-    name="linear", label="Linearized FT", color="#2ca02c", linearized=True, lr=3e-4, paper=True,
-    description="fine-tune f_lin(x; θ) = f(x; θ0) + J(x; θ0)(θ − θ0)", reference=PAPER))
-SUBSET = FINETUNE_MODES.register(FinetuneMode(
-    name="subset", label="Subset FT", color="#9467bd", linearized=False, lr=3e-5, builds=weight_subset, settings=(PARAMS,),
-    description="fine-tune f in a subset of its parameters (default: the attention projections)",
-    reference="Jin et al., Fine-tuning attention modules only, ICLR 2025"))
-LINEAR_SUBSET = FINETUNE_MODES.register(FinetuneMode(
-    name="linear-subset", label="Linearized subset FT", color="#c5b0d5", linearized=True, lr=3e-4, builds=weight_subset,
-    settings=(PARAMS,), description="fine-tune f linearized in a subset of its parameters, the rest frozen at θ0",
-    reference=PAPER))
-LORA = FINETUNE_MODES.register(FinetuneMode(
-    name="lora", label="LoRA", color="#8c564b", linearized=False, lr=3e-4, builds=low_rank, settings=_LORA,
-    description="low-rank adapters W0 + (alpha/r)·B·A, trained through f; the vector is (alpha/r)·B·A",
-    reference="Hu et al., LoRA, ICLR 2022"))
-LINEAR_LORA = FINETUNE_MODES.register(FinetuneMode(
-    name="linear-lora", label="Linearized LoRA", color="#c49c94", linearized=True, lr=1e-3, builds=low_rank, settings=_LORA,
-    description="L-LoRA: f linearized in the adapters around (A0, 0); the vector is (alpha/r)·B·A0",
-    reference="Tang et al., Partial linearization for parameter-efficient model fusion (L-LoRA), ICLR 2024"))
-TALOS = FINETUNE_MODES.register(FinetuneMode(
-    name="talos", label="TaLoS", color="#e377c2", linearized=False, lr=3e-3, builds=sparse_least_sensitive,
-    settings=(FRACTION, BATCHES, CANDIDATES),
-    description="fine-tune f in the entries with the lowest diagonal Fisher score on the task (of the candidates)",
-    reference="Iurada et al., Task-localized sparse fine-tuning (TaLoS), ICLR 2025"))
-TJP = FINETUNE_MODES.register(FinetuneMode(
-    name="tjp", label="τJp", color="#17becf", linearized=True, lr=3e-4, penalty=True,
-    settings=(PENALTY_WEIGHT, PENALTY_BATCH),
-    description="linearized FT penalizing τ's tangent features on the other tasks' training inputs",
-    reference="Yoshida et al., τJp, ICLR 2025"))
+NONLINEAR = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="nonlinear",
+        label="Non-linear FT",
+        color="#1f77b4",
+        linearized=False,
+        lr=3e-5,
+        paper=True,
+        description="fine-tune f(x; θ) itself",
+        reference=PAPER,
+    )
+)
+LINEARIZED = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="linear",
+        label="Linearized FT",
+        color="#2ca02c",
+        linearized=True,
+        lr=3e-4,
+        paper=True,
+        description="fine-tune f_lin(x; θ) = f(x; θ0) + J(x; θ0)(θ − θ0)",
+        reference=PAPER,
+    )
+)
+SUBSET = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="subset",
+        label="Subset FT",
+        color="#9467bd",
+        linearized=False,
+        lr=3e-5,
+        builds=weight_subset,
+        settings=(PARAMS,),
+        description="fine-tune f in a subset of its parameters (default: the attention projections)",
+        reference="Jin et al., Fine-tuning attention modules only, ICLR 2025",
+    )
+)
+LINEAR_SUBSET = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="linear-subset",
+        label="Linearized subset FT",
+        color="#c5b0d5",
+        linearized=True,
+        lr=3e-4,
+        builds=weight_subset,
+        settings=(PARAMS,),
+        description="fine-tune f linearized in a subset of its parameters, the rest frozen at θ0",
+        reference=PAPER,
+    )
+)
+LORA = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="lora",
+        label="LoRA",
+        color="#8c564b",
+        linearized=False,
+        lr=3e-4,
+        builds=low_rank,
+        settings=_LORA,
+        description="low-rank adapters W0 + (alpha/r)·B·A, trained through f; the vector is (alpha/r)·B·A",
+        reference="Hu et al., LoRA, ICLR 2022",
+    )
+)
+LINEAR_LORA = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="linear-lora",
+        label="Linearized LoRA",
+        color="#c49c94",
+        linearized=True,
+        lr=1e-3,
+        builds=low_rank,
+        settings=_LORA,
+        description="L-LoRA: f linearized in the adapters around (A0, 0); the vector is (alpha/r)·B·A0",
+        reference="Tang et al., Partial linearization for parameter-efficient model fusion (L-LoRA), ICLR 2024",
+    )
+)
+TALOS = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="talos",
+        label="TaLoS",
+        color="#e377c2",
+        linearized=False,
+        lr=3e-3,
+        builds=sparse_least_sensitive,
+        settings=(FRACTION, BATCHES, CANDIDATES),
+        description="fine-tune f in the entries with the lowest diagonal Fisher score on the task (of the candidates)",
+        reference="Iurada et al., Task-localized sparse fine-tuning (TaLoS), ICLR 2025",
+    )
+)
+TJP = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="tjp",
+        label="τJp",
+        color="#17becf",
+        linearized=True,
+        lr=3e-4,
+        penalty=True,
+        settings=(PENALTY_WEIGHT, PENALTY_BATCH),
+        description="linearized FT penalizing τ's tangent features on the other tasks' training inputs",
+        reference="Yoshida et al., τJp, ICLR 2025",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -100,25 +187,56 @@ class EvalMethod(Kind):
 
 EVAL_METHODS: Registry[EvalMethod] = Registry("evaluation method")
 
-PRETRAINED = EVAL_METHODS.register(EvalMethod(
-    name="pretrained", label="Pre-trained", color="#7f7f7f", description="θ0, no task vector"))
-NONLINEAR_FT = EVAL_METHODS.register(EvalMethod(
-    name="nonlinear", label=NONLINEAR.label, color=NONLINEAR.color, vectors=NONLINEAR, linearized=False,
-    description="non-linear vectors applied to f", reference=PAPER))
-POSTHOC = EVAL_METHODS.register(EvalMethod(
-    name="posthoc", label="Post-hoc linearization", color="#ff7f0e", vectors=NONLINEAR, linearized=True,
-    description="non-linear vectors applied to f_lin", reference=PAPER))
-LINEARIZED_FT = EVAL_METHODS.register(EvalMethod(
-    name="linear", label=LINEARIZED.label, color=LINEARIZED.color, vectors=LINEARIZED, linearized=True,
-    description="linearized vectors applied to f_lin", reference=PAPER))
+PRETRAINED = EVAL_METHODS.register(EvalMethod(name="pretrained", label="Pre-trained", color="#7f7f7f", description="θ0, no task vector"))
+NONLINEAR_FT = EVAL_METHODS.register(
+    EvalMethod(
+        name="nonlinear",
+        label=NONLINEAR.label,
+        color=NONLINEAR.color,
+        vectors=NONLINEAR,
+        linearized=False,
+        description="non-linear vectors applied to f",
+        reference=PAPER,
+    )
+)
+POSTHOC = EVAL_METHODS.register(
+    EvalMethod(
+        name="posthoc",
+        label="Post-hoc linearization",
+        color="#ff7f0e",
+        vectors=NONLINEAR,
+        linearized=True,
+        description="non-linear vectors applied to f_lin",
+        reference=PAPER,
+    )
+)
+LINEARIZED_FT = EVAL_METHODS.register(
+    EvalMethod(
+        name="linear",
+        label=LINEARIZED.label,
+        color=LINEARIZED.color,
+        vectors=LINEARIZED,
+        linearized=True,
+        description="linearized vectors applied to f_lin",
+        reference=PAPER,
+    )
+)
 
 # Every other mode's vectors are evaluated on the model they were trained through, under the
 # mode's own name (as the paper's two are).
 for _mode in FINETUNE_MODES:
     if _mode.name not in EVAL_METHODS:
-        EVAL_METHODS.register(EvalMethod(name=_mode.name, label=_mode.label, color=_mode.color, vectors=_mode,
-                                         linearized=_mode.linearized, description=f"{_mode.name} vectors applied to "
-                                         + ("f_lin" if _mode.linearized else "f"), reference=_mode.reference))
+        EVAL_METHODS.register(
+            EvalMethod(
+                name=_mode.name,
+                label=_mode.label,
+                color=_mode.color,
+                vectors=_mode,
+                linearized=_mode.linearized,
+                description=f"{_mode.name} vectors applied to " + ("f_lin" if _mode.linearized else "f"),
+                reference=_mode.reference,
+            )
+        )
 
 
 def editing_methods(modes: list[FinetuneMode] | None = None) -> list[EvalMethod]:
@@ -134,5 +252,7 @@ def method_for_vector(mode: FinetuneMode, *, linearized: bool = False) -> EvalMe
     for method in editing_methods([mode]):
         if method.linearized == wanted:
             return method
-    raise TaskvecError(f"no evaluation method applies {mode.name} vectors to {'f_lin' if wanted else 'f'} "
-                       f"(post-hoc linearization is registered for {', '.join(m.vectors.name for m in EVAL_METHODS if m.post_hoc)} vectors)")
+    raise TaskvecError(
+        f"no evaluation method applies {mode.name} vectors to {'f_lin' if wanted else 'f'} "
+        f"(post-hoc linearization is registered for {', '.join(m.vectors.name for m in EVAL_METHODS if m.post_hoc)} vectors)"
+    )

@@ -7,6 +7,7 @@ access is looked up on the real module (so a test that patches torch patches it 
 lookup costs about 1.5 µs, below the overhead of one tensor operation). Annotations stay free (`from __future__ import
 annotations`); a type alias names torch in a string (`dict[str, "torch.Tensor"]`).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ Stages declare their needs for the dry run (`taskvec run --dry-run`), which list
 present and what is missing, one line each, without loading anything. Backbone kinds and
 tasks report their own needs in these terms, so the dry run never guesses from a name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

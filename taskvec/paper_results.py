@@ -5,6 +5,7 @@ Numbers are test accuracies in %, as restated in shared/paper.md: Table 1 (task 
 the eight tasks: absolute / normalized) and Table 2 (task negation: target / control, mean
 over the eight targets), keyed by the registered evaluation methods.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -73,25 +74,38 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def comparison_tables(results: "RunResults") -> str:
+def comparison_tables(results: RunResults) -> str:
     """Markdown: our Table 1 and Table 2 numbers beside the paper's, for a run of a paper model.
     Empty string when the run's backbone is not one the paper reports."""
     model = paper_model(results.config.backbone)
     if model is None:
         return ""
     addition = results.merge.get(TASK_ARITHMETIC.name, {})
-    lines = [f"## Beside the paper ({model}, OpenAI weights)", "",
-             "Test accuracy, %. Paper: Ortiz-Jimenez et al. (NeurIPS 2023), Tables 1 and 2.", "",
-             "Task addition of the eight tasks: absolute / normalized accuracy.", "",
-             "| method | ours | paper | Δ absolute |", "|---|---|---|---|"]
+    lines = [
+        f"## Beside the paper ({model}, OpenAI weights)",
+        "",
+        "Test accuracy, %. Paper: Ortiz-Jimenez et al. (NeurIPS 2023), Tables 1 and 2.",
+        "",
+        "Task addition of the eight tasks: absolute / normalized accuracy.",
+        "",
+        "| method | ours | paper | Δ absolute |",
+        "|---|---|---|---|",
+    ]
     ours = {PRETRAINED: (results.pretrained_addition().accuracy, None)}
     ours.update({m: (addition[m.name].absolute, addition[m.name].normalized) for m in TABLE1_ADDITION if m.name in addition})
     for m, (ours_abs, ours_norm) in ours.items():
         paper_abs, paper_norm = TABLE1_ADDITION[m][model]
-        lines.append(f"| {m.label} | {_pct(ours_abs)} / {_pct(ours_norm)} | {_num(paper_abs)} / {_num(paper_norm)} | "
-                     f"{100 * ours_abs - paper_abs:+.1f} |")
-    lines += ["", "Task negation, mean over the targets: target (lower is better) / control.", "",
-              "| method | ours | paper | Δ target |", "|---|---|---|---|"]
+        lines.append(
+            f"| {m.label} | {_pct(ours_abs)} / {_pct(ours_norm)} | {_num(paper_abs)} / {_num(paper_norm)} | "
+            f"{100 * ours_abs - paper_abs:+.1f} |"
+        )
+    lines += [
+        "",
+        "Task negation, mean over the targets: target (lower is better) / control.",
+        "",
+        "| method | ours | paper | Δ target |",
+        "|---|---|---|---|",
+    ]
     for m in TABLE2_NEGATION:
         if m.name not in results.negation:
             continue
@@ -101,10 +115,15 @@ def comparison_tables(results: "RunResults") -> str:
         over = f" ({len(row.per_task) - len(row.infeasible)} of {len(row.per_task)} targets)" if row.infeasible else ""
         lines.append(f"| {m.label} | {_pct(row.target)} / {_pct(row.control)}{over} | {_num(paper_t)} / {_num(paper_c)} | {delta} |")
     if results.merge:
-        lines += ["", f"Merge methods (absolute test accuracy, our non-linear FT vectors, {model}) beside the numbers their "
-                  "papers publish for CLIP ViT-B/32 on the eight tasks, each on its own checkpoints (context, not a "
-                  "like-for-like comparison; sources in taskvec/paper_results.py).", "",
-                  f"| merge method | ours ({model}) | published (ViT-B/32) |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Merge methods (absolute test accuracy, our non-linear FT vectors, {model}) beside the numbers their "
+            "papers publish for CLIP ViT-B/32 on the eight tasks, each on its own checkpoints (context, not a "
+            "like-for-like comparison; sources in taskvec/paper_results.py).",
+            "",
+            f"| merge method | ours ({model}) | published (ViT-B/32) |",
+            "|---|---|---|",
+        ]
         for method, published in PUBLISHED_MERGES_VIT_B32.items():
             ours = results.merge.get(method.name, {}).get(NONLINEAR_FT.name)
             if ours is not None:

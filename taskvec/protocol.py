@@ -8,6 +8,7 @@ that reads the sub-runs' results: the mean ± std report of the seeds, or the ch
 tuning grid. Every directory a graph writes into is checked against its config before anything
 runs, by the run and by the dry run alike.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,10 +60,18 @@ def seeds_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
     for run in runs:
         _include(graph, run)
     per_seed = [run.dir.results for run in runs]
-    graph.add(Stage(SEEDS, f"report over {len(runs)} seeds ({', '.join(map(str, cfg.seeds or []))}): mean ± std, claims",
-                    [run_dir.results, run_dir.report], lambda ctx: _seeds_report(cfg, run_dir, runs), settings=[r.prefix for r in runs],
-                    after=tuple(graph.keys()), current=lambda: benchmark.newer_than(run_dir.results, per_seed),
-                    detail="results.json (per-seed values, mean ± std), report.md, figures with error bars"))
+    graph.add(
+        Stage(
+            SEEDS,
+            f"report over {len(runs)} seeds ({', '.join(map(str, cfg.seeds or []))}): mean ± std, claims",
+            [run_dir.results, run_dir.report],
+            lambda ctx: _seeds_report(cfg, run_dir, runs),
+            settings=[r.prefix for r in runs],
+            after=tuple(graph.keys()),
+            current=lambda: benchmark.newer_than(run_dir.results, per_seed),
+            detail="results.json (per-seed values, mean ± std), report.md, figures with error bars",
+        )
+    )
     return graph
 
 
@@ -88,9 +97,14 @@ def tune_point_config(cfg: RunConfig, mode: str, lr: float, steps: int) -> RunCo
     train = cfg.train[mode]
     warmup = min(train.warmup_steps, steps)
     return dataclasses.replace(
-        cfg, name=f"{cfg.name}-tune-{mode}-lr{lr:g}-{steps}", seeds=None,
+        cfg,
+        name=f"{cfg.name}-tune-{mode}-lr{lr:g}-{steps}",
+        seeds=None,
         train=TrainModes(modes={mode: dataclasses.replace(train, lr=lr, steps=steps, warmup_steps=warmup)}),
-        merge=MergeConfig(methods=(TASK_ARITHMETIC.name,)), analysis=AnalysisConfig(), tune=TuneConfig())
+        merge=MergeConfig(methods=(TASK_ARITHMETIC.name,)),
+        analysis=AnalysisConfig(),
+        tune=TuneConfig(),
+    )
 
 
 @dataclass(frozen=True)
@@ -132,11 +146,19 @@ def tune_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
     for point in grid:
         _include(graph, point.run, keep=lambda s: s.key == HEADS or s.key.startswith(FINETUNE) or s.key in TUNE_STAGES)
     scored = [point.run.dir.stage(k) for point in grid for k in TUNE_STAGES]
-    graph.add(Stage(TUNE, f"choose on validation among {len(grid)} grid points ({', '.join(TUNE_CRITERIA.names())})",
-                    [run_dir.root / "tune.json", run_dir.root / "tune.md"], lambda ctx: _choose(cfg, run_dir, grid, ctx),
-                    settings={"points": [p.run.prefix for p in grid], "criterion": cfg.tune.criterion}, result_type=TuneResult,
-                    after=tuple(graph.keys()), current=lambda: benchmark.newer_than(run_dir.root / "tune.json", scored),
-                    detail=f"criterion for the config lines: {cfg.tune.criterion}; scores in tune.json and tune.md"))
+    graph.add(
+        Stage(
+            TUNE,
+            f"choose on validation among {len(grid)} grid points ({', '.join(TUNE_CRITERIA.names())})",
+            [run_dir.root / "tune.json", run_dir.root / "tune.md"],
+            lambda ctx: _choose(cfg, run_dir, grid, ctx),
+            settings={"points": [p.run.prefix for p in grid], "criterion": cfg.tune.criterion},
+            result_type=TuneResult,
+            after=tuple(graph.keys()),
+            current=lambda: benchmark.newer_than(run_dir.root / "tune.json", scored),
+            detail=f"criterion for the config lines: {cfg.tune.criterion}; scores in tune.json and tune.md",
+        )
+    )
     return graph
 
 
@@ -145,11 +167,17 @@ def score_point(single: SingleTask, addition: dict[str, MergeResult], point: Gri
     method = method_for_vector(FINETUNE_MODES.get(point.mode))
     per_task = {t: single.val[method.name][t] for t in tasks}
     best = max(addition[method.name].curve, key=lambda p: (p.val_absolute, -p.alpha))
-    return TunePoint(lr=point.lr, steps=point.steps, single_task=sum(per_task.values()) / len(per_task), per_task=per_task,
-                     addition=best.val_absolute, addition_alpha=best.alpha,
-                     run_dir=str(point.run.dir.root.relative_to(run_dir.root)),
-                     test_single_task=sum(single.test[method.name][t] for t in tasks) / len(tasks),
-                     test_addition=addition[method.name].absolute)
+    return TunePoint(
+        lr=point.lr,
+        steps=point.steps,
+        single_task=sum(per_task.values()) / len(per_task),
+        per_task=per_task,
+        addition=best.val_absolute,
+        addition_alpha=best.alpha,
+        run_dir=str(point.run.dir.root.relative_to(run_dir.root)),
+        test_single_task=sum(single.test[method.name][t] for t in tasks) / len(tasks),
+        test_addition=addition[method.name].absolute,
+    )
 
 
 def _choose(cfg: RunConfig, run_dir: RunDir, grid: list[GridPoint], ctx: Contexts) -> TuneResult:
@@ -165,8 +193,10 @@ def _choose(cfg: RunConfig, run_dir: RunDir, grid: list[GridPoint], ctx: Context
 
 # ----- running them, and their dry runs ------------------------------------------------------------
 
-def run_graph(graph: Graph, run_dir: RunDir, ctx: Contexts, select: Callable[[Stage], bool] = lambda s: True,
-              sharded: bool = False) -> None:
+
+def run_graph(
+    graph: Graph, run_dir: RunDir, ctx: Contexts, select: Callable[[Stage], bool] = lambda s: True, sharded: bool = False
+) -> None:
     """Execute a graph in its run directory: held by this run, every directory checked against
     (then stamped with) its config, then every stage that is not done."""
     with run_dir.locked(shared=sharded):
@@ -178,8 +208,9 @@ def run_graph(graph: Graph, run_dir: RunDir, ctx: Contexts, select: Callable[[St
         execute(graph, ctx, main=is_main(), select=select)
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True,
-                 shard: tuple[int, int] | None = None) -> RunResults | SeedResults | None:
+def run_pipeline(
+    cfg: RunConfig, out: str | Path, log: Log = print, progress: bool = True, shard: tuple[int, int] | None = None
+) -> RunResults | SeedResults | None:
     """Every stage of the benchmark (of every seed); returns the results written to out/results.json.
 
     Under torchrun every rank fine-tunes together (DistributedDataParallel over the global

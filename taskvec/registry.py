@@ -8,12 +8,14 @@ colours and `taskvec list` all read the registry; code that needs a kind asks fo
 Hyperparameters a kind accepts are declared as `Setting`s: typed, bounded, with a default and
 the grid the benchmark searches on validation; `Setting.check` gives the one-line error.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import TaskvecError
 

@@ -4,6 +4,7 @@ Keys that name a kind (an evaluation method, a merge method) hold its registered
 file is plain JSON; code looks the kind up in its registry. The report draws every table and
 figure from a `RunResults` alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -230,9 +231,14 @@ class RunResults:
         write_json(path, to_data(self))
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunResults":
-        return load_results(cls, path, FORMAT, "results of another taskvec version",
-                            "run `taskvec run` on its directory again: finished fine-tunes are reused")
+    def load(cls, path: str | Path) -> RunResults:
+        return load_results(
+            cls,
+            path,
+            FORMAT,
+            "results of another taskvec version",
+            "run `taskvec run` on its directory again: finished fine-tunes are reused",
+        )
 
 
 def load_results(cls: type, path: str | Path, expected: str, other: str, advice: str = "") -> Any:

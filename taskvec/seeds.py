@@ -5,11 +5,12 @@ claims checked against the spreads, figures with error bars.
 the run directory's results.json holds; `write_seeds_report` draws report.md and its figures
 from it alone. Each seed's own full report stays in seed-<s>/.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import matplotlib
 
@@ -83,7 +84,7 @@ class SeedResults:
         write_json(path, to_data(self))
 
     @classmethod
-    def load(cls, path: str | Path) -> "SeedResults":
+    def load(cls, path: str | Path) -> SeedResults:
         return load_results(cls, path, FORMAT, "no multi-seed results")
 
 
@@ -93,6 +94,7 @@ def _over(runs: Sequence[RunResults], get: Callable[[RunResults], float | None])
             return get(r)
         except (KeyError, AttributeError, TypeError):
             return None
+
     return Spread.of([safe(r) for r in runs])
 
 
@@ -107,28 +109,67 @@ def aggregate(cfg: RunConfig, runs: dict[int, tuple[str, RunResults]]) -> SeedRe
     tasks, methods = first.tasks, list(first.single_task.test)
     single = {m: {t: _over(results, lambda r, m=m, t=t: r.single_task.test[m][t]) for t in tasks} for m in methods}
     single_mean = {m: _over(results, lambda r, m=m: r.mean_single(EVAL_METHODS.get(m))) for m in methods}
-    merge = {g: {m: MergeSpread(*(_over(results, lambda r, g=g, m=m, f=f: getattr(r.merge[g][m], f)) for f in ("absolute", "normalized", "alpha")))
-                 for m in by_method} for g, by_method in first.merge.items()}
-    negation = {m: NegationSpread(_over(results, lambda r, m=m: r.negation[m].target), _over(results, lambda r, m=m: r.negation[m].control),
-                                  [list(r.negation[m].infeasible) if m in r.negation else [] for r in results]) for m in first.negation}
+    merge = {
+        g: {
+            m: MergeSpread(
+                *(_over(results, lambda r, g=g, m=m, f=f: getattr(r.merge[g][m], f)) for f in ("absolute", "normalized", "alpha"))
+            )
+            for m in by_method
+        }
+        for g, by_method in first.merge.items()
+    }
+    negation = {
+        m: NegationSpread(
+            _over(results, lambda r, m=m: r.negation[m].target),
+            _over(results, lambda r, m=m: r.negation[m].control),
+            [list(r.negation[m].infeasible) if m in r.negation else [] for r in results],
+        )
+        for m in first.negation
+    }
     curves = {}
     for m, add in first.merge.get(TASK_ARITHMETIC.name, {}).items():
         alphas = [p.alpha for p in add.curve]
-        curves[m] = CurveSpread(alphas, [_over(results, lambda r, m=m, i=i: r.merge[TASK_ARITHMETIC.name][m].curve[i].val_normalized)
-                                         for i in range(len(alphas))])
-    xi = ({pair: {m: _over(results, lambda r, p=pair, m=m: r.disentanglement[p][m].mean()) for m in by_method}
-           for pair, by_method in first.disentanglement.items()} if first.disentanglement else None)
+        curves[m] = CurveSpread(
+            alphas,
+            [_over(results, lambda r, m=m, i=i: r.merge[TASK_ARITHMETIC.name][m].curve[i].val_normalized) for i in range(len(alphas))],
+        )
+    xi = (
+        {
+            pair: {m: _over(results, lambda r, p=pair, m=m: r.disentanglement[p][m].mean()) for m in by_method}
+            for pair, by_method in first.disentanglement.items()
+        }
+        if first.disentanglement
+        else None
+    )
     ntk = {label: _over(results, lambda r, k=label: r.ntk.models[k].localization) for label in first.ntk.models} if first.ntk else None
     ri = first.random_init
-    random_init = (RandomInitSpread({m: _over(results, lambda r, m=m: r.random_init.single_task[m]) for m in ri.single_task},
-                                    {m: _over(results, lambda r, m=m: r.random_init.multi_task[m]) for m in ri.multi_task})
-                   if ri is not None else None)
-    return SeedResults(config=cfg, seeds=seeds, runs={str(s): d for s, (d, _) in runs.items()}, tasks=tasks,
-                       single_task=single, single_task_mean=single_mean, merge=merge, negation=negation, addition_curve=curves,
-                       claims=check_claims(results), disentanglement=xi, ntk=ntk, random_init=random_init)
+    random_init = (
+        RandomInitSpread(
+            {m: _over(results, lambda r, m=m: r.random_init.single_task[m]) for m in ri.single_task},
+            {m: _over(results, lambda r, m=m: r.random_init.multi_task[m]) for m in ri.multi_task},
+        )
+        if ri is not None
+        else None
+    )
+    return SeedResults(
+        config=cfg,
+        seeds=seeds,
+        runs={str(s): d for s, (d, _) in runs.items()},
+        tasks=tasks,
+        single_task=single,
+        single_task_mean=single_mean,
+        merge=merge,
+        negation=negation,
+        addition_curve=curves,
+        claims=check_claims(results),
+        disentanglement=xi,
+        ntk=ntk,
+        random_init=random_init,
+    )
 
 
 # ----- report ------------------------------------------------------------------------------------
+
 
 def _p(s: Spread) -> str:
     return format_spread(s, points=True)
@@ -171,8 +212,18 @@ def plot_merge_methods(results: SeedResults, path: Path) -> None:
     fig, axes = plt.subplots(2, 1, figsize=(2.0 + 1.05 * len(merges) * max(1, len(methods)) / 3, 6.0), sharex=True)
     missing = Spread(None, None, [])
     for ax, what in zip(axes, ("absolute", "normalized")):
-        _bars(ax, [g.label for g in merges], [(m.label, m.color, [getattr(results.merge[g.name][m.name], what) if m.name in results.merge[g.name]
-                                                                  else missing for g in merges]) for m in methods])
+        _bars(
+            ax,
+            [g.label for g in merges],
+            [
+                (
+                    m.label,
+                    m.color,
+                    [getattr(results.merge[g.name][m.name], what) if m.name in results.merge[g.name] else missing for g in merges],
+                )
+                for m in methods
+            ],
+        )
         ax.set_ylabel(f"{what} test accuracy (%)")
     pre = results.single_task_mean.get(PRETRAINED.name)
     if pre is not None and pre.mean is not None:
@@ -219,21 +270,31 @@ def render_markdown(results: SeedResults) -> str:
 def _header(results: SeedResults, cfg, tasks: list[str], n: int) -> list[str]:
     """Title, backbone, tasks, the seeds and where each seed's own report is."""
     seeds = ", ".join(map(str, results.seeds))
-    return [f"# taskvec report: {cfg.name}, {n} seeds", "",
-            f"Backbone `{cfg.backbone}` ({cfg.init}), tasks: {', '.join(tasks)}. Seeds {seeds}: each seed sets the split, "
-            "the fine-tunes' data order and any sampling. Every number is mean ± sample std over the seeds, test accuracy in %; "
-            "the per-seed values are in results.json, each seed's full report in its directory: "
-            + ", ".join(f"[{d}]({d}/report.md)" for d in results.runs.values()) + ".", ""]
+    return [
+        f"# taskvec report: {cfg.name}, {n} seeds",
+        "",
+        f"Backbone `{cfg.backbone}` ({cfg.init}), tasks: {', '.join(tasks)}. Seeds {seeds}: each seed sets the split, "
+        "the fine-tunes' data order and any sampling. Every number is mean ± sample std over the seeds, test accuracy in %; "
+        "the per-seed values are in results.json, each seed's full report in its directory: "
+        + ", ".join(f"[{d}]({d}/report.md)" for d in results.runs.values())
+        + ".",
+        "",
+    ]
 
 
 def _addition_table(results: SeedResults, addition: dict) -> list[str]:
     """Table 1 (none when the runs merged nothing), with each seed's α."""
     if not addition:
         return []
-    lines = ["## Table 1: task addition (absolute / normalized)", "",
-             "α chosen on validation per seed (values listed).", "",
-             "| method | absolute | normalized | α per seed |", "|---|---|---|---|",
-             f"| {PRETRAINED.label} | {_p(results.single_task_mean[PRETRAINED.name])} | – | – |"]
+    lines = [
+        "## Table 1: task addition (absolute / normalized)",
+        "",
+        "α chosen on validation per seed (values listed).",
+        "",
+        "| method | absolute | normalized | α per seed |",
+        "|---|---|---|---|",
+        f"| {PRETRAINED.label} | {_p(results.single_task_mean[PRETRAINED.name])} | – | – |",
+    ]
     for m in _methods(addition):
         a = addition[m.name]
         lines.append(f"| {m.label} | {_p(a.absolute)} | {_p(a.normalized)} | {_values(a.alpha, points=False)} |")
@@ -243,9 +304,14 @@ def _addition_table(results: SeedResults, addition: dict) -> list[str]:
 
 def _negation_table(results: SeedResults) -> list[str]:
     """Table 2, with the targets that had no feasible α, per seed."""
-    lines = ["## Table 2: task negation (target ↓ / control)", "",
-             "Mean over the targets with a feasible α, per seed; then mean ± std over the seeds.", "",
-             "| method | target | control | targets without a feasible α |", "|---|---|---|---|"]
+    lines = [
+        "## Table 2: task negation (target ↓ / control)",
+        "",
+        "Mean over the targets with a feasible α, per seed; then mean ± std over the seeds.",
+        "",
+        "| method | target | control | targets without a feasible α |",
+        "|---|---|---|---|",
+    ]
     for m in _methods(results.negation):
         neg = results.negation[m.name]
         infeasible = "; ".join(f"seed {s}: {', '.join(t)}" for s, t in zip(results.seeds, neg.infeasible) if t) or "none"
@@ -256,19 +322,31 @@ def _negation_table(results: SeedResults) -> list[str]:
 def _single_task_table(results: SeedResults, tasks: list[str]) -> list[str]:
     lines = ["", "## Single-task accuracy", "", "| method | mean | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     for m in _methods(results.single_task):
-        lines.append(f"| {m.label} | {_p(results.single_task_mean[m.name])} | "
-                     + " | ".join(_p(results.single_task[m.name][t]) for t in tasks) + " |")
+        lines.append(
+            f"| {m.label} | {_p(results.single_task_mean[m.name])} | "
+            + " | ".join(_p(results.single_task[m.name][t]) for t in tasks)
+            + " |"
+        )
     return lines
 
 
 def _merge_table(results: SeedResults) -> list[str]:
     methods = _methods({m for by in results.merge.values() for m in by})
-    lines = ["", "## Merge methods (absolute / normalized)", "",
-             "Settings and α chosen on validation per seed, as in each seed's report.", "",
-             "| merge method | " + " | ".join(m.label for m in methods) + " |", "|---|" + "---|" * len(methods)]
+    lines = [
+        "",
+        "## Merge methods (absolute / normalized)",
+        "",
+        "Settings and α chosen on validation per seed, as in each seed's report.",
+        "",
+        "| merge method | " + " | ".join(m.label for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
     for g, by in results.merge.items():
-        lines.append(f"| {MERGE_METHODS.get(g).label} | "
-                     + " | ".join(f"{_p(by[m.name].absolute)} / {_p(by[m.name].normalized)}" if m.name in by else "–" for m in methods) + " |")
+        lines.append(
+            f"| {MERGE_METHODS.get(g).label} | "
+            + " | ".join(f"{_p(by[m.name].absolute)} / {_p(by[m.name].normalized)}" if m.name in by else "–" for m in methods)
+            + " |"
+        )
     return lines + ["", "![merge methods](figures/merge_methods.png)", ""]
 
 
@@ -287,8 +365,11 @@ def _analysis_tables(results: SeedResults) -> list[str]:
     if results.random_init is not None:
         ri = results.random_init
         lines += ["## From random initialization (Table 3)", "", "| method | single-task | multi-task |", "|---|---|---|"]
-        lines += [f"| {'Random init' if m is PRETRAINED else m.label} | {_p(ri.single_task[m.name])} | "
-                  f"{_p(ri.multi_task[m.name]) if m.name in ri.multi_task else '–'} |" for m in _methods(ri.single_task)]
+        lines += [
+            f"| {'Random init' if m is PRETRAINED else m.label} | {_p(ri.single_task[m.name])} | "
+            f"{_p(ri.multi_task[m.name]) if m.name in ri.multi_task else '–'} |"
+            for m in _methods(ri.single_task)
+        ]
         lines.append("")
     return lines
 

@@ -4,12 +4,14 @@ A vector knows its fine-tuning mode (a registered `FinetuneMode`: whether f or f
 trained), the identity of the θ0 it was taken from, and the tasks it carries. Arithmetic between vectors of other
 bases, modes or parameter sets is refused: the result would be meaningless.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from .errors import TaskvecError, finite
 from .io import load_tensors, save_tensors
@@ -39,7 +41,16 @@ class TaskVector:
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
-    def from_weights(cls, pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], *, mode: FinetuneMode | str, base: dict[str, str], task: str, info: dict | None = None) -> "TaskVector":
+    def from_weights(
+        cls,
+        pretrained: dict[str, torch.Tensor],
+        finetuned: dict[str, torch.Tensor],
+        *,
+        mode: FinetuneMode | str,
+        base: dict[str, str],
+        task: str,
+        info: dict | None = None,
+    ) -> TaskVector:
         if set(pretrained) != set(finetuned):
             missing = sorted(set(pretrained) ^ set(finetuned))[:3]
             raise TaskvecError(f"pre-trained and fine-tuned weights have different parameters, e.g. {missing}")
@@ -47,7 +58,7 @@ class TaskVector:
         return cls(vector, mode, dict(base), (task,), dict(info or {}))
 
     # ----- arithmetic ---------------------------------------------------------------------
-    def _check_compatible(self, other: "TaskVector") -> None:
+    def _check_compatible(self, other: TaskVector) -> None:
         if not isinstance(other, TaskVector):
             raise TypeError(f"cannot combine a TaskVector with {type(other).__name__}")
         if self.mode != other.mode:
@@ -61,26 +72,26 @@ class TaskVector:
             if tensor.shape != other.vector[name].shape:
                 raise TaskvecError(f"parameter {name!r} has shape {tuple(tensor.shape)} vs {tuple(other.vector[name].shape)}")
 
-    def _combine(self, other: "TaskVector", sign: float) -> "TaskVector":
+    def _combine(self, other: TaskVector, sign: float) -> TaskVector:
         self._check_compatible(other)
         vector = {n: t + sign * other.vector[n] for n, t in self.vector.items()}
         return TaskVector(vector, self.mode, self.base, self.tasks + other.tasks)
 
-    def __add__(self, other: "TaskVector") -> "TaskVector":
+    def __add__(self, other: TaskVector) -> TaskVector:
         return self._combine(other, 1.0)
 
-    def __radd__(self, other: object) -> "TaskVector":
+    def __radd__(self, other: object) -> TaskVector:
         if other == 0:  # lets the built-in sum() start from 0
             return self
         return NotImplemented  # type: ignore[return-value]
 
-    def __sub__(self, other: "TaskVector") -> "TaskVector":
+    def __sub__(self, other: TaskVector) -> TaskVector:
         return self._combine(other, -1.0)
 
-    def __neg__(self) -> "TaskVector":
+    def __neg__(self) -> TaskVector:
         return self * -1.0
 
-    def __mul__(self, scalar: float) -> "TaskVector":
+    def __mul__(self, scalar: float) -> TaskVector:
         if not isinstance(scalar, (int, float)):
             return NotImplemented  # type: ignore[return-value]
         finite(scalar, "a task vector's scale")
@@ -130,7 +141,7 @@ class TaskVector:
         save_tensors(path, self.vector, metadata)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TaskVector":
+    def load(cls, path: str | Path) -> TaskVector:
         tensors, metadata = load_tensors(path)
         header = _checked_header(path, metadata)
         for name, tensor in tensors.items():
@@ -176,15 +187,16 @@ def summarize(path: str | Path) -> VectorSummary:
         if not np.isfinite(array).all():
             raise _non_finite(path, name)
         squares += float(np.square(array, dtype=np.float64).sum())
-    return VectorSummary(header, len(arrays), squares ** 0.5)
+    return VectorSummary(header, len(arrays), squares**0.5)
 
 
 def _checked_header(path: str | Path, metadata: dict) -> VectorHeader:
     if metadata.get("format") != FORMAT:
         raise TaskvecError(f"{path} is not a taskvec task vector (format {metadata.get('format')!r})")
     try:
-        return VectorHeader(FINETUNE_MODES.get(metadata["mode"]), dict(metadata["base"]), tuple(metadata["tasks"]),
-                            dict(metadata.get("info", {})))
+        return VectorHeader(
+            FINETUNE_MODES.get(metadata["mode"]), dict(metadata["base"]), tuple(metadata["tasks"]), dict(metadata.get("info", {}))
+        )
     except KeyError as exc:
         raise TaskvecError(f"task vector {path} lacks metadata field {exc}") from None
 

@@ -13,15 +13,17 @@ memory); `precision = "bf16"` runs forward and backward under CUDA bf16 autocast
 optimizer state and task vectors stay float32). The next batch is loaded in a background
 thread while the current step runs.
 """
+
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +31,10 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import TaskvecError
-from .io import load_tensors, save_tensors
 from .finetuning.build import PENALTY_BATCH, PENALTY_WEIGHT, FitData
 from .finetuning.cost import CostMeter
 from .finetuning.parts import TunedEncoder
+from .io import load_tensors, save_tensors
 from .kinds import FINETUNE_MODES, FinetuneMode
 from .models.base import Backbone, Batch
 from .models.heads import ClassificationHead
@@ -87,7 +89,7 @@ def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return nullcontext()
     if device.type != "cuda":
-        raise TaskvecError(f"train.precision = {precision!r} needs a CUDA device (device is {device}); use \"fp32\"")
+        raise TaskvecError(f'train.precision = {precision!r} needs a CUDA device (device is {device}); use "fp32"')
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
@@ -128,7 +130,9 @@ def load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], optimizer
         raise TaskvecError(f"{path} is not a taskvec checkpoint")
     for key in ("mode", "task", "base", "config"):
         if saved.get(key) != meta.get(key):
-            raise TaskvecError(f"checkpoint {path} was written for a different run ({key}: {saved.get(key)} vs {meta.get(key)}); delete it to start over")
+            raise TaskvecError(
+                f"checkpoint {path} was written for a different run ({key}: {saved.get(key)} vs {meta.get(key)}); delete it to start over"
+            )
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[f"param/{name}"])
@@ -177,8 +181,9 @@ def finetune(
     rank, world = _distributed()
     per_process, rest = divmod(cfg.batch_size, world * cfg.grad_accumulation)
     if rest or per_process == 0:
-        raise TaskvecError(f"train.batch_size = {cfg.batch_size} must be a multiple of processes × grad_accumulation = "
-                           f"{world} × {cfg.grad_accumulation}")
+        raise TaskvecError(
+            f"train.batch_size = {cfg.batch_size} must be a multiple of processes × grad_accumulation = {world} × {cfg.grad_accumulation}"
+        )
     device = torch.device(device)
     _autocast(device, cfg.precision)  # refuse bf16 off CUDA before any work
 
@@ -187,14 +192,17 @@ def finetune(
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     load = _batch_loader(inputs, labels, others, settings, cfg, rank, world)
     meter = CostMeter(device).start()
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"{mode.name:>9} {task}", disable=not progress or rank != 0, leave=False)
+    bar = tqdm(
+        range(start, end), initial=start, total=cfg.steps, desc=f"{mode.name:>9} {task}", disable=not progress or rank != 0, leave=False
+    )
     loss = run.steps(bar, load, meter, start, end, on_step)
     bar.close()
     return run.task_vector(identity, task, meter, loss, end > start)
 
 
-def _batch_loader(inputs: Batch, labels: torch.Tensor, others: list[Batch], settings: dict[str, Any], cfg: TrainConfig, rank: int,
-                  world: int) -> Callable[[int], tuple[list[tuple[Batch, torch.Tensor]], list[Batch]]]:
+def _batch_loader(
+    inputs: Batch, labels: torch.Tensor, others: list[Batch], settings: dict[str, Any], cfg: TrainConfig, rank: int, world: int
+) -> Callable[[int], tuple[list[tuple[Batch, torch.Tensor]], list[Batch]]]:
     """step -> (this process's micro-batches of the step, its share of the other tasks' penalty
     batches): a pure function of (seed, step), so a resumed run sees the same batches."""
 
@@ -213,8 +221,7 @@ def _batch_loader(inputs: Batch, labels: torch.Tensor, others: list[Batch], sett
         return out
 
     def load(step: int) -> tuple[list[tuple[Batch, torch.Tensor]], list[Batch]]:
-        return ([({key: value[part] for key, value in inputs.items()}, labels[part]) for part in parts(step)],
-                penalty_batches(step))
+        return ([({key: value[part] for key, value in inputs.items()}, labels[part]) for part in parts(step)], penalty_batches(step))
 
     return load
 
@@ -223,8 +230,19 @@ class _Training:
     """One fine-tune's state: a copy of the backbone, what the mode trains in it, the model
     (under torchrun, wrapped in DistributedDataParallel), the optimizer and the checkpoint."""
 
-    def __init__(self, base: Backbone, head: ClassificationHead, inputs: Batch, labels: torch.Tensor, mode: FinetuneMode,
-                 settings: dict[str, Any], cfg: TrainConfig, device: torch.device, rank: int, world: int):
+    def __init__(
+        self,
+        base: Backbone,
+        head: ClassificationHead,
+        inputs: Batch,
+        labels: torch.Tensor,
+        mode: FinetuneMode,
+        settings: dict[str, Any],
+        cfg: TrainConfig,
+        device: torch.device,
+        rank: int,
+        world: int,
+    ):
         self.mode, self.settings, self.cfg, self.device, self.rank, self.world = mode, settings, cfg, device, rank, world
         self.backbone = copy.deepcopy(base)
         fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
@@ -238,8 +256,11 @@ class _Training:
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
-                                                   if device.type == "cuda" else None, broadcast_buffers=False)
+            self.forward = DistributedDataParallel(
+                model,
+                device_ids=[device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
         self.checkpoint: Path | None = None
         self.meta: dict = {}
 
@@ -261,16 +282,20 @@ class _Training:
             batch = {key: value.to(device, non_blocking=True) for key, value in cpu_batch.items()}
             sync = k == len(micro) - 1 or self.world == 1
             others_k = [{key: value.to(device) for key, value in o.items()} for o in penalized] if k == 0 else []
-            with (nullcontext() if sync else forward.no_sync()), _autocast(device, cfg.precision):  # type: ignore[operator]
+            with nullcontext() if sync else forward.no_sync(), _autocast(device, cfg.precision):  # type: ignore[operator]
                 logits, penalty = forward(batch, others_k)
-                part_loss = F.cross_entropy(logits.float(), part_labels.to(device)) / len(micro) + penalty  # penalty: first micro-batch only
+                part_loss = (
+                    F.cross_entropy(logits.float(), part_labels.to(device)) / len(micro) + penalty
+                )  # penalty: first micro-batch only
             part_loss.backward()
             total += part_loss.detach()
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip)
         self.optimizer.step()
         return total
 
-    def steps(self, bar, load: Callable, meter: CostMeter, start: int, end: int, on_step: Callable[[int, float], None] | None) -> torch.Tensor:
+    def steps(
+        self, bar, load: Callable, meter: CostMeter, start: int, end: int, on_step: Callable[[int, float], None] | None
+    ) -> torch.Tensor:
         """Steps [start, end), the next step's batches loaded in a background thread; the last
         step's loss averaged over the processes (zero if no step ran)."""
         loss = torch.zeros(())
@@ -306,8 +331,16 @@ class _Training:
         mode, cfg = self.mode, self.cfg
         changed = {n: t.detach().cpu() for n, t in self.trainable.vector(mode.linearized).items()}
         vector = {n: changed[n] if n in changed else torch.zeros_like(p, device="cpu") for n, p in self.backbone.named_parameters()}
-        cost = FinetuneCost(**meter.summary(), trained_entries=sum(p.numel() for p in self.params.values()),
-                            changed_entries=self.trainable.entries())
-        info = {"steps": cfg.steps, "seconds": cost.seconds, "last_loss": round(float(loss.item()), 4) if ran else None,
-                "processes": self.world, "precision": cfg.precision, "settings": self.settings, "cost": to_data(cost)}
+        cost = FinetuneCost(
+            **meter.summary(), trained_entries=sum(p.numel() for p in self.params.values()), changed_entries=self.trainable.entries()
+        )
+        info = {
+            "steps": cfg.steps,
+            "seconds": cost.seconds,
+            "last_loss": round(float(loss.item()), 4) if ran else None,
+            "processes": self.world,
+            "precision": cfg.precision,
+            "settings": self.settings,
+            "cost": to_data(cost),
+        }
         return TaskVector(vector, mode, identity, (task,), info)

@@ -6,11 +6,12 @@ is scored on the validation splits by every registered criterion: the usual prac
 addition). The choice per criterion, every point's scores, and the rows where all modes share a
 learning rate (the paper's protocol) are saved and shown. Test accuracy is never read.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import TaskvecError
 from .registry import Kind, Registry
@@ -46,14 +47,24 @@ class TuneCriterion(Kind):
 
 
 TUNE_CRITERIA: Registry[TuneCriterion] = Registry("tuning criterion")
-SINGLE_TASK = TUNE_CRITERIA.register(TuneCriterion(
-    name="single-task", label="single-task val.", color="#1f77b4",
-    description="mean validation accuracy of each task's own fine-tuned model (α = 1): the usual practice",
-    score=lambda p: p.single_task))
-ADDITION = TUNE_CRITERIA.register(TuneCriterion(
-    name="addition", label="addition val.", color="#d62728",
-    description="mean validation accuracy of task addition at its best α of the grid: what task arithmetic needs",
-    score=lambda p: p.addition))
+SINGLE_TASK = TUNE_CRITERIA.register(
+    TuneCriterion(
+        name="single-task",
+        label="single-task val.",
+        color="#1f77b4",
+        description="mean validation accuracy of each task's own fine-tuned model (α = 1): the usual practice",
+        score=lambda p: p.single_task,
+    )
+)
+ADDITION = TUNE_CRITERIA.register(
+    TuneCriterion(
+        name="addition",
+        label="addition val.",
+        color="#d62728",
+        description="mean validation accuracy of task addition at its best α of the grid: what task arithmetic needs",
+        score=lambda p: p.addition,
+    )
+)
 
 
 @dataclass
@@ -120,38 +131,57 @@ def config_lines(result: TuneResult, criterion: TuneCriterion) -> list[str]:
 def render_markdown(result: TuneResult, labels: dict[str, str]) -> str:
     """tune.md: every point's validation scores, the choice of each criterion, the shared-rate
     rows and the config lines. `labels`: mode name -> label."""
+
     def pct(x: float) -> str:
         return f"{100 * x:.1f}"
 
-    lines = ["# Learning rates chosen on validation", "",
-             f"Seed {result.seed}. Every task fine-tuned at each grid point; scores on the validation splits only "
-             "(test is never read). Criteria: " + "; ".join(f"**{c.name}**: {c.description}" for c in TUNE_CRITERIA)
-             + ". Ties go to the smaller learning rate. ↑ / ↓: the choice is the largest / smallest rate of its grid, "
-             "so a better one may lie outside it.", ""]
+    lines = [
+        "# Learning rates chosen on validation",
+        "",
+        f"Seed {result.seed}. Every task fine-tuned at each grid point; scores on the validation splits only "
+        "(test is never read). Criteria: "
+        + "; ".join(f"**{c.name}**: {c.description}" for c in TUNE_CRITERIA)
+        + ". Ties go to the smaller learning rate. ↑ / ↓: the choice is the largest / smallest rate of its grid, "
+        "so a better one may lie outside it.",
+        "",
+    ]
     for mode, tuning in result.modes.items():
         tasks = list(tuning.points[0].per_task) if tuning.points else []
-        lines += [f"## {labels.get(mode, mode)}", "",
-                  "| lr | steps | single-task val. | addition val. (α) | " + " | ".join(tasks) + " | chosen by |",
-                  "|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+        lines += [
+            f"## {labels.get(mode, mode)}",
+            "",
+            "| lr | steps | single-task val. | addition val. (α) | " + " | ".join(tasks) + " | chosen by |",
+            "|---|---|---|---|" + "---|" * len(tasks) + "---|",
+        ]
         for i, p in enumerate(tuning.points):
             by = ", ".join(c + at_edge(tuning, i) for c, j in tuning.chosen.items() if j == i)
-            lines.append(f"| {p.lr:g} | {p.steps} | {pct(p.single_task)} | {pct(p.addition)} ({p.addition_alpha:.2f}) | "
-                         + " | ".join(pct(p.per_task[t]) for t in tasks) + f" | {by} |")
+            lines.append(
+                f"| {p.lr:g} | {p.steps} | {pct(p.single_task)} | {pct(p.addition)} ({p.addition_alpha:.2f}) | "
+                + " | ".join(pct(p.per_task[t]) for t in tasks)
+                + f" | {by} |"
+            )
         lines.append("")
     rates = shared_rates(result)
     if len(result.modes) > 1:
         lines += ["## One learning rate for every mode (the paper's protocol)", ""]
         if rates:
             modes = list(result.modes)
-            lines += ["Validation scores, and the test accuracy of the same models (single-task mean; task addition at "
-                      "the α the benchmark picks on validation), which no choice above reads.", "",
-                      "| lr | " + " | ".join(f"{labels.get(m, m)}: single-task / addition val. | test" for m in modes) + " |",
-                      "|---|" + "---|---|" * len(modes)]
+            lines += [
+                "Validation scores, and the test accuracy of the same models (single-task mean; task addition at "
+                "the α the benchmark picks on validation), which no choice above reads.",
+                "",
+                "| lr | " + " | ".join(f"{labels.get(m, m)}: single-task / addition val. | test" for m in modes) + " |",
+                "|---|" + "---|---|" * len(modes),
+            ]
             for lr in rates:
                 cells = []
                 for m in modes:
                     p = next(p for p in result.modes[m].points if p.lr == lr)
-                    test = f"{pct(p.test_single_task)} / {pct(p.test_addition)}" if p.test_single_task is not None and p.test_addition is not None else "–"
+                    test = (
+                        f"{pct(p.test_single_task)} / {pct(p.test_addition)}"
+                        if p.test_single_task is not None and p.test_addition is not None
+                        else "–"
+                    )
                     cells.append(f"{pct(p.single_task)} / {pct(p.addition)} | {test}")
                 lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
         else:

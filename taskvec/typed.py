@@ -5,6 +5,7 @@ builds one from parsed data and names the first bad key or value in a one-line T
 `to_data` is its inverse. A class may define `from_table(data, where)` / `to_table()` when its
 file layout is not its field layout (e.g. a table keyed by registered names).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,7 +82,9 @@ def from_data(cls: type, data: Any, where: str = "") -> Any:
     if unknown:
         name = f"{where}.{unknown[0]}" if where else unknown[0]
         raise TaskvecError(f"unknown key {name!r}; allowed: {', '.join(sorted(fields))}")
-    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise _fail(where or cls.__name__, f"missing key {missing[0]!r}")
     kwargs = {key: check_value(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()}

@@ -3,13 +3,14 @@
 Spawned processes do not run conftest as a plugin; importing it registers the tiny-cnn
 backbone and the toy tasks here too.
 """
+
 from __future__ import annotations
 
 import os
 
+import conftest  # noqa: F401  (registers tiny-cnn and the toy tasks)
 import torch
 
-import conftest  # noqa: F401  (registers tiny-cnn and the toy tasks)
 from taskvec.config import TrainConfig
 from taskvec.train import finetune
 
@@ -30,8 +31,17 @@ def run(rank: int, world: int, port: int, out: str) -> None:
     try:
         model, head, inputs, labels = setup()
         for mode in ("nonlinear", "linear"):
-            vector = finetune(model, head, inputs, labels, mode=mode, cfg=CFG, task="toy-squares", progress=False,
-                              checkpoint=os.path.join(out, f"{mode}.ckpt.safetensors"))
+            vector = finetune(
+                model,
+                head,
+                inputs,
+                labels,
+                mode=mode,
+                cfg=CFG,
+                task="toy-squares",
+                progress=False,
+                checkpoint=os.path.join(out, f"{mode}.ckpt.safetensors"),
+            )
             vector.save(os.path.join(out, f"{mode}.rank{rank}.safetensors"))
     finally:
         dist.destroy_process_group()

@@ -1,6 +1,7 @@
 """`taskvec` with the test backbones and tasks registered: what tests launch in fresh processes
 (under torchrun too). TASKVEC_TEST_FAIL="<rank>:<stage function>" makes that rank raise inside
 that stage, for the tests of failures on one rank."""
+
 import os
 import sys
 

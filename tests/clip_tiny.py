@@ -3,6 +3,7 @@
 Importing this module registers the open_clip config `taskvec-tiny-clip` (a 2-layer ViT on
 32 px images with 8 px patches, and a 2-layer text tower) once per process.
 """
+
 from __future__ import annotations
 
 import tempfile

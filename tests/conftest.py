@@ -1,4 +1,5 @@
 """Tiny models and synthetic tasks shared by the tests (registered under test-only names)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -98,9 +99,13 @@ def synthetic_images(kind: str, n: int = 240, seed: int = 0) -> Split:
 
 for _kind in ("squares", "stripes", "noise"):
     register_task(f"toy-{_kind}")(
-        lambda k=_kind: Task(name=f"toy-{k}", modality="image",
-                             classnames=tuple(f"{k} {c}" for c in range(3 if k == "stripes" else 2)),
-                             load=lambda: (synthetic_images(k), None), source="tests")
+        lambda k=_kind: Task(
+            name=f"toy-{k}",
+            modality="image",
+            classnames=tuple(f"{k} {c}" for c in range(3 if k == "stripes" else 2)),
+            load=lambda: (synthetic_images(k), None),
+            source="tests",
+        )
     )
 
 

@@ -4,6 +4,7 @@
 torchvision / alternative layouts of DTD, EuroSAT and SUN397) with a few 8×8 images per class,
 and returns {name: (n_train, n_test, n_classes)} as written.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -66,8 +67,18 @@ def dtd(root: Path, alt: bool = False) -> tuple[int, int, int]:
     return 9, 6, 3
 
 
-EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
-           "Residential", "River", "SeaLake"]
+EUROSAT = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
 
 
 def eurosat(root: Path, alt: bool = False) -> tuple[int, int, int]:
@@ -167,8 +178,17 @@ def imagenet(root: Path) -> tuple[int, int, int]:
     return n_train, n_test, 1000
 
 
-MAKERS = {"Cars": cars, "DTD": dtd, "EuroSAT": eurosat, "GTSRB": gtsrb, "MNIST": mnist, "RESISC45": resisc45,
-          "SUN397": sun397, "SVHN": svhn, "ImageNet": imagenet}
+MAKERS = {
+    "Cars": cars,
+    "DTD": dtd,
+    "EuroSAT": eurosat,
+    "GTSRB": gtsrb,
+    "MNIST": mnist,
+    "RESISC45": resisc45,
+    "SUN397": sun397,
+    "SVHN": svhn,
+    "ImageNet": imagenet,
+}
 
 
 def make(root: Path, names=tuple(MAKERS), alt: bool = False) -> dict[str, tuple[int, int, int]]:

@@ -1,5 +1,6 @@
 """Tiny, randomly initialized transformers CLIP folders for tests (no weights, no network):
 a 2-layer ViT on 32 px images and a 2-layer text tower with a byte-level vocabulary."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,18 @@ def write_tokenizer(folder: Path) -> int:
     vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": 16}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "model_max_length": 16,
+            }
+        )
+    )
     return len(vocab)
 
 
@@ -27,9 +37,20 @@ def clip_config(vocab_size: int, **vision):
 
     eos = vocab_size - 1
     return CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=16, eos_token_id=eos, bos_token_id=eos - 1, pad_token_id=eos),
-        vision_config={**VISION, **vision}, projection_dim=16)
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            eos_token_id=eos,
+            bos_token_id=eos - 1,
+            pad_token_id=eos,
+        ),
+        vision_config={**VISION, **vision},
+        projection_dim=16,
+    )
 
 
 def write_base(folder: Path, seed: int = 0, **vision) -> Path:
@@ -41,9 +62,18 @@ def write_base(folder: Path, seed: int = 0, **vision) -> Path:
     vocab_size = write_tokenizer(folder)
     torch.manual_seed(seed)
     CLIPModel(clip_config(vocab_size, **vision)).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 32}, "do_center_crop": True, "resample": 3,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": {"height": 32, "width": 32},
+                "size": {"shortest_edge": 32},
+                "do_center_crop": True,
+                "resample": 3,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+            }
+        )
+    )
     return folder
 
 

@@ -1,4 +1,5 @@
 """The independent check of a Jacobian-vector product: central finite differences of f."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """The README's Python example, on the tiny test backbone: both modes, addition, evaluation."""
+
 import torch
 
 import taskvec as tv
@@ -8,8 +9,10 @@ def test_readme_example_runs_in_both_modes():
     base = tv.build_backbone("tiny-cnn")
     tasks = {n: tv.setup_task(base, n, max_train=96, max_val=32, max_test=64) for n in ("toy-squares", "toy-stripes")}
     for mode in ("nonlinear", "linear"):
-        vectors = {n: tv.finetune_task(base, t, mode=mode, steps=20, batch_size=16, lr=1e-2, warmup_steps=2, progress=False)
-                   for n, t in tasks.items()}
+        vectors = {
+            n: tv.finetune_task(base, t, mode=mode, steps=20, batch_size=16, lr=1e-2, warmup_steps=2, progress=False)
+            for n, t in tasks.items()
+        }
         edited = (0.5 * sum(vectors.values())).apply_to(base)
         assert isinstance(edited, tv.LinearizedBackbone) == (mode == "linear")
         weights = dict((edited.model if mode == "linear" else edited).named_parameters())

@@ -1,5 +1,6 @@
 """Backbone kinds: registered once with their metadata (modality, default head, needs, packages,
 options), `init` checked once, and the models layer importing nothing above it."""
+
 from __future__ import annotations
 
 import ast
@@ -48,7 +49,7 @@ def test_declared_options_are_the_builders_keyword_options():
     for kind in backbone_kinds():
         if kind.options is None:
             continue
-        parameters = list(inspect.signature(kind.build_function()).parameters.values())[1 if kind.prefix else 0:]
+        parameters = list(inspect.signature(kind.build_function()).parameters.values())[1 if kind.prefix else 0 :]
         taken = [p.name for p in parameters if p.name != "init" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
         assert list(kind.options) == taken, kind.name
     assert backbone_options("openclip:x") == list(backbone_kind("openclip:x").options)

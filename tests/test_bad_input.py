@@ -1,18 +1,19 @@
 """Malformed input through the command line, as a new user would type it: every case ends with
 exit status 2, one line on stderr naming the problem, no traceback, and earlier files untouched."""
+
 import json
 import math
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_cli import CONFIG as CLI_CONFIG
 
 from taskvec.cli import main
 from taskvec.io import load_tensors, save_tensors
 from taskvec.models import build_backbone
 from taskvec.pipeline.rundir import RunDir
 from taskvec.task_vector import TaskVector, base_identity
-from test_cli import CONFIG as CLI_CONFIG
 
 # The CLI tests' tiny benchmark, without analyses, task addition the only merge method.
 CONFIG = CLI_CONFIG.split("[analysis]")[0] + '[merge]\nmethods = ["task_arithmetic"]\n'
@@ -61,8 +62,10 @@ CASES = [
     ("add {d}/toy-squares.safetensors {d}/toy-stripes.safetensors --alpha nan --out {d}/o.safetensors", "--alpha must be a finite number"),
     ("add {d}/toy-squares.safetensors --alpha inf --out {d}/o.safetensors", "--alpha must be a finite number"),
     ("add {d}/toy-squares.safetensors --alpha abc --out {d}/o.safetensors", "Invalid value for '--alpha'"),
-    ("merge {d}/toy-squares.safetensors {d}/toy-stripes.safetensors --method ties --alpha -inf --out {d}/o.safetensors",
-     "--alpha must be a finite number"),
+    (
+        "merge {d}/toy-squares.safetensors {d}/toy-stripes.safetensors --method ties --alpha -inf --out {d}/o.safetensors",
+        "--alpha must be a finite number",
+    ),
     ("evaluate {d}/toy-squares.safetensors --alpha inf --config {d}/tiny.toml", "--alpha must be a finite number"),
     ("evaluate {d}/nan.safetensors --config {d}/tiny.toml", "holds non-finite values"),
     ("add {d}/inf.safetensors {d}/toy-stripes.safetensors --out {d}/o.safetensors", "holds non-finite values"),

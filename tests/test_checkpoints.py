@@ -2,17 +2,18 @@
 fine-tuned) checkpoints, and edited models exported in the base's own format. Everything on tiny
 randomly initialized CLIPs written to a temp dir, checked against transformers/open_clip's own
 forward passes."""
+
 import copy
 import re
 from pathlib import Path
 
+import clip_tiny
+import hf_clip_tiny
 import numpy as np
 import pytest
 import torch
-
-import clip_tiny
-import hf_clip_tiny
 from jvp_check import assert_jvp_matches_finite_differences
+
 from taskvec.checkpoints import export_model, match_keys, vector_from_checkpoints
 from taskvec.cli import main
 from taskvec.config import RunConfig
@@ -153,7 +154,8 @@ def test_taskvec_backbones_export_their_state_dict(tiny, tmp_path):
 def test_key_matching_handles_added_and_dropped_prefixes():
     names = ["vision_model.a.weight", "vision_model.b.bias", "visual_projection.weight"]
     assert match_keys(names, {"module.vision_model.a.weight", "module.vision_model.b.bias", "module.visual_projection.weight"}) == {
-        n: "module." + n for n in names}
+        n: "module." + n for n in names
+    }
     assert match_keys(names, {"a.weight", "b.bias"}) == {"vision_model.a.weight": "a.weight", "vision_model.b.bias": "b.bias"}
 
 
@@ -175,8 +177,12 @@ def test_bad_checkpoints_are_refused(folders, base, tmp_path):
         vector_from_checkpoints(base, tmp_path / "foreign.pt", "SUN397")
     with pytest.raises(TaskvecError, match="hf-clip needs a full CLIP model"):
         build_backbone(f"hf-clip:{folders['vision']}")
-    lin = TaskVector({n: torch.zeros_like(p) for n, p in base.named_parameters()}, "linear",
-                     vector_from_checkpoints(base, folders["ft"], "x").base, ("x",))
+    lin = TaskVector(
+        {n: torch.zeros_like(p) for n, p in base.named_parameters()},
+        "linear",
+        vector_from_checkpoints(base, folders["ft"], "x").base,
+        ("x",),
+    )
     with pytest.raises(TaskvecError, match="edits the linearized model"):
         export_model(lin, base, tmp_path / "nope")
     assert not (tmp_path / "nope").exists()
@@ -191,8 +197,20 @@ def test_cli_vector_and_export(folders, tmp_path, capsys):
     before = (tmp_path / "model" / "model.safetensors").read_bytes()
     for argv, message in [
         (["export", str(out), "--base", str(folders["base"]), "--out", str(tmp_path / "model")], "exists and is not empty; pass --force"),
-        (["vector", "--base", str(folders["base"]), "--finetuned", str(folders["other"]), "--task", "DTD", "--out",
-          str(tmp_path / "o.safetensors")], "another architecture"),
+        (
+            [
+                "vector",
+                "--base",
+                str(folders["base"]),
+                "--finetuned",
+                str(folders["other"]),
+                "--task",
+                "DTD",
+                "--out",
+                str(tmp_path / "o.safetensors"),
+            ],
+            "another architecture",
+        ),
         (["vector", "--finetuned", str(folders["ft"]), "--task", "DTD", "--out", str(tmp_path / "o.safetensors")], "name the base model"),
         (["export", str(out), "--base", str(folders["base"]), "--alpha", "nan", "--out", str(tmp_path / "m2")], "--alpha must be a finite"),
     ]:
@@ -211,11 +229,11 @@ def test_the_8_task_config_validates_and_its_dry_run_names_the_missing_models(tm
     import dataclasses
 
     import fake_paper_data
+    import huggingface_hub.constants
+
     from taskvec.config import load_config
     from taskvec.pipeline.plan import check_plan
     from taskvec.protocol import plan_run
-
-    import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
     cfg = load_config(HF8)
@@ -226,27 +244,34 @@ def test_the_8_task_config_validates_and_its_dry_run_names_the_missing_models(tm
     assert not any(s.key.startswith("finetune/") and s.title.startswith("fine-tune") for s in stages)
     missing = check_plan(stages)
     assert len(missing) == 9  # the base and the eight fine-tuned image towers, nothing else
-    assert any(m.startswith("model hf-clip:openai/clip-vit-base-patch32") and "huggingface-cli download openai/clip-vit-base-patch32" in m
-               for m in missing)
+    assert any(
+        m.startswith("model hf-clip:openai/clip-vit-base-patch32") and "huggingface-cli download openai/clip-vit-base-patch32" in m
+        for m in missing
+    )
     assert sum("huggingface-cli download tanganke/clip-vit-base-patch32_" in m for m in missing) == 8
 
 
 def test_a_run_takes_vectors_from_checkpoints_and_fine_tunes_the_rest(folders, base, tmp_path):
-    from taskvec.typed import from_data, to_data
     from taskvec.pipeline.rundir import RunDir
-    from taskvec.protocol import run_pipeline
-    from taskvec.protocol import plan_run
+    from taskvec.protocol import plan_run, run_pipeline
+    from taskvec.typed import from_data
 
     data = {
-        "name": "hf", "backbone": f"hf-clip:{folders['base']}", "tasks": ["toy-squares", "toy-stripes"],
-        "backbone_options": {}, "data": {"max_train": 48, "max_val": 16, "max_test": 16},
+        "name": "hf",
+        "backbone": f"hf-clip:{folders['base']}",
+        "tasks": ["toy-squares", "toy-stripes"],
+        "backbone_options": {},
+        "data": {"max_train": 48, "max_val": 16, "max_test": 16},
         "train": {"modes": ["nonlinear", "linear"], "linear": {"steps": 2, "batch_size": 8, "warmup_steps": 1}},
         "checkpoints": {"nonlinear": {"toy-squares": str(folders["ft"]), "toy-stripes": str(folders["vision"])}},
-        "eval": {"alpha_step": 0.5}, "merge": {"methods": ["task_arithmetic"]},
+        "eval": {"alpha_step": 0.5},
+        "merge": {"methods": ["task_arithmetic"]},
     }
     cfg = from_data(RunConfig, data)
     titles = [s.title for s in plan_run(cfg)]
-    assert f"task vector of toy-squares (nonlinear) from checkpoint {folders['ft']}" in titles and "fine-tune toy-squares (linear)" in titles
+    assert (
+        f"task vector of toy-squares (nonlinear) from checkpoint {folders['ft']}" in titles and "fine-tune toy-squares (linear)" in titles
+    )
     results = run_pipeline(cfg, tmp_path / "run", log=lambda m: None, progress=False)
     saved = TaskVector.load(RunDir(tmp_path / "run").vector("toy-stripes", FINETUNE_MODES.get("nonlinear")))
     expected = vector_from_checkpoints(base, folders["vision"], "toy-stripes")
@@ -291,5 +316,17 @@ def test_repo_ids_are_read_from_the_hugging_face_cache(folders, tmp_path, monkey
     for name, tensor in by_folder.vector.items():
         torch.testing.assert_close(by_repo.vector[name], tensor)
     with pytest.raises(SystemExit):
-        main(["vector", "--base", "someone/tiny-clip", "--finetuned", "someone/absent", "--task", "DTD", "--out", str(tmp_path / "x.safetensors")])
+        main(
+            [
+                "vector",
+                "--base",
+                "someone/tiny-clip",
+                "--finetuned",
+                "someone/absent",
+                "--task",
+                "DTD",
+                "--out",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
     assert "huggingface-cli download someone/absent" in capsys.readouterr().err

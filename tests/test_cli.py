@@ -1,4 +1,5 @@
 """End to end through the command line, on the tiny test backbone and synthetic tasks."""
+
 import json
 
 import pytest
@@ -77,8 +78,15 @@ def test_run_writes_results_report_and_figures(finished_run):
     for method in MERGE_METHODS:
         assert f"| {method.label} |" in report
     assert "Heads: prototype heads on the model's own features." in report  # Table 3 says what its heads were built from
-    for fig in ("single_task", "addition_alpha", "negation_alpha", "nonlinear_advantage", "merge_methods",
-                "disentanglement_toy-squares_toy-stripes", "ntk_localization"):
+    for fig in (
+        "single_task",
+        "addition_alpha",
+        "negation_alpha",
+        "nonlinear_advantage",
+        "merge_methods",
+        "disentanglement_toy-squares_toy-stripes",
+        "ntk_localization",
+    ):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG", fig
     xi = results["disentanglement"]["toy-squares+toy-stripes"]
     assert set(xi) == {"nonlinear", "posthoc", "linear"} and len(xi["linear"]["xi"]) == 5
@@ -98,11 +106,23 @@ def test_second_run_reuses_every_stage(finished_run, capsys):
     assert err.count("[skip] finetune/") == 6 and "[skip] merge/task_arithmetic" in err and "[skip] report" in err
     assert "[done]" not in err  # nothing computed, the report included
     assert {p: p.stat().st_mtime_ns for p in (out / "vectors").iterdir()} == before
-    for line in ("ξ toy-squares+toy-stripes (mean over the grid): Non-linear FT", "NTK localization: pre-trained",
-                 "from random init: single-task", "merge TIES: Non-linear FT"):
+    for line in (
+        "ξ toy-squares+toy-stripes (mean over the grid): Non-linear FT",
+        "NTK localization: pre-trained",
+        "from random init: single-task",
+        "merge TIES: Non-linear FT",
+    ):
         assert line in printed
     again = json.loads((out / "results.json").read_text())["timing"]
-    stages = ["single_task", "linearity", *(f"merge/{m}" for m in MERGE_METHODS.names()), "negation", "disentanglement", "ntk", "random_init"]
+    stages = [
+        "single_task",
+        "linearity",
+        *(f"merge/{m}" for m in MERGE_METHODS.names()),
+        "negation",
+        "disentanglement",
+        "ntk",
+        "random_init",
+    ]
     assert list(first["stages"]) == stages and all(first["stages"][s] >= 0 for s in stages)
     assert again["stages"] == first["stages"] and again["finetune"] == first["finetune"]  # the times of the run that did the work
     assert len(first["finetune"]) == 6 and "| random_init |" in (out / "report.md").read_text()
@@ -147,7 +167,10 @@ def test_dry_run_refuses_a_directory_of_another_config_exactly_as_the_run_does(f
     for extra in (["--dry-run"], ["--no-progress"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["run", "--config", str(config), "--out", str(copy), *extra])
-        assert exit_info.value.code == 2 and f"{copy / 'random_init'} holds a run of a different config (differs in: eval)" in capsys.readouterr().err
+        assert (
+            exit_info.value.code == 2
+            and f"{copy / 'random_init'} holds a run of a different config (differs in: eval)" in capsys.readouterr().err
+        )
 
 
 def test_changed_analysis_settings_redo_only_that_analysis(finished_run, tmp_path, capsys):
@@ -199,10 +222,13 @@ def test_corrupt_vector_is_a_one_line_error_and_nothing_is_lost(finished_run, tm
     assert (copy / "results.json").read_bytes() == results
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["evaluate", "--task", "no-such-task"], "unknown task 'no-such-task'"),
-    (["info", "missing.safetensors"], "file not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "--task", "no-such-task"], "unknown task 'no-such-task'"),
+        (["info", "missing.safetensors"], "file not found"),
+    ],
+)
 def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -380,6 +406,7 @@ def test_analyses_flag_adds_the_analysis_stages(capsys, tmp_path):
 
 # --- the analyses as their own commands --------------------------------------------------------
 
+
 def _vectors(out, mode):
     return [str(out / "vectors" / f"{t}.{mode}.safetensors") for t in ("toy-squares", "toy-stripes")]
 
@@ -387,8 +414,23 @@ def _vectors(out, mode):
 def test_disentanglement_command_matches_the_pipeline(finished_run, tmp_path, capsys):
     config, out = finished_run
     dest = tmp_path / "xi"
-    main(["disentanglement", *_vectors(out, "nonlinear"), *_vectors(out, "linear"), "--posthoc", "--alpha-step", "1.5",
-          "--examples", "32", "--config", str(config), "--out", str(dest), "--no-progress"])
+    main(
+        [
+            "disentanglement",
+            *_vectors(out, "nonlinear"),
+            *_vectors(out, "linear"),
+            "--posthoc",
+            "--alpha-step",
+            "1.5",
+            "--examples",
+            "32",
+            "--config",
+            str(config),
+            "--out",
+            str(dest),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "nonlinear: mean ξ" in printed and "posthoc: mean ξ" in printed and "linear: mean ξ" in printed
     results = json.loads((dest / "disentanglement.json").read_text())
@@ -399,13 +441,21 @@ def test_disentanglement_command_matches_the_pipeline(finished_run, tmp_path, ca
     assert (dest / "disentanglement_toy-squares_toy-stripes.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("pick, message", [
-    (lambda out: _vectors(out, "linear")[:1], "exactly two tasks per mode"),
-    (lambda out: _vectors(out, "linear") + [str(out / "vectors" / "toy-noise.linear.safetensors")], "exactly two tasks per mode"),
-    (lambda out: _vectors(out, "linear") + [str(out / "vectors" / "toy-squares.nonlinear.safetensors"),
-                                            str(out / "vectors" / "toy-noise.nonlinear.safetensors")], "different tasks"),
-    (lambda out: [str(out / "random_init" / "vectors" / p.split("/")[-1]) for p in _vectors(out, "linear")], "was made from base"),
-])
+@pytest.mark.parametrize(
+    "pick, message",
+    [
+        (lambda out: _vectors(out, "linear")[:1], "exactly two tasks per mode"),
+        (lambda out: _vectors(out, "linear") + [str(out / "vectors" / "toy-noise.linear.safetensors")], "exactly two tasks per mode"),
+        (
+            lambda out: (
+                _vectors(out, "linear")
+                + [str(out / "vectors" / "toy-squares.nonlinear.safetensors"), str(out / "vectors" / "toy-noise.nonlinear.safetensors")]
+            ),
+            "different tasks",
+        ),
+        (lambda out: [str(out / "random_init" / "vectors" / p.split("/")[-1]) for p in _vectors(out, "linear")], "was made from base"),
+    ],
+)
 def test_disentanglement_command_bad_vectors(finished_run, tmp_path, capsys, pick, message):
     config, out = finished_run
     with pytest.raises(SystemExit) as exit_info:
@@ -419,15 +469,46 @@ def test_ntk_command_matches_the_pipeline(finished_run, tmp_path, capsys):
     config, out = finished_run
     pipeline = json.loads((out / "results.json").read_text())["ntk"]
     dest = tmp_path / "ntk"
-    main(["ntk", "--task", pipeline["train_task"], "--control", pipeline["control_task"], "--examples", "12",
-          "--eigenfunctions", "8", "--config", str(config), "--out", str(dest)])
+    main(
+        [
+            "ntk",
+            "--task",
+            pipeline["train_task"],
+            "--control",
+            pipeline["control_task"],
+            "--examples",
+            "12",
+            "--eigenfunctions",
+            "8",
+            "--config",
+            str(config),
+            "--out",
+            str(dest),
+        ]
+    )
     assert "random init: localization" in capsys.readouterr().out
     result = json.loads((dest / "ntk.json").read_text())
     for model in ("pre-trained", "random init"):
         assert result["models"][model]["eigenvalues"] == pytest.approx(pipeline["models"][model]["eigenvalues"], rel=1e-5)
     assert (dest / "ntk_localization.png").read_bytes()[:4] == b"\x89PNG"
-    main(["ntk", "--task", "toy-squares", "--control", "toy-noise", "--examples", "6", "--eigenfunctions", "3",
-          "--no-random-init", "--config", str(config), "--out", str(dest)])
+    main(
+        [
+            "ntk",
+            "--task",
+            "toy-squares",
+            "--control",
+            "toy-noise",
+            "--examples",
+            "6",
+            "--eigenfunctions",
+            "3",
+            "--no-random-init",
+            "--config",
+            str(config),
+            "--out",
+            str(dest),
+        ]
+    )
     alone = json.loads((dest / "ntk.json").read_text())
     assert list(alone["models"]) == ["pre-trained"] and len(alone["models"]["pre-trained"]["energy_train"]) == 3
     with pytest.raises(SystemExit) as exit_info:

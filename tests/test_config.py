@@ -1,12 +1,10 @@
 import pytest
 
-from taskvec.config import RunConfig, load_config, quick
-
-from taskvec.typed import from_data, to_data
+from taskvec.config import RunConfig, TrainConfig, load_config, quick
 from taskvec.errors import TaskvecError
 from taskvec.kinds import FINETUNE_MODES, LINEARIZED, NONLINEAR
 from taskvec.merging import MERGE_METHODS
-from taskvec.config import TrainConfig
+from taskvec.typed import from_data, to_data
 
 
 def _write(tmp_path, text):
@@ -33,8 +31,16 @@ def test_the_default_benchmark_differs_from_the_defaults_only_in_the_rates_it_ch
     assert {k: v for k, v in to_data(default).items() if k != "train"} == {k: v for k, v in to_data(plain).items() if k != "train"}
 
 
-@pytest.mark.parametrize("table", ["", "[train]\nepochs = { mnist = 2 }\n", "[train.linear]\nbatch_size = 16\n",
-                                   "[train.nonlinear]\nsteps = 20\n", '[train]\nmodes = ["nonlinear", "linear", "lora"]\n'])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "",
+        "[train]\nepochs = { mnist = 2 }\n",
+        "[train.linear]\nbatch_size = 16\n",
+        "[train.nonlinear]\nsteps = 20\n",
+        '[train]\nmodes = ["nonlinear", "linear", "lora"]\n',
+    ],
+)
 def test_an_unrelated_train_key_changes_no_learning_rate(tmp_path, table):
     """Each rate has one default, the mode's own: a [train] table that leaves lr out, or no
     table at all, gives every mode the same rate (before, any [train] table dropped non-linear
@@ -60,35 +66,50 @@ def test_a_mode_setting_named_like_a_loop_field_and_a_merge_setting_named_alphas
     with pytest.raises(TaskvecError, match="declares setting 'lr'"):
         load_config(_write(tmp_path, '[train]\nmodes = ["lora"]\n'))
     ties = MERGE_METHODS.get("ties")
-    monkeypatch.setattr(MERGE_METHODS, "_items", {**MERGE_METHODS._items, "ties": dataclasses.replace(ties, settings=(
-        *ties.settings, Setting("alphas", float, 0.5, "clashes with the α grid's key"),))})
+    monkeypatch.setattr(
+        MERGE_METHODS,
+        "_items",
+        {
+            **MERGE_METHODS._items,
+            "ties": dataclasses.replace(
+                ties,
+                settings=(
+                    *ties.settings,
+                    Setting("alphas", float, 0.5, "clashes with the α grid's key"),
+                ),
+            ),
+        },
+    )
     with pytest.raises(TaskvecError, match="declares a setting named 'alphas'"):
         load_config(_write(tmp_path, '[merge]\nmethods = ["ties"]\n'))
 
 
-@pytest.mark.parametrize("text, message", [
-    ('taskz = ["a", "b"]', "config c.toml: unknown key 'taskz'"),
-    ('[train.nonlinear]\nstep = 3', "unknown key 'train.nonlinear.step'"),
-    ('[train.sparse]\nlr = 1e-3', "unknown key 'train.sparse'; allowed: modes, epochs, steps, nonlinear, linear, subset"),
-    ('[train.lora]\nrank = 4', "[train.lora] configures a mode that train.modes leaves out (nonlinear, linear)"),
-    ('[merge]\nmethods = ["ties", "magic"]', "unknown merge method 'magic'; available: task_arithmetic, ties"),
-    ('[merge]\nmethods = []', "merge.methods is empty"),
-    ('[merge.ties]\nkk = [0.1]', "ties has no setting 'kk'; its settings: k"),
-    ('[merge.ties]\nk = [0.1, 1.5]', "merge.ties.k must be in [0"),
-    ('[merge.ties]\nk = "all"', "merge.ties.k must be a number"),
-    ('[merge.ties]\nalphas = [0.5, nan]', "merge.ties.alphas.1 must be a finite number, got nan"),
-    ('[merge]\nmethods = ["ties"]\n[merge.dare]\np = [0.5]', "[merge.dare] sets a grid for a method that merge.methods leaves out"),
-    ('[merge.magic]\nk = 1', "unknown key 'merge.magic'"),
-    ('[train.linear]\nlr = "fast"', "train.linear.lr: expected float"),
-    ('[train.linear]\nlr = -1.0', "train.lr must be positive"),
-    ('init = "imagenet"', "init: 'imagenet' is not one of"),
-    ('tasks = ["mnist"]', "at least two tasks"),
-    ('[data]\nval_fraction = 1.5', "val_fraction"),
-    ('[negation]\nthreshold = 2.0', "threshold"),
-    ('[head]\nkind = "mlp"', "head.kind"),
-    ('tasks = "mnist"', "tasks: expected a list"),
-    ('tasks = [', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('taskz = ["a", "b"]', "config c.toml: unknown key 'taskz'"),
+        ("[train.nonlinear]\nstep = 3", "unknown key 'train.nonlinear.step'"),
+        ("[train.sparse]\nlr = 1e-3", "unknown key 'train.sparse'; allowed: modes, epochs, steps, nonlinear, linear, subset"),
+        ("[train.lora]\nrank = 4", "[train.lora] configures a mode that train.modes leaves out (nonlinear, linear)"),
+        ('[merge]\nmethods = ["ties", "magic"]', "unknown merge method 'magic'; available: task_arithmetic, ties"),
+        ("[merge]\nmethods = []", "merge.methods is empty"),
+        ("[merge.ties]\nkk = [0.1]", "ties has no setting 'kk'; its settings: k"),
+        ("[merge.ties]\nk = [0.1, 1.5]", "merge.ties.k must be in [0"),
+        ('[merge.ties]\nk = "all"', "merge.ties.k must be a number"),
+        ("[merge.ties]\nalphas = [0.5, nan]", "merge.ties.alphas.1 must be a finite number, got nan"),
+        ('[merge]\nmethods = ["ties"]\n[merge.dare]\np = [0.5]', "[merge.dare] sets a grid for a method that merge.methods leaves out"),
+        ("[merge.magic]\nk = 1", "unknown key 'merge.magic'"),
+        ('[train.linear]\nlr = "fast"', "train.linear.lr: expected float"),
+        ("[train.linear]\nlr = -1.0", "train.lr must be positive"),
+        ('init = "imagenet"', "init: 'imagenet' is not one of"),
+        ('tasks = ["mnist"]', "at least two tasks"),
+        ("[data]\nval_fraction = 1.5", "val_fraction"),
+        ("[negation]\nthreshold = 2.0", "threshold"),
+        ('[head]\nkind = "mlp"', "head.kind"),
+        ('tasks = "mnist"', "tasks: expected a list"),
+        ("tasks = [", "not valid TOML"),
+    ],
+)
 def test_bad_values_name_the_problem(tmp_path, text, message):
     import re
 

@@ -1,17 +1,19 @@
 """Weight disentanglement error ξ(α1, α2) against a brute-force computation, and its figure."""
+
 import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from taskvec.analysis import disentanglement_error, disentanglement_grid, plot_disentanglement
+from taskvec.config import TrainConfig
 from taskvec.errors import TaskvecError
 from taskvec.evaluate import EvalSet, Evaluator, encode
 from taskvec.models import build_backbone
 from taskvec.models.heads import prototype_head
 from taskvec.task_vector import TaskVector
 from taskvec.tasks import load_task_data
-from taskvec.config import TrainConfig
 from taskvec.train import finetune
 
 T1, T2 = "toy-squares", "toy-stripes"
@@ -45,6 +47,7 @@ def evaluator(setup, method, **replace):
 
 def brute_force(ev: Evaluator, alphas1, alphas2, rows=None):
     """ξ from edited models built one by one, without the evaluator's logits or caches."""
+
     def preds(model, tasks):
         out = {}
         for task in tasks:
@@ -149,10 +152,20 @@ def test_plot_is_a_png(setup, tmp_path):
 
 def test_mean_xi_over_the_grid_and_inside_the_box():
     from taskvec.analysis import mean_xi
-
     from taskvec.results import Disentanglement
 
-    result = Disentanglement(task1="a", task2="b", alphas1=[-1.0, 0.0, 1.0], alphas2=[0.0, 2.0], xi=[[0.9, 0.8], [0.0, 0.6], [0.2, 0.4]],
-                             method="linear", split="val", xi_terms={}, examples={}, seconds=0.0, forward_passes=0)
+    result = Disentanglement(
+        task1="a",
+        task2="b",
+        alphas1=[-1.0, 0.0, 1.0],
+        alphas2=[0.0, 2.0],
+        xi=[[0.9, 0.8], [0.0, 0.6], [0.2, 0.4]],
+        method="linear",
+        split="val",
+        xi_terms={},
+        examples={},
+        seconds=0.0,
+        forward_passes=0,
+    )
     assert mean_xi(result) == pytest.approx(2.9 / 6)
     assert mean_xi(result, box=(0.0, 1.0)) == pytest.approx(0.1)  # cells (0, 0) and (1, 0)

@@ -1,12 +1,13 @@
 """DistributedDataParallel fine-tuning: 2 gloo processes on the CPU give the single-process
 task vector; gradient accumulation and sharding helpers."""
+
 import dataclasses
 
+import _ddp_worker
 import pytest
 import torch
-
-import _ddp_worker
 from conftest import free_port
+
 from taskvec.distributed import parse_shard, shard_units
 from taskvec.errors import TaskvecError
 from taskvec.task_vector import TaskVector
@@ -23,8 +24,10 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     import torch.multiprocessing as mp
 
     model, head, inputs, labels = _ddp_worker.setup()
-    single = {mode: finetune(model, head, inputs, labels, mode=mode, cfg=_ddp_worker.CFG, task="toy-squares", progress=False)
-              for mode in ("nonlinear", "linear")}
+    single = {
+        mode: finetune(model, head, inputs, labels, mode=mode, cfg=_ddp_worker.CFG, task="toy-squares", progress=False)
+        for mode in ("nonlinear", "linear")
+    }
     mp.spawn(_ddp_worker.run, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for mode in ("nonlinear", "linear"):
         ranks = [TaskVector.load(tmp_path / f"{mode}.rank{r}.safetensors") for r in range(2)]
@@ -47,7 +50,9 @@ def test_gradient_accumulation_gives_the_same_update(mode):
 def test_batch_must_split_evenly_and_bf16_needs_cuda():
     model, head, inputs, labels = _ddp_worker.setup()
     with pytest.raises(TaskvecError, match="multiple of processes × grad_accumulation"):
-        finetune(model, head, inputs, labels, mode="nonlinear", cfg=dataclasses.replace(_ddp_worker.CFG, grad_accumulation=3), progress=False)
+        finetune(
+            model, head, inputs, labels, mode="nonlinear", cfg=dataclasses.replace(_ddp_worker.CFG, grad_accumulation=3), progress=False
+        )
     with pytest.raises(TaskvecError, match="needs a CUDA device"):
         finetune(model, head, inputs, labels, mode="nonlinear", cfg=dataclasses.replace(_ddp_worker.CFG, precision="bf16"), progress=False)
 

@@ -1,4 +1,5 @@
 """EfficientNet-Lite0: strict weights, real-photo predictions, input scaling, frozen BatchNorm."""
+
 from __future__ import annotations
 
 import sys
@@ -25,7 +26,7 @@ def photos(pretrained: effnet.EfficientNetLite0) -> torch.Tensor:
     """china.jpg (a temple) and flower.jpg (a daisy), center-cropped square, at 224 px."""
     images = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
     side = min(images[0].shape[:2])
-    crops = np.stack([image[:side, (image.shape[1] - side) // 2:][:, :side] for image in images])
+    crops = np.stack([image[:side, (image.shape[1] - side) // 2 :][:, :side] for image in images])
     return pretrained.prepare(crops)["pixels"]
 
 
@@ -49,8 +50,7 @@ def test_checkpoint_loads_strictly_and_classifier_is_not_a_parameter(pretrained)
     for key, tensor in pretrained.state_dict().items():
         assert torch.equal(tensor, checkpoint[key]), key
     assert torch.equal(pretrained.imagenet_head.weight, checkpoint["_fc.weight"])
-    assert pretrained.identity() == {"backbone": "effnet-lite0", "init": "pretrained",
-                                     "image_size": "224"}
+    assert pretrained.identity() == {"backbone": "effnet-lite0", "init": "pretrained", "image_size": "224"}
 
 
 def test_checkpoint_with_a_wrong_key_is_rejected_in_one_line(tmp_path):
@@ -145,12 +145,17 @@ def test_random_init_is_not_confident(photos):
     assert _top5(random, photos)[1][0] != "daisy"
 
 
-@pytest.mark.parametrize("scaling, fits", [
-    (lambda x: x, True),  # prepare's [-1, 1]
-    (lambda x: (x + 1) / 2, False),  # [0, 1]
-    (lambda x: ((x + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1))
-     / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1), False),  # torchvision mean/std
-])
+@pytest.mark.parametrize(
+    "scaling, fits",
+    [
+        (lambda x: x, True),  # prepare's [-1, 1]
+        (lambda x: (x + 1) / 2, False),  # [0, 1]
+        (
+            lambda x: ((x + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1),
+            False,
+        ),  # torchvision mean/std
+    ],
+)
 def test_stem_batchnorm_statistics_fit_only_inputs_in_minus_one_one(pretrained, photos, scaling, fits):
     """The stem BN's running variance records the input scale the weights were trained on.
 
@@ -207,14 +212,17 @@ def test_prepare_is_chunked_and_deterministic(monkeypatch):
     assert torch.equal(whole, model.prepare(images)["pixels"])
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros((4, 28), dtype=np.uint8),
-    np.zeros((2, 28, 28, 4), dtype=np.uint8),
-    np.zeros((2, 0, 28), dtype=np.uint8),
-    np.zeros((2, 28, 28), dtype=np.int64),
-    np.full((2, 28, 28), 300.0),
-    np.array(["a", "b"]),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((4, 28), dtype=np.uint8),
+        np.zeros((2, 28, 28, 4), dtype=np.uint8),
+        np.zeros((2, 0, 28), dtype=np.uint8),
+        np.zeros((2, 28, 28), dtype=np.int64),
+        np.full((2, 28, 28), 300.0),
+        np.array(["a", "b"]),
+    ],
+)
 def test_prepare_rejects_bad_images_in_one_line(bad):
     with pytest.raises(TaskvecError) as error:
         effnet.EfficientNetLite0().prepare(bad)
@@ -246,5 +254,4 @@ def test_functional_call_matches_forward():
     pixels = torch.randn(2, 3, 32, 32)
     params = {k: v.detach() for k, v in model.named_parameters()}
     with torch.no_grad():
-        assert torch.allclose(functional_call(model, params, kwargs={"pixels": pixels}),
-                              model(pixels=pixels))
+        assert torch.allclose(functional_call(model, params, kwargs={"pixels": pixels}), model(pixels=pixels))

@@ -1,15 +1,15 @@
 """The fast linear sweep against direct evaluation of the edited model, and α selection."""
+
 import pytest
 import torch
 
-from taskvec.config import alpha_grid
+from taskvec.config import TrainConfig, alpha_grid
 from taskvec.edits import negation_control, task_addition, task_negation
 from taskvec.errors import TaskvecError
 from taskvec.evaluate import EvalSet, Evaluator, encode
 from taskvec.models import build_backbone
 from taskvec.models.heads import prototype_head
 from taskvec.tasks import load_task_data
-from taskvec.config import TrainConfig
 from taskvec.train import finetune
 
 TASKS = ["toy-squares", "toy-stripes", "toy-noise"]
@@ -143,8 +143,12 @@ def test_negation_table_averages_feasible_targets_and_names_the_others():
 
     roles = Roles(tasks=["a", "b"], targets=["a", "b"], controls={"a": "b", "b": "a"})
     single = SingleTask(val={"pretrained": {"a": 0.9, "b": 0.8}}, test={"pretrained": {"a": 0.9, "b": 0.8}})
-    per_method = {"nonlinear": {"a": NegationTarget(alpha=0.5, control_task="b", target=0.3, control=0.78),
-                                "b": NegationTarget(alpha=None, control_task="a", target=None, control=None)}}
+    per_method = {
+        "nonlinear": {
+            "a": NegationTarget(alpha=0.5, control_task="b", target=0.3, control=0.78),
+            "b": NegationTarget(alpha=None, control_task="a", target=None, control=None),
+        }
+    }
     table = negation_table(single, per_method, roles)
     row = table["nonlinear"]
     assert row.infeasible == ["b"] and row.target == 0.3 and row.control == 0.78
@@ -153,9 +157,24 @@ def test_negation_table_averages_feasible_targets_and_names_the_others():
     from taskvec.results import RunResults
     from taskvec.typed import from_data
 
-    results = RunResults(config=from_data(RunConfig, {"name": "t", "backbone": "x", "init": "pretrained", "head": {"kind": "prototype", "scale": 30.0},
-                                                      "data": {"seed": 0}, "train": {}, "negation": {"threshold": 0.95}}),
-                         tasks=["a", "b"], single_task=single, merge={}, negation=table)
+    results = RunResults(
+        config=from_data(
+            RunConfig,
+            {
+                "name": "t",
+                "backbone": "x",
+                "init": "pretrained",
+                "head": {"kind": "prototype", "scale": 30.0},
+                "data": {"seed": 0},
+                "train": {},
+                "negation": {"threshold": 0.95},
+            },
+        ),
+        tasks=["a", "b"],
+        single_task=single,
+        merge={},
+        negation=table,
+    )
     report = render_markdown(results)
     assert "| Non-linear FT | 30.0 (1 of 2 targets) | 78.0 | 30.0 (0.50) | no feasible α |" in report
 
@@ -177,6 +196,7 @@ def test_evaluator_refuses_wrong_vector_mode(setup):
 
 # ----- merged directions: one JVP per evaluation set, every α exact -------------------------------
 
+
 def test_merged_linear_vector_fast_path_equals_direct_evaluation_at_every_alpha(setup):
     from taskvec.merging import MERGE_METHODS
 
@@ -192,7 +212,9 @@ def test_merged_linear_vector_fast_path_equals_direct_evaluation_at_every_alpha(
             direct_model = merged.apply_to(model, alpha)  # f_lin at θ0 + α d, built and run directly
             direct = heads["toy-squares"](encode(direct_model, sets[("toy-squares", "val")].inputs))
             got = fast.logits("toy-squares", "val", {"merged": alpha})
-            torch.testing.assert_close(got, direct, rtol=1e-4, atol=1e-4, msg=lambda m: f"{method.name} α={alpha}: {m}")
+            torch.testing.assert_close(
+                got, direct, rtol=1e-4, atol=1e-4, msg=lambda m, method=method, alpha=alpha: f"{method.name} α={alpha}: {m}"
+            )
         assert fast.forward_passes == passes + 1, method.name  # one JVP of d for the whole α grid
 
 
@@ -210,12 +232,16 @@ def test_select_merge_chooses_as_direct_evaluation_and_task_arithmetic_is_additi
     alphas = alpha_grid(0, 1, 0.25)
     picks = {}
     for kind in (Evaluator, DirectEvaluator):
-        evaluators = {m: kind(model, heads, sets, {t: vectors[m.vectors.name][t] for t in TASKS}, m) for m in (NONLINEAR_FT, POSTHOC, LINEARIZED_FT)}
+        evaluators = {
+            m: kind(model, heads, sets, {t: vectors[m.vectors.name][t] for t in TASKS}, m) for m in (NONLINEAR_FT, POSTHOC, LINEARIZED_FT)
+        }
         finetuned = _normalizers(evaluators)
         ties = MERGE_METHODS.get("ties")
         grid = [{"k": 0.2}, {"k": 1.0}]
-        picks[kind] = {name: select_merge(evaluators, modes, MERGE_METHODS.get(name), grid if name == "ties" else [{}], alphas, TASKS, finetuned)
-                       for name in ("task_arithmetic", "ties")}
+        picks[kind] = {
+            name: select_merge(evaluators, modes, MERGE_METHODS.get(name), grid if name == "ties" else [{}], alphas, TASKS, finetuned)
+            for name in ("task_arithmetic", "ties")
+        }
         for ev in evaluators.values():  # merged directions are dropped once chosen
             assert set(ev.vectors) == set(TASKS) and not any("ties" in str(k) for k in ev._jvps)
         ta = picks[kind]["task_arithmetic"]
@@ -232,7 +258,12 @@ def test_select_merge_chooses_as_direct_evaluation_and_task_arithmetic_is_additi
     for name in ("task_arithmetic", "ties"):
         for m in (NONLINEAR_FT.name, POSTHOC.name, LINEARIZED_FT.name):
             fast, direct = picks[Evaluator][name][m], picks[DirectEvaluator][name][m]
-            assert (fast.settings, fast.alpha, fast.absolute, fast.normalized) == (direct.settings, direct.alpha, direct.absolute, direct.normalized)
+            assert (fast.settings, fast.alpha, fast.absolute, fast.normalized) == (
+                direct.settings,
+                direct.alpha,
+                direct.absolute,
+                direct.normalized,
+            )
 
 
 def test_evaluator_refuses_a_merged_vector_of_another_mode(setup):

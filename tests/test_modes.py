@@ -1,6 +1,7 @@
 """Fine-tuning modes beyond the paper's: what each trains, that the rest stays at θ0, partial
 linearization against finite differences, the τJp penalty against an explicit Jacobian, LoRA's
 vector, TaLoS's selection, and that every mode's vector saves, loads and merges."""
+
 from __future__ import annotations
 
 import sys
@@ -8,24 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_training_setup
 from torch import nn
 
 import taskvec
-from conftest import tiny_training_setup
-from taskvec.config import RunConfig
-from taskvec.typed import from_data, to_data
+from taskvec.config import RunConfig, TrainConfig
 from taskvec.errors import TaskvecError
 from taskvec.finetuning.build import FitData
 from taskvec.finetuning.cost import CostMeter
 from taskvec.finetuning.parts import LowRank, TunedEncoder, WeightSubset
 from taskvec.finetuning.sensitivity import fisher_scores, least_sensitive
 from taskvec.finetuning.subsets import select_parameters
-from taskvec.kinds import (EVAL_METHODS, FINETUNE_MODES, LINEAR_LORA, LINEAR_SUBSET, LORA, SUBSET, TALOS, TJP, method_for_vector)
+from taskvec.kinds import EVAL_METHODS, FINETUNE_MODES, LINEAR_LORA, LINEAR_SUBSET, LORA, SUBSET, TALOS, TJP, method_for_vector
 from taskvec.models import Backbone, build_backbone
 from taskvec.models.heads import Classifier
 from taskvec.task_vector import TaskVector
-from taskvec.config import TrainConfig
 from taskvec.train import TrainedModel, finetune
+from taskvec.typed import from_data, to_data
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -36,13 +36,17 @@ def _params(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # ----- which parameters ---------------------------------------------------------------------------
 
+
 def test_attention_preset_names_exactly_the_attention_projections():
     import clip_tiny
 
     clip = clip_tiny.build()
     picked = select_parameters(clip, "attention")
-    expected = [f"visual.transformer.resblocks.{i}.attn.{p}" for i in range(2)
-                for p in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")]
+    expected = [
+        f"visual.transformer.resblocks.{i}.attn.{p}"
+        for i in range(2)
+        for p in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+    ]
     assert picked == expected
     minilm = build_backbone("minilm")
     picked = select_parameters(minilm, "attention")
@@ -69,6 +73,7 @@ def test_block_norm_bias_and_glob_selections():
 
 
 # ----- what stays at θ0 ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", [SUBSET, LINEAR_SUBSET])
 def test_subset_modes_train_only_the_subset_and_leave_theta0_untouched(mode):
@@ -111,6 +116,7 @@ def test_talos_trains_exactly_the_least_sensitive_fraction():
 
 
 # ----- linearization ------------------------------------------------------------------------------
+
 
 def test_partial_linearization_matches_finite_differences_of_the_subset():
     model = build_backbone("tiny-attn").double()
@@ -174,7 +180,8 @@ def test_tjp_penalty_equals_an_explicit_jacobian_product():
     expected = 0.0
     for other in others:
         for x in other["x"]:
-            def f(*values):
+
+            def f(*values, x=x):
                 return torch.func.functional_call(model, dict(zip(names, values)), args=(), kwargs={"x": x[None]})[0]
 
             jac = torch.autograd.functional.jacobian(f, tuple(params[n] for n in names))
@@ -186,10 +193,13 @@ def test_tjp_penalty_equals_an_explicit_jacobian_product():
 def test_tjp_needs_the_other_tasks():
     model, head, inputs, labels = tiny_training_setup()
     with pytest.raises(TaskvecError, match="other tasks' inputs"):
-        finetune(model, head, inputs, labels, mode=TJP, cfg=TrainConfig.for_mode(TJP, steps=2, batch_size=8, warmup_steps=1), progress=False)
+        finetune(
+            model, head, inputs, labels, mode=TJP, cfg=TrainConfig.for_mode(TJP, steps=2, batch_size=8, warmup_steps=1), progress=False
+        )
 
 
 # ----- LoRA ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("linearized", [False, True])
 def test_lora_vector_is_scale_b_a_and_reproduces_the_adapted_model(linearized):
@@ -211,19 +221,29 @@ def test_lora_vector_is_scale_b_a_and_reproduces_the_adapted_model(linearized):
     assert set(lora.trained) == ({f"{n}.lora_B" for n in names} | (set() if linearized else {f"{n}.lora_A" for n in names}))
     batch = {"pixels": torch.randn(4, 3, 8, 8, dtype=torch.float64)}
     adapted = TunedEncoder(model, lora, linearized)(**batch)
-    as_vector = TaskVector({n: vector.get(n, torch.zeros_like(p)) for n, p in model.named_parameters()},
-                           LINEAR_LORA if linearized else LORA, taskvec.task_vector.base_identity(model), ("t",))
+    as_vector = TaskVector(
+        {n: vector.get(n, torch.zeros_like(p)) for n, p in model.named_parameters()},
+        LINEAR_LORA if linearized else LORA,
+        taskvec.task_vector.base_identity(model),
+        ("t",),
+    )
     edited = as_vector.apply_to(model)  # f_lin for the linearized variant
     torch.testing.assert_close(edited(**batch), adapted, rtol=1e-9, atol=1e-10)
 
 
 # ----- every mode: train, save, load, merge ----------------------------------------------------------
 
+
 def test_every_mode_saves_loads_and_merges_like_any_other(tmp_path):
     model, head, inputs, labels = tiny_training_setup()
     other = {"pixels": inputs["pixels"].flip(0)}
-    settings = {SUBSET.name: {"params": "fc.*"}, LINEAR_SUBSET.name: {"params": "conv.*"}, LORA.name: {"rank": 2},
-                LINEAR_LORA.name: {"rank": 2}, TALOS.name: {"fraction": 0.3}}
+    settings = {
+        SUBSET.name: {"params": "fc.*"},
+        LINEAR_SUBSET.name: {"params": "conv.*"},
+        LORA.name: {"rank": 2},
+        LINEAR_LORA.name: {"rank": 2},
+        TALOS.name: {"fraction": 0.3},
+    }
     for mode in FINETUNE_MODES:
         vectors = []
         for seed in (0, 1):
@@ -241,6 +261,7 @@ def test_every_mode_saves_loads_and_merges_like_any_other(tmp_path):
 
 # ----- config and cost ---------------------------------------------------------------------------------
 
+
 def test_modes_and_their_settings_are_one_config_line_each():
     cfg = from_data(RunConfig, {"train": {"modes": ["nonlinear", "lora"], "lora": {"rank": 4, "steps": 70}}})
     assert list(cfg.train.modes) == ["nonlinear", "lora"]
@@ -248,11 +269,13 @@ def test_modes_and_their_settings_are_one_config_line_each():
     assert cfg.train["lora"].lr == LORA.lr
     assert list(RunConfig().train.modes) == ["nonlinear", "linear"]  # new modes are opt-in
     assert from_data(RunConfig, to_data(cfg)) == cfg
-    for table, message in [({"modes": ["nonlinear"], "lora": {"rank": 4}}, r"\[train.lora\] configures a mode that train.modes leaves out"),
-                           ({"modes": ["lora"], "lora": {"rank": 0}}, r"train.lora.rank must be ≥ 1"),
-                           ({"modes": ["talos"], "talos": {"fraction": 1.5}}, r"train.talos.fraction must be in \[1e-09, 1\]"),
-                           ({"modes": ["lora"], "lora": {"rnak": 4}}, r"unknown key 'train.lora.rnak'"),
-                           ({"modes": ["sparse"]}, r"unknown fine-tuning mode 'sparse'")]:
+    for table, message in [
+        ({"modes": ["nonlinear"], "lora": {"rank": 4}}, r"\[train.lora\] configures a mode that train.modes leaves out"),
+        ({"modes": ["lora"], "lora": {"rank": 0}}, r"train.lora.rank must be ≥ 1"),
+        ({"modes": ["talos"], "talos": {"fraction": 1.5}}, r"train.talos.fraction must be in \[1e-09, 1\]"),
+        ({"modes": ["lora"], "lora": {"rnak": 4}}, r"unknown key 'train.lora.rnak'"),
+        ({"modes": ["sparse"]}, r"unknown fine-tuning mode 'sparse'"),
+    ]:
         with pytest.raises(TaskvecError, match=message):
             from_data(RunConfig, {"train": table})
     shipped = Path(__file__).parents[1] / "configs"
@@ -346,11 +369,29 @@ def test_cli_finetunes_a_new_mode_with_its_settings(tmp_path, capsys):
     from taskvec.cli import main
 
     config = tmp_path / "tiny.toml"
-    config.write_text('backbone = "tiny-cnn"\ntasks = ["toy-squares", "toy-stripes"]\n[backbone_options]\nimage_size = 8\n'
-                      '[data]\nmax_train = 48\nmax_val = 16\nmax_test = 16\n')
+    config.write_text(
+        'backbone = "tiny-cnn"\ntasks = ["toy-squares", "toy-stripes"]\n[backbone_options]\nimage_size = 8\n'
+        "[data]\nmax_train = 48\nmax_val = 16\nmax_test = 16\n"
+    )
     out = tmp_path / "lora.safetensors"
-    main(["finetune", "--task", "toy-squares", "--mode", "lora", "--set", "rank=3", "--set", "params=fc.*", "--config", str(config),
-          "--out", str(out), "--no-progress"])
+    main(
+        [
+            "finetune",
+            "--task",
+            "toy-squares",
+            "--mode",
+            "lora",
+            "--set",
+            "rank=3",
+            "--set",
+            "params=fc.*",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     vector = TaskVector.load(out)
     assert vector.mode is LORA and vector.info["settings"] == {"params": "fc.*", "rank": 3, "alpha": 16.0}
     assert torch.linalg.matrix_rank(vector.vector["fc.weight"]) <= 3 and not vector.vector["conv.weight"].any()
@@ -359,14 +400,30 @@ def test_cli_finetunes_a_new_mode_with_its_settings(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(out), "--posthoc", "--config", str(config)])
     assert exit_info.value.code == 2 and "no evaluation method applies lora vectors to f_lin" in capsys.readouterr().err
-    for args, message in [(["--mode", "lora", "--set", "rank=0"], "setting --mode lora.rank must be ≥ 1"),
-                          (["--mode", "tjp"], "name them with --other TASK"),
-                          (["--mode", "talos", "--set", "k=0.1"], "--mode talos has no setting 'k'")]:
+    for args, message in [
+        (["--mode", "lora", "--set", "rank=0"], "setting --mode lora.rank must be ≥ 1"),
+        (["--mode", "tjp"], "name them with --other TASK"),
+        (["--mode", "talos", "--set", "k=0.1"], "--mode talos has no setting 'k'"),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
             main(["finetune", "--task", "toy-squares", *args, "--config", str(config), "--out", str(tmp_path / "x.safetensors")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
-    main(["finetune", "--task", "toy-squares", "--mode", "tjp", "--other", "toy-stripes", "--config", str(config),
-          "--out", str(tmp_path / "tjp.safetensors"), "--no-progress"])
+    main(
+        [
+            "finetune",
+            "--task",
+            "toy-squares",
+            "--mode",
+            "tjp",
+            "--other",
+            "toy-stripes",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "tjp.safetensors"),
+            "--no-progress",
+        ]
+    )
     assert TaskVector.load(tmp_path / "tjp.safetensors").mode is TJP
 
 

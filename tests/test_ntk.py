@@ -1,4 +1,5 @@
 """Empirical NTK: exact against an explicit Jacobian product, chunking, localization, figure."""
+
 from __future__ import annotations
 
 import pytest
@@ -132,7 +133,9 @@ def test_float32_model_and_mode_restored():
 def test_linearized_encoder_has_the_base_kernel():
     encoder = build_backbone("tiny-cnn").double()
     batch = pixels(4, seed=5)
-    torch.testing.assert_close(empirical_ntk(linearize(encoder), batch, output="features"), empirical_ntk(encoder, batch, output="features"))
+    torch.testing.assert_close(
+        empirical_ntk(linearize(encoder), batch, output="features"), empirical_ntk(encoder, batch, output="features")
+    )
 
 
 def test_errors():

@@ -1,21 +1,22 @@
 """open_clip backbones on a tiny random config: θ = image tower, preprocessing, checkpoints,
 linearization through attention, fine-tuning in both modes."""
+
 import copy
 
+import clip_tiny
 import numpy as np
 import pytest
 import torch
+from jvp_check import assert_jvp_matches_finite_differences
 from PIL import Image
 
-import clip_tiny
-from jvp_check import assert_jvp_matches_finite_differences
+from taskvec.config import TrainConfig
 from taskvec.errors import TaskvecError
 from taskvec.linearization import linearize
 from taskvec.models import build_backbone
 from taskvec.models.heads import text_head
 from taskvec.models.pixels import LazyImages
 from taskvec.task_vector import base_identity
-from taskvec.config import TrainConfig
 from taskvec.train import finetune
 
 
@@ -201,9 +202,8 @@ def test_random_init_heads_come_from_the_pretrained_text_tower(tmp_path):
     import open_clip
 
     from taskvec.config import RunConfig
-
-    from taskvec.typed import from_data, to_data
     from taskvec.pipeline.setup import build_head, prepare_tasks
+    from taskvec.typed import from_data
 
     clip_tiny.register()
     torch.manual_seed(11)
@@ -215,13 +215,30 @@ def test_random_init_heads_come_from_the_pretrained_text_tower(tmp_path):
     random = build_backbone(spec, init="random")
 
     def head(text_encoder: str):
-        cfg = from_data(RunConfig, {"backbone": spec, "backbone_options": {}, "init": "random", "tasks": ["toy-squares", "toy-noise"],
-                                    "head": {"kind": "zeroshot", "text_encoder": text_encoder}, "data": {"max_train": 8}})
+        cfg = from_data(
+            RunConfig,
+            {
+                "backbone": spec,
+                "backbone_options": {},
+                "init": "random",
+                "tasks": ["toy-squares", "toy-noise"],
+                "head": {"kind": "zeroshot", "text_encoder": text_encoder},
+                "data": {"max_train": 8},
+            },
+        )
         return build_head(random, prepare_tasks(random, ["toy-squares"], cfg)["toy-squares"], cfg)
 
     from_pretrained, from_model = head("pretrained"), head("model")
-    task_cfg = from_data(RunConfig, {"backbone": spec, "backbone_options": {}, "tasks": ["toy-squares", "toy-noise"], "head": {"kind": "zeroshot"},
-                                     "data": {"max_train": 8}})
+    task_cfg = from_data(
+        RunConfig,
+        {
+            "backbone": spec,
+            "backbone_options": {},
+            "tasks": ["toy-squares", "toy-noise"],
+            "head": {"kind": "zeroshot"},
+            "data": {"max_train": 8},
+        },
+    )
     reference = build_head(pretrained, prepare_tasks(pretrained, ["toy-squares"], task_cfg)["toy-squares"], task_cfg)
     torch.testing.assert_close(from_pretrained.weight, reference.weight)
     assert from_pretrained.scale == reference.scale == pretrained.logit_scale

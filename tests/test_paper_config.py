@@ -1,20 +1,20 @@
 """The paper configs validate; per-task epochs resolve to steps; the dry-run plan lists every
 stage and names what is missing (fake data root with some datasets present, others not)."""
+
 import dataclasses
 from pathlib import Path
 
-import pytest
-
 import clip_tiny
 import fake_paper_data
-from taskvec.config import RunConfig, TrainModes, load_config, quick, steps_for_epochs
-from taskvec.typed import from_data, to_data
+import pytest
+
+from taskvec.config import RunConfig, TrainConfig, TrainModes, load_config, quick, steps_for_epochs
 from taskvec.errors import TaskvecError
 from taskvec.kinds import FINETUNE_MODES, LINEARIZED, NONLINEAR
 from taskvec.pipeline.plan import check_plan, format_plan
-from taskvec.protocol import plan_run
 from taskvec.pipeline.stages import State
-from taskvec.config import TrainConfig
+from taskvec.protocol import plan_run
+from taskvec.typed import from_data
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("paper-vit-*.toml"))
 B32 = Path(__file__).resolve().parents[1] / "configs" / "paper-vit-b-32.toml"
@@ -40,8 +40,11 @@ def test_paper_configs_have_the_papers_protocol(path):
 
 
 def test_epochs_resolve_to_about_2000_steps_per_task():
-    modes = TrainModes(modes={NONLINEAR.name: TrainConfig.for_mode(NONLINEAR, batch_size=128, warmup_steps=500, steps=2000)}, epochs={"MNIST": 5, "Cars": 35},
-                       steps={"Cars": 10_000})
+    modes = TrainModes(
+        modes={NONLINEAR.name: TrainConfig.for_mode(NONLINEAR, batch_size=128, warmup_steps=500, steps=2000)},
+        epochs={"MNIST": 5, "Cars": 35},
+        steps={"Cars": 10_000},
+    )
     assert modes.for_task(NONLINEAR, "MNIST", 55_000).steps == 5 * 430 == 2150
     assert modes.for_task(NONLINEAR, "Cars", 7330).steps == 10_000  # steps win over epochs
     assert modes.for_task(NONLINEAR, "SVHN", 10).steps == 2000
@@ -73,14 +76,26 @@ def test_dry_run_plan_lists_every_stage_and_names_what_is_missing(tmp_path):
     present = ("DTD", "EuroSAT", "MNIST", "SVHN")
     fake_paper_data.make(tmp_path, present)
     clip_tiny.register()
-    cfg = dataclasses.replace(load_config(B32), device="cpu", init="random", backbone=f"openclip:{clip_tiny.TINY_CLIP}",
-                              data=dataclasses.replace(load_config(B32).data, root=str(tmp_path)))
+    cfg = dataclasses.replace(
+        load_config(B32),
+        device="cpu",
+        init="random",
+        backbone=f"openclip:{clip_tiny.TINY_CLIP}",
+        data=dataclasses.replace(load_config(B32).data, root=str(tmp_path)),
+    )
     stages = plan_run(cfg)
     names = [s.title for s in stages]
     assert sum(s.key.startswith("finetune/") for s in stages) == 16 == len(cfg.tasks) * len(cfg.train.modes)
     assert "fine-tune DTD (linear)" in names and names[0].startswith("heads (zeroshot)")
     merges = [f"merge/{m}" for m in cfg.merge.methods]
-    assert [s.key for s in stages if not s.key.startswith("finetune/")] == ["heads", "single_task", "linearity", *merges, "negation", "report"]
+    assert [s.key for s in stages if not s.key.startswith("finetune/")] == [
+        "heads",
+        "single_task",
+        "linearity",
+        *merges,
+        "negation",
+        "report",
+    ]
     assert all(s.state is None for s in stages)  # no run directory given: nothing is looked up
     ready = {s.title for s in stages if s.ready}
     assert "fine-tune EuroSAT (nonlinear)" in ready and "fine-tune Cars (nonlinear)" not in ready
@@ -109,9 +124,10 @@ def test_plan_names_missing_weights_and_gpu(tmp_path):
         assert any(m.startswith("CUDA device") for m in missing)
     run = tmp_path / "run"
     (run / "vectors").mkdir(parents=True)
+    import torch
+
     from taskvec.task_vector import TaskVector
 
-    import torch
     TaskVector({"w": torch.zeros(2)}, LINEARIZED, {"backbone": "x"}, ("DTD",)).save(run / "vectors" / "DTD.linear.safetensors")
     planned = plan_run(cfg, out=run)
     assert [s.title for s in planned if s.done] == ["fine-tune DTD (linear)"]
@@ -137,9 +153,13 @@ def test_results_table_puts_ours_beside_the_papers():
     from taskvec.kinds import NONLINEAR_FT
 
     ties = MERGE_METHODS.get("ties")
-    results = RunResults(config=from_data(RunConfig, {"backbone": "openclip:ViT-B-32/openai", "backbone_options": {}}), tasks=tasks, single_task=single,
-                         merge={ta.name: {LINEARIZED_FT.name: added}, ties.name: {NONLINEAR_FT.name: added}},
-                         negation={LINEARIZED_FT.name: NegationResult(target=0.1, control=0.6, per_task={})})
+    results = RunResults(
+        config=from_data(RunConfig, {"backbone": "openclip:ViT-B-32/openai", "backbone_options": {}}),
+        tasks=tasks,
+        single_task=single,
+        merge={ta.name: {LINEARIZED_FT.name: added}, ties.name: {NONLINEAR_FT.name: added}},
+        negation={LINEARIZED_FT.name: NegationResult(target=0.1, control=0.6, per_task={})},
+    )
     table = comparison_tables(results)
     assert "| Linearized FT | 77.0 / 86.0 | 76.5 / 85.4 | +0.5 |" in table
     assert "| Pre-trained | 48.0 / – | 48.4 / – | -0.4 |" in table

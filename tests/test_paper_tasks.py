@@ -1,11 +1,12 @@
 """The paper's datasets read from fake copies in each on-disk layout; splits, names, templates,
 clear errors for missing data, and zero-shot heads."""
+
+import clip_tiny
+import fake_paper_data
 import numpy as np
 import pytest
 import torch
 
-import clip_tiny
-import fake_paper_data
 from taskvec.errors import TaskvecError
 from taskvec.models.zeroshot import head_cache_path, task_prompts, zeroshot_head, zeroshot_weights
 from taskvec.tasks import get_task, load_task_data, make_splits

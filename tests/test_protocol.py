@@ -1,25 +1,25 @@
 """The honest protocol: learning rates chosen on validation (`taskvec tune`), runs repeated over
 seeds with mean ± std, and the paper's claims checked against the spreads."""
+
 import json
 import statistics
 
 import pytest
+from test_cli import CONFIG as CLI_CONFIG  # noqa: E402
 
 from taskvec.claims import CLAIMS, FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Spread, check_claims, verdict
 from taskvec.cli import main
 from taskvec.config import RunConfig, load_config, seed_config
-from taskvec.typed import from_data, to_data
 from taskvec.errors import TaskvecError
 from taskvec.kinds import LINEARIZED_FT, NONLINEAR_FT
 from taskvec.merging import TASK_ARITHMETIC
-from taskvec.pipeline.rundir import RunDir
 from taskvec.pipeline.plan import format_plan
+from taskvec.pipeline.rundir import RunDir
 from taskvec.protocol import plan_run
 from taskvec.results import RunResults
 from taskvec.seeds import SeedResults
-from taskvec.tuning import ADDITION, SINGLE_TASK, TuneResult, TunePoint, choose, config_lines, shared_rates, tune_modes
-
-from test_cli import CONFIG as CLI_CONFIG  # noqa: E402
+from taskvec.tuning import ADDITION, SINGLE_TASK, TunePoint, TuneResult, choose, config_lines, shared_rates, tune_modes
+from taskvec.typed import from_data
 
 # The CLI tests' tiny benchmark, without analyses and with task addition as its only merge method.
 CONFIG = CLI_CONFIG.split("[analysis]")[0] + '[merge]\nmethods = ["task_arithmetic"]\n'
@@ -40,6 +40,7 @@ def point(lr, single, addition, steps=10):
 
 # ----- selection ---------------------------------------------------------------------------------
 
+
 def test_each_criterion_chooses_its_best_point_and_ties_go_to_the_smaller_rate():
     points = [point(3e-4, 0.80, 0.60), point(1e-5, 0.70, 0.75), point(1e-4, 0.80, 0.70)]
     assert choose(points, SINGLE_TASK) == 2  # 0.80 twice: the smaller rate, 1e-4, wins over 3e-4
@@ -53,22 +54,33 @@ def test_each_criterion_chooses_its_best_point_and_ties_go_to_the_smaller_rate()
 
 
 def test_shared_rates_and_config_lines():
-    modes = tune_modes({"nonlinear": [point(1e-5, 0.5, 0.5), point(3e-5, 0.6, 0.4)],
-                        "linear": [point(3e-5, 0.7, 0.3), point(1e-4, 0.6, 0.6)]})
+    modes = tune_modes(
+        {"nonlinear": [point(1e-5, 0.5, 0.5), point(3e-5, 0.6, 0.4)], "linear": [point(3e-5, 0.7, 0.3), point(1e-4, 0.6, 0.6)]}
+    )
     result = TuneResult(criterion="single-task", seed=0, modes=modes)
     assert shared_rates(result) == [3e-5]
-    assert config_lines(result, SINGLE_TASK) == ["[train.nonlinear]", "lr = 3e-05", "steps = 10", "[train.linear]", "lr = 3e-05", "steps = 10"]
+    assert config_lines(result, SINGLE_TASK) == [
+        "[train.nonlinear]",
+        "lr = 3e-05",
+        "steps = 10",
+        "[train.linear]",
+        "lr = 3e-05",
+        "steps = 10",
+    ]
     assert config_lines(result, ADDITION)[1::3] == ["lr = 1e-05", "lr = 0.0001"]
 
 
 def test_tune_config_validation(tmp_path):
     path = tmp_path / "c.toml"
-    for bad, message in [('[tune]\ncriterion = "test-accuracy"', "unknown tuning criterion 'test-accuracy'"),
-                         ('[tune.lr]\nlora = [1e-3]', "tune.lr.lora tunes a mode that train.modes leaves out"),
-                         ('[tune.lr]\nlinear = [-1e-3]', "tune.lr.linear must hold positive finite numbers"),
-                         ('[tune.lr]\nlinear = []', "tune.lr.linear is empty"),
-                         ('[tune]\nsteps = [0]', "tune.steps must hold positive integers"),
-                         ('seeds = []', "seeds is empty"), ('seeds = [1, 1]', "seeds has duplicates")]:
+    for bad, message in [
+        ('[tune]\ncriterion = "test-accuracy"', "unknown tuning criterion 'test-accuracy'"),
+        ("[tune.lr]\nlora = [1e-3]", "tune.lr.lora tunes a mode that train.modes leaves out"),
+        ("[tune.lr]\nlinear = [-1e-3]", "tune.lr.linear must hold positive finite numbers"),
+        ("[tune.lr]\nlinear = []", "tune.lr.linear is empty"),
+        ("[tune]\nsteps = [0]", "tune.steps must hold positive integers"),
+        ("seeds = []", "seeds is empty"),
+        ("seeds = [1, 1]", "seeds has duplicates"),
+    ]:
         path.write_text((bad + "\n" + CONFIG) if bad.startswith("seeds") else CONFIG + bad)
         with pytest.raises(TaskvecError, match=message.replace("(", r"\(").replace("[", r"\[")):
             load_config(path)
@@ -127,6 +139,7 @@ def test_tune_reuses_finished_points(tuned, capsys):
 
 
 # ----- seeds -------------------------------------------------------------------------------------
+
 
 def test_spread_is_the_mean_and_sample_std_of_the_known_values():
     s = Spread.of([0.5, 0.7, None, 0.6])
@@ -230,8 +243,11 @@ def test_the_seeds_report_gives_spreads_claims_and_error_bar_figures(seeded):
     main(["report", str(out)])  # redrawn from results.json alone
     assert (out / "report.md").read_text() == report
     single = (out / "seed-0" / "report.md").read_text()  # a one-seed report has the claims too, never judged
-    verdicts = [line.rstrip(" |").split(" | ")[-1] for line in single.split("## The paper's claims, checked")[1].split("##")[0].splitlines()
-                if line.startswith("| ") and "verdict" not in line]
+    verdicts = [
+        line.rstrip(" |").split(" | ")[-1]
+        for line in single.split("## The paper's claims, checked")[1].split("##")[0].splitlines()
+        if line.startswith("| ") and "verdict" not in line
+    ]
     assert len(verdicts) == len(CLAIMS) and all(v.startswith(("**inconclusive**", "**not measured**")) for v in verdicts)
     assert "**inconclusive** (one seed: no spread to judge a difference by)" in single
 
@@ -260,6 +276,7 @@ def test_a_single_run_directory_cannot_become_a_seeded_one(tmp_path):
 
 
 # ----- claims ------------------------------------------------------------------------------------
+
 
 def test_verdicts_follow_the_spreads():
     high, low = Spread.of([0.80, 0.82, 0.81]), Spread.of([0.70, 0.71, 0.72])

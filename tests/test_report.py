@@ -1,5 +1,6 @@
 """The report's merge table from typed results: labels from the registries, chosen settings, the
 α-at-the-top-of-the-grid marker, and the grouped bar figure."""
+
 from taskvec.config import RunConfig
 from taskvec.kinds import LINEARIZED_FT, NONLINEAR_FT, POSTHOC, PRETRAINED
 from taskvec.merging import TASK_ARITHMETIC, TIES
@@ -11,30 +12,61 @@ TASKS = ["a", "b"]
 
 
 def _merge(alpha: float, accuracy: float, settings: dict, grid: list[float]) -> MergeResult:
-    curve = [AlphaPoint(alpha=x, val_per_task={t: 0.5 for t in TASKS}, val_absolute=0.5, val_normalized=0.9 if x == alpha else 0.5)
-             for x in grid]
-    return MergeResult(alpha=alpha, absolute=accuracy, normalized=accuracy / 0.9, per_task={t: TaskScore(accuracy, accuracy / 0.9) for t in TASKS},
-                       settings=settings, seconds=1.5, curve=curve, search=[SearchPoint(settings=settings, alpha=alpha, val_normalized=0.9, merge_seconds=0.1)])
+    curve = [
+        AlphaPoint(alpha=x, val_per_task={t: 0.5 for t in TASKS}, val_absolute=0.5, val_normalized=0.9 if x == alpha else 0.5) for x in grid
+    ]
+    return MergeResult(
+        alpha=alpha,
+        absolute=accuracy,
+        normalized=accuracy / 0.9,
+        per_task={t: TaskScore(accuracy, accuracy / 0.9) for t in TASKS},
+        settings=settings,
+        seconds=1.5,
+        curve=curve,
+        search=[SearchPoint(settings=settings, alpha=alpha, val_normalized=0.9, merge_seconds=0.1)],
+    )
 
 
 def _results() -> RunResults:
     methods = (NONLINEAR_FT, POSTHOC, LINEARIZED_FT)
     single = {m.name: {t: 0.9 for t in TASKS} for m in methods} | {PRETRAINED.name: {t: 0.6 for t in TASKS}}
-    negation = {m.name: NegationResult(target=0.3, control=0.6, per_task={t: NegationTarget(alpha=0.5, control_task="b" if t == "a" else "a",
-                                                                                          target=0.3, control=0.6) for t in TASKS})
-                for m in (PRETRAINED, *methods)}
+    negation = {
+        m.name: NegationResult(
+            target=0.3,
+            control=0.6,
+            per_task={t: NegationTarget(alpha=0.5, control_task="b" if t == "a" else "a", target=0.3, control=0.6) for t in TASKS},
+        )
+        for m in (PRETRAINED, *methods)
+    }
     return RunResults(
-        config=from_data(RunConfig, {
-            "name": "r", "backbone": "tiny-cnn", "backbone_options": {}, "init": "pretrained", "head": {"kind": "prototype", "scale": 30.0},
-            "data": {"seed": 0}, "negation": {"threshold": 0.95},
-            "train": {"nonlinear": {"steps": 4, "lr": 0.01, "batch_size": 8, "warmup_steps": 1},
-                      "linear": {"steps": 4, "lr": 0.01, "batch_size": 8, "warmup_steps": 1}}}),
-        tasks=TASKS, single_task=SingleTask(val=single, test=single),
-        merge={TASK_ARITHMETIC.name: {m.name: _merge(0.5, 0.8, {}, [0.0, 0.5, 1.0]) for m in methods},
-               TIES.name: {NONLINEAR_FT.name: _merge(2.5, 0.85, {"k": 0.1}, [0.8, 1.5, 2.5]),
-                           POSTHOC.name: _merge(0.8, 0.7, {"k": 0.2}, [0.8, 1.5, 2.5]),
-                           LINEARIZED_FT.name: _merge(1.5, 0.75, {"k": 0.3}, [0.8, 1.5, 2.5])}},
-        negation=negation)
+        config=from_data(
+            RunConfig,
+            {
+                "name": "r",
+                "backbone": "tiny-cnn",
+                "backbone_options": {},
+                "init": "pretrained",
+                "head": {"kind": "prototype", "scale": 30.0},
+                "data": {"seed": 0},
+                "negation": {"threshold": 0.95},
+                "train": {
+                    "nonlinear": {"steps": 4, "lr": 0.01, "batch_size": 8, "warmup_steps": 1},
+                    "linear": {"steps": 4, "lr": 0.01, "batch_size": 8, "warmup_steps": 1},
+                },
+            },
+        ),
+        tasks=TASKS,
+        single_task=SingleTask(val=single, test=single),
+        merge={
+            TASK_ARITHMETIC.name: {m.name: _merge(0.5, 0.8, {}, [0.0, 0.5, 1.0]) for m in methods},
+            TIES.name: {
+                NONLINEAR_FT.name: _merge(2.5, 0.85, {"k": 0.1}, [0.8, 1.5, 2.5]),
+                POSTHOC.name: _merge(0.8, 0.7, {"k": 0.2}, [0.8, 1.5, 2.5]),
+                LINEARIZED_FT.name: _merge(1.5, 0.75, {"k": 0.3}, [0.8, 1.5, 2.5]),
+            },
+        },
+        negation=negation,
+    )
 
 
 def test_merge_table_rows_settings_and_the_grid_edge_marker(tmp_path):

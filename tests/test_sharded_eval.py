@@ -1,13 +1,14 @@
 """Evaluation shared among torchrun ranks: 2 gloo processes on the CPU give the single process's
 results exactly (accuracies as counts, the same α and settings chosen, the same ξ grid and NTK),
 with sets whose rows do not divide evenly among the ranks."""
+
 import json
 
+import _eval_worker
 import pytest
 import torch
-
-import _eval_worker
 from conftest import free_port
+
 from taskvec.distributed import Ranks
 
 

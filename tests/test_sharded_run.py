@@ -1,6 +1,7 @@
 """`taskvec run` under torchrun with 2 gloo processes: every evaluation stage shares its examples
 between the ranks and writes the single process's results exactly; a failure on one rank ends
 the whole run with its error and leaves the earlier results as they were."""
+
 import json
 import os
 import shutil
@@ -11,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import free_port
-
 
 HERE = Path(__file__).parent
 CONFIG = """
@@ -57,10 +56,28 @@ EVALUATIONS = ("single_task", "linearity", "merge/task_arithmetic", "merge/ties"
 
 
 def _taskvec(args: list[str], ranks: int = 1, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
-                "--master-port", str(free_port())] if ranks > 1 else [sys.executable]
-    return subprocess.run([*launcher, str(HERE / "_run_cli.py"), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(ranks),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+        ]
+        if ranks > 1
+        else [sys.executable]
+    )
+    return subprocess.run(
+        [*launcher, str(HERE / "_run_cli.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def _without_seconds(data):
@@ -73,8 +90,9 @@ def _without_seconds(data):
 
 def _evaluations(run: Path) -> dict:
     """Every evaluation stage's result (the run's and its random-init run's), without timings."""
-    files = [run / "stages" / f"{key}.json" for key in EVALUATIONS] + [run / "random_init" / "stages" / f"{key}.json" for key in
-                                                                        ("single_task", "merge/task_arithmetic", "negation")]
+    files = [run / "stages" / f"{key}.json" for key in EVALUATIONS] + [
+        run / "random_init" / "stages" / f"{key}.json" for key in ("single_task", "merge/task_arithmetic", "negation")
+    ]
     return {str(f.relative_to(run)): _without_seconds(json.loads(f.read_text())["result"]) for f in files}
 
 
@@ -113,8 +131,9 @@ def test_two_ranks_write_the_single_process_results(single_run, tmp_path):
     assert done.stderr.count("[skip] finetune/") == 6 and done.stderr.count("[skip] random_init/finetune/") == 6
     assert _evaluations(copy) == _evaluations(out)
     single, sharded = (json.loads((d / "results.json").read_text()) for d in (out, copy))
-    assert _without_seconds({k: v for k, v in sharded.items() if k != "timing"}) == \
-        _without_seconds({k: v for k, v in single.items() if k != "timing"})
+    assert _without_seconds({k: v for k, v in sharded.items() if k != "timing"}) == _without_seconds(
+        {k: v for k, v in single.items() if k != "timing"}
+    )
     assert not list(copy.rglob("*.tmp"))
 
 
@@ -123,8 +142,12 @@ def test_a_failure_on_one_rank_ends_every_rank_with_the_error(single_run, tmp_pa
     copy = _copy_without_evaluations(out, tmp_path / "failing")
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != ".lock"}
     started = time.monotonic()
-    done = _taskvec(["run", "--config", str(config), "--out", str(copy), "--no-progress"], ranks=2,
-                    env={"TASKVEC_TEST_FAIL": "1:negation_stage"}, timeout=240)
+    done = _taskvec(
+        ["run", "--config", str(config), "--out", str(copy), "--no-progress"],
+        ranks=2,
+        env={"TASKVEC_TEST_FAIL": "1:negation_stage"},
+        timeout=240,
+    )
     assert done.returncode != 0
     assert time.monotonic() - started < 200  # nobody waits for a collective that never comes
     assert "injected failure in negation_stage on rank 1" in done.stderr
@@ -205,8 +228,10 @@ def test_finetune_command_under_torchrun_trains_once_over_both_ranks(single_run,
     vectors = {}
     for ranks in (1, 2):
         target = tmp_path / f"squares-{ranks}.safetensors"
-        done = _taskvec(["finetune", "--task", "toy-squares", "--mode", "linear", "--out", str(target), "--config", str(config),
-                         "--no-progress"], ranks=ranks)
+        done = _taskvec(
+            ["finetune", "--task", "toy-squares", "--mode", "linear", "--out", str(target), "--config", str(config), "--no-progress"],
+            ranks=ranks,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count("wrote ") == 1
         vectors[ranks] = TaskVector.load(target)

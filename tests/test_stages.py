@@ -1,25 +1,29 @@
 """The stage graph: the run and its dry run walk the same stages; stage files keep typed results,
 settings and seconds; a changed setting redoes a stage; unreadable outputs are named."""
+
 import json
 from dataclasses import dataclass
 
 import pytest
 
 import taskvec.pipeline.graph as benchmark
-from taskvec.protocol import run_pipeline
 from taskvec.config import RunConfig
-from taskvec.typed import from_data, to_data
 from taskvec.errors import TaskvecError
 from taskvec.pipeline.plan import format_plan
-from taskvec.protocol import plan_run
-from taskvec.results import SingleTask
 from taskvec.pipeline.stages import Graph, Outcome, Stage, State, execute
+from taskvec.protocol import plan_run, run_pipeline
+from taskvec.results import SingleTask
+from taskvec.typed import from_data
 
 TINY = {
-    "name": "tiny", "backbone": "tiny-cnn", "tasks": ["toy-squares", "toy-stripes"],
-    "backbone_options": {"image_size": 8}, "data": {"max_train": 64, "max_val": 24, "max_test": 24},
+    "name": "tiny",
+    "backbone": "tiny-cnn",
+    "tasks": ["toy-squares", "toy-stripes"],
+    "backbone_options": {"image_size": 8},
+    "data": {"max_train": 64, "max_val": 24, "max_test": 24},
     "train": {mode: {"steps": 4, "batch_size": 16, "lr": 1e-2, "warmup_steps": 1} for mode in ("nonlinear", "linear")},
-    "eval": {"alpha_step": 0.5}, "merge": {"methods": ["task_arithmetic"]},
+    "eval": {"alpha_step": 0.5},
+    "merge": {"methods": ["task_arithmetic"]},
 }
 
 
@@ -41,9 +45,21 @@ def test_stage_files_keep_typed_results_and_redo_on_changed_settings(tmp_path):
 
     def graph(step):
         g = Graph()
-        g.add(Stage("a", "first", [tmp_path / "a.json"], lambda ctx: calls.append("a") or Mean(1.5), settings={"step": step}, result_type=Mean))
-        g.add(Stage("b", "second", [tmp_path / "b.json"], lambda ctx: calls.append("b") or Mean(ctx.outcome.results["a"].value * 2),
-                    result_type=Mean, after=("a",)))
+        g.add(
+            Stage(
+                "a", "first", [tmp_path / "a.json"], lambda ctx: calls.append("a") or Mean(1.5), settings={"step": step}, result_type=Mean
+            )
+        )
+        g.add(
+            Stage(
+                "b",
+                "second",
+                [tmp_path / "b.json"],
+                lambda ctx: calls.append("b") or Mean(ctx.outcome.results["a"].value * 2),
+                result_type=Mean,
+                after=("a",),
+            )
+        )
         return g
 
     first = execute(graph(1), Ctx())
@@ -70,9 +86,16 @@ def test_a_stage_added_to_the_graph_appears_in_the_plan_and_the_run(tmp_path, mo
     def extended(cfg, run_dir):
         graph = original(cfg, run_dir)
         report = graph.stages.pop()  # keep the report last
-        graph.add(Stage("extra", "extra: mean single-task accuracy", [run_dir.stage("extra")],
-                        lambda ctx: computed.append(1) or Mean(sum(ctx.outcome.results["single_task"].test["linear"].values())),
-                        result_type=Mean, after=("single_task",)))
+        graph.add(
+            Stage(
+                "extra",
+                "extra: mean single-task accuracy",
+                [run_dir.stage("extra")],
+                lambda ctx: computed.append(1) or Mean(sum(ctx.outcome.results["single_task"].test["linear"].values())),
+                result_type=Mean,
+                after=("single_task",),
+            )
+        )
         graph.add(report)
         return graph
 

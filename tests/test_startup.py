@@ -1,5 +1,6 @@
 """The commands that need no model start without importing torch (issue 11: `taskvec --help`,
 `list` and `info` in about a second), and deferring the imports changes no answer."""
+
 import json
 import subprocess
 import sys
@@ -78,7 +79,9 @@ def test_summarize_refuses_what_load_refuses(tiny, tmp_path):
 
 
 def test_import_taskvec_is_light_and_keeps_its_names():
-    code = ("import sys, taskvec; light = 'torch' not in sys.modules; import taskvec.linearization; "
-            "print(light, callable(taskvec.linearize), taskvec.TaskVector.__name__)")
+    code = (
+        "import sys, taskvec; light = 'torch' not in sys.modules; import taskvec.linearization; "
+        "print(light, callable(taskvec.linearize), taskvec.TaskVector.__name__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split()[:3] == ["True", "True", "TaskVector"], done.stderr

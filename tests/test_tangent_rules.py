@@ -1,6 +1,7 @@
 """The fused tangent rules of taskvec.linearization (attention, linear, GELU; issue 13) against
 PyTorch's own forward-AD formulas, central finite differences, and autograd's gradients of
 those formulas, in float64 (and float32 at float32 tolerance)."""
+
 from contextlib import nullcontext
 
 import pytest
@@ -14,7 +15,7 @@ from taskvec.linearization.tangent_rules import _attention, _gelu, _linear, _Tan
 
 def _tangent(op, primals, tangents, kwargs, rules: bool):
     """(primal, tangent) of op at primals along tangents, with taskvec's rules or PyTorch's."""
-    with forward_ad_safe_attention(), fwAD.dual_level(), (_TangentRules() if rules else nullcontext()):
+    with forward_ad_safe_attention(), fwAD.dual_level(), _TangentRules() if rules else nullcontext():
         duals = [p if t is None else fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
         primal, tangent = fwAD.unpack_dual(op(*duals, **kwargs))
     return primal, tangent
@@ -50,7 +51,9 @@ def _randn(*shape, seed=0):
 ATTENTION_MASKS = {
     "none": lambda: {},
     "padded keys (bool)": lambda: {"attn_mask": torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)[:, None, None, :]},
-    "additive (float, -inf)": lambda: {"attn_mask": torch.where(_randn(2, 1, 5, 6, seed=5) > 0.8, float("-inf"), 0.1 * _randn(2, 1, 5, 6, seed=6))},
+    "additive (float, -inf)": lambda: {
+        "attn_mask": torch.where(_randn(2, 1, 5, 6, seed=5) > 0.8, float("-inf"), 0.1 * _randn(2, 1, 5, 6, seed=6))
+    },
     "causal": lambda: {"is_causal": True},
     "scale": lambda: {"scale": 0.3},
 }

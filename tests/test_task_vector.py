@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 
@@ -88,6 +87,7 @@ def test_failed_save_keeps_previous_file(tiny, tmp_path, monkeypatch):
     v = _vector(tiny, 1)
     v.save(path)
     before = path.read_bytes()
+
     def boom(*args, **kwargs):
         raise OSError("disk full")
 

@@ -1,4 +1,5 @@
 """Tasks: every registered task loads; splits are seeded, disjoint and capped; safe unpickling."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,8 +12,8 @@ import pytest
 from taskvec.errors import TaskvecError
 from taskvec.tasks import Split, Task, available_tasks, get_task, load_task_data, make_splits
 from taskvec.tasks._safe_pickle import load_numpy_pickle, loads_numpy
-from taskvec.tasks.image import package_dir, read_idx
 from taskvec.tasks.corpus import MAX_SENTENCES, MAX_WORDS, chunk_text, deduplicate, grouped_split, split_sentences
+from taskvec.tasks.image import package_dir, read_idx
 
 IMAGE_TASKS = ["mnist", "ising", "animal-mnist", "digits", "textile"]
 TEXT_TASKS = ["movie-sentiment", "review-or-plot", "debate-party", "convention-party", "moral-foundation", "word-polarity"]
@@ -223,6 +224,7 @@ def test_grouped_split_never_divides_a_group():
 
 
 # ------------------------------------------------------------------- safe unpickling
+
 
 class _Evil:
     def __reduce__(self):

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_training_setup as _setup
 
+from taskvec.config import TrainConfig
 from taskvec.errors import TaskvecError
 from taskvec.kinds import NONLINEAR
 from taskvec.models.heads import Classifier
-from taskvec.config import TrainConfig
 from taskvec.train import batch_indices, finetune, learning_rate
 
 
@@ -45,8 +45,16 @@ def test_finetuning_learns_and_leaves_base_untouched(mode):
 
 
 # every registered mode, with settings that fit tiny-cnn (it has no attention)
-MODE_SETTINGS = {"nonlinear": {}, "linear": {}, "subset": {"params": "fc.*"}, "linear-subset": {"params": "conv.*"},
-                 "lora": {"rank": 2}, "linear-lora": {"rank": 2}, "talos": {"fraction": 0.3}, "tjp": {}}
+MODE_SETTINGS = {
+    "nonlinear": {},
+    "linear": {},
+    "subset": {"params": "fc.*"},
+    "linear-subset": {"params": "conv.*"},
+    "lora": {"rank": 2},
+    "linear-lora": {"rank": 2},
+    "talos": {"fraction": 0.3},
+    "tjp": {},
+}
 
 
 @pytest.mark.parametrize("mode", list(MODE_SETTINGS))

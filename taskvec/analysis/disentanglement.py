@@ -19,22 +19,22 @@ All edits go through an `Evaluator`, so the three methods share one code path:
   is 169 model builds and 2 × 169 forward passes of `max_examples` inputs, minutes on a CPU
   for EfficientNet-Lite0; keep `max_examples` small (200 by default).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..distributed import Ranks
 from ..config import alpha_grid
+from ..distributed import Ranks
 from ..errors import TaskvecError
 from ..evaluate import Evaluator
 from ..kinds import EVAL_METHODS
 from ..results import Disentanglement
-
 
 
 def disentanglement_grid(start: float = -3.0, stop: float = 3.0, step: float = 0.5) -> list[float]:
@@ -65,7 +65,7 @@ def disentanglement_error(
     max_examples: int | None = 200,
     seed: int = 0,
     progress: bool = False,
-) -> "Disentanglement":
+) -> Disentanglement:
     """ξ(α1, α2) for every α1 in `alphas1` and α2 in `alphas2` (default: [−3, 3], step 0.5).
 
     `evaluator` must hold task vectors, heads and `split` eval sets for both tasks; its method
@@ -102,10 +102,17 @@ def disentanglement_error(
     term1, term2 = changed[0] / sizes[task1], changed[1] / sizes[task2]
     xi = term1 + term2
     return Disentanglement(
-        task1=task1, task2=task2, alphas1=alphas1, alphas2=alphas2, xi=xi.tolist(), method=ev.method.name, split=split,
+        task1=task1,
+        task2=task2,
+        alphas1=alphas1,
+        alphas2=alphas2,
+        xi=xi.tolist(),
+        method=ev.method.name,
+        split=split,
         xi_terms={task1: term1.tolist(), task2: term2.tolist()},
         examples=sizes,
-        seconds=round(time.perf_counter() - started, 3), forward_passes=passes_shared + cell_passes,
+        seconds=round(time.perf_counter() - started, 3),
+        forward_passes=passes_shared + cell_passes,
     )
 
 
@@ -128,8 +135,7 @@ def _checked_alphas(
     return alphas1, alphas2
 
 
-def _on_subsets(evaluator: Evaluator, tasks: tuple[str, str], split: str, max_examples: int | None,
-                seed: int) -> tuple[Evaluator, bool]:
+def _on_subsets(evaluator: Evaluator, tasks: tuple[str, str], split: str, max_examples: int | None, seed: int) -> tuple[Evaluator, bool]:
     """(the evaluator restricted to each task's seeded subset, whether the grid's cells are dealt
     out among the ranks rather than the rows)."""
     rows = {t: _subset_index(evaluator.size(t, split), max_examples, seed) for t in tasks}
@@ -141,9 +147,16 @@ def _on_subsets(evaluator: Evaluator, tasks: tuple[str, str], split: str, max_ex
     return evaluator.restricted(rows, split, ranks=Ranks() if deal_cells else None), deal_cells
 
 
-def _changed_predictions(ev: Evaluator, ranks: Ranks, tasks: tuple[str, str], alphas: tuple[list[float], list[float]],
-                         own: tuple[list[torch.Tensor], list[torch.Tensor]], split: str, deal_cells: bool,
-                         progress: bool) -> np.ndarray:
+def _changed_predictions(
+    ev: Evaluator,
+    ranks: Ranks,
+    tasks: tuple[str, str],
+    alphas: tuple[list[float], list[float]],
+    own: tuple[list[torch.Tensor], list[torch.Tensor]],
+    split: str,
+    deal_cells: bool,
+    progress: bool,
+) -> np.ndarray:
     """(2, len(α1), len(α2)) counts of each task's predictions that the joint edit changes from
     its own edit's, counted on this rank's rows (or cells) and summed over the ranks (exact)."""
     (task1, task2), (alphas1, alphas2), (own1, own2) = tasks, alphas, own
@@ -176,7 +189,9 @@ def _edges(values: Sequence[float]) -> np.ndarray:
     return np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]])
 
 
-def plot_disentanglement(results_by_method: Mapping[str, Disentanglement], path: str | Path, search_box: tuple[float, float] | None = (0.0, 1.0)) -> Path:
+def plot_disentanglement(
+    results_by_method: Mapping[str, Disentanglement], path: str | Path, search_box: tuple[float, float] | None = (0.0, 1.0)
+) -> Path:
     """One row of ξ heatmaps (one per method), α1 on x, α2 on y, shared colour scale 0..max.
 
     `search_box` (lo, hi) draws the α search range of task addition as the square

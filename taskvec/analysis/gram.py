@@ -27,10 +27,12 @@ one thread, 5.7–6.4 GB peak RSS; with two threads on cores shared with other j
 The trace kernel costs 2·N²·C·P flops of contraction (~18 CPU-s here), the full kernel C
 times more. output="features" has embed_dim outputs (1280 here): for small encoders only.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -284,8 +286,9 @@ def _sum_over_groups(plan: _GramPlan, ranks: Ranks, progress: bool) -> torch.Ten
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(groups), desc=f"NTK of {plan.A.n + (0 if plan.symmetric else plan.B.n)} samples, parameter groups",
-                   leave=False)
+        bar = tqdm(
+            total=len(groups), desc=f"NTK of {plan.A.n + (0 if plan.symmetric else plan.B.n)} samples, parameter groups", leave=False
+        )
     # Groups are dealt out in rounds, one per rank; every rank adds each round's terms in
     # group order, so the sum is the single process's to the last bit.
     with forward_ad_safe_attention():

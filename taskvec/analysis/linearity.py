@@ -7,6 +7,7 @@ accuracies of f(x; θ0 + τ) and f_lin(x; θ0 + τ) = f(x; θ0) + J(x; θ0)τ, a
 distance of their logits, ‖f − f_lin‖ / ‖f − f(θ0)‖ (Frobenius norms over the set): 0 when
 fine-tuning was exactly linear, about 1 or more when the linear term misses the change.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,11 @@ def linearity_gap(evaluator: Evaluator, task: str, split: str = "val") -> Linear
     counts = ranks.total(torch.tensor([correct(fine_tuned, data.labels), correct(linearized, data.labels)]))
     sizes = [b - a for a, b in ranks.spans(evaluator.size(task, split), evaluator.chunk)]
     differences = torch.stack([fine_tuned - pretrained, fine_tuned - linearized], 1)  # (rows, 2, classes)
-    squares = evaluator.by_chunks(lambda part: part.double().square().sum(-1), differences) if len(differences) else differences.new_empty((0, 2), dtype=torch.float64)
+    squares = (
+        evaluator.by_chunks(lambda part: part.double().square().sum(-1), differences)
+        if len(differences)
+        else differences.new_empty((0, 2), dtype=torch.float64)
+    )
     change, gap = ranks.gather(squares, sizes).sum(0).sqrt().tolist()
     n = evaluator.size(task, split)
     return Linearity(nonlinear=int(counts[0]) / n, linearized=int(counts[1]) / n, relative_gap=gap / change if change > 0 else 0.0)

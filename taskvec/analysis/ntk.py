@@ -8,10 +8,11 @@ K[i, j, c, d] = ⟨∂f_c(x_i)/∂θ, ∂f_d(x_j)/∂θ⟩ on request (`kernel="
 
 The Gram matrix itself, and how it is computed within a memory budget, is `gram.py`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -23,8 +24,7 @@ from ..models.base import Batch
 from ..results import NtkLocalization
 from .gram import MAX_MEMORY_CAP, Kernel, Output, _ntk, _num_samples, default_max_memory
 
-__all__ = ["MAX_MEMORY_CAP", "Kernel", "Output", "default_max_memory", "empirical_ntk", "ntk_localization",
-           "plot_ntk_localization"]
+__all__ = ["MAX_MEMORY_CAP", "Kernel", "Output", "default_max_memory", "empirical_ntk", "ntk_localization", "plot_ntk_localization"]
 
 
 def empirical_ntk(
@@ -61,8 +61,17 @@ def empirical_ntk(
 
     The model is evaluated in eval mode (frozen BatchNorm) and its train/eval mode restored.
     """
-    return _ntk(model, [batch_a], None if batch_b is None else [batch_b], output=output, chunk=chunk, kernel=kernel,
-                max_memory=max_memory, progress=progress, ranks=ranks)
+    return _ntk(
+        model,
+        [batch_a],
+        None if batch_b is None else [batch_b],
+        output=output,
+        chunk=chunk,
+        kernel=kernel,
+        max_memory=max_memory,
+        progress=progress,
+        ranks=ranks,
+    )
 
 
 def ntk_localization(
@@ -76,7 +85,7 @@ def ntk_localization(
     max_memory: int | None = None,
     progress: bool = False,
     ranks: Ranks | None = None,
-) -> "NtkLocalization":
+) -> NtkLocalization:
     """Local energy of the NTK's top eigenfunctions on a training task D_t and a control D_c.
 
     The trace-kernel Gram matrix on D_t ∪ D_c is eigendecomposed (float64, eigenvalues
@@ -92,8 +101,17 @@ def ntk_localization(
     if top_k < 1:
         raise TaskvecError(f"top_k must be at least 1, got {top_k}")
     n_train, n_control = _num_samples(batch_train), _num_samples(batch_control)
-    gram = _ntk(model, [batch_train, batch_control], None, output=output, chunk=chunk, kernel="trace", max_memory=max_memory,
-                progress=progress, ranks=ranks)
+    gram = _ntk(
+        model,
+        [batch_train, batch_control],
+        None,
+        output=output,
+        chunk=chunk,
+        kernel="trace",
+        max_memory=max_memory,
+        progress=progress,
+        ranks=ranks,
+    )
     values, vectors = torch.linalg.eigh(gram.double())
     order = torch.argsort(values, descending=True)[: min(top_k, len(values))]
     values, vectors = values[order], vectors[:, order]
@@ -143,4 +161,3 @@ def plot_ntk_localization(results: Mapping[str, NtkLocalization], path: str | Pa
     fig.suptitle(f"NTK eigenfunctions: local energy on {train_name} (D_t) vs {control_name} (D_c)", fontsize=11)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
-

@@ -1,6 +1,7 @@
 """The `taskvec` command: thin wrappers over the Python API, one module per group of commands
 (`runs`, `vectors`, `analyses`, `catalog`); every command imports what it needs when it runs,
 so `taskvec --help`, `list` and `info` start without torch."""
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ def _tell_torchrun(exc: Exception) -> None:
         from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
         ErrorHandler().record_exception(exc)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input ends with a one-line error and exit status 2, never a traceback."""

@@ -1,10 +1,10 @@
 """Commands that measure task vectors on a config's tasks: `evaluate`, `disentanglement` (ξ,
 the paper's Fig. 3) and `ntk` (Fig. 6); under torchrun the ranks share the work."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -14,12 +14,12 @@ from .common import ConfigOpt, app, config_from
 
 @app.command()
 def evaluate(
-    vector: Optional[Path] = typer.Argument(None, help="Task vector to apply (none: the pre-trained model)."),
-    tasks: List[str] = typer.Option([], "--task", "-t", help="Tasks to evaluate (default: the config's)."),
+    vector: Path | None = typer.Argument(None, help="Task vector to apply (none: the pre-trained model)."),
+    tasks: list[str] = typer.Option([], "--task", "-t", help="Tasks to evaluate (default: the config's)."),
     alpha: float = typer.Option(1.0, "--alpha", "-a"),
     posthoc: bool = typer.Option(False, "--posthoc", help="Apply a non-linear vector to the linearized model."),
     split: str = typer.Option("test", "--split"),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
 ) -> None:
     """Accuracy of θ0 + α τ on each task (JSON on stdout)."""
     from ..distributed import Ranks, device_for, is_main
@@ -43,15 +43,24 @@ def evaluate(
             tv = TaskVector.load(vector)
             method = method_for_vector(tv.mode, linearized=posthoc)
             vectors, coeffs = {"edit": tv}, {"edit": alpha}
-        ev = Evaluator(setup.backbone, heads, sets, vectors, method, chunk=cfg.eval.chunk, device=device_for(cfg.device),
-                       ranks=Ranks.of_process_group())
+        ev = Evaluator(
+            setup.backbone,
+            heads,
+            sets,
+            vectors,
+            method,
+            chunk=cfg.eval.chunk,
+            device=device_for(cfg.device),
+            ranks=Ranks.of_process_group(),
+        )
         result = ev.accuracies(names, split, coeffs)
         if is_main():
             typer.echo(json.dumps({"method": method.name, "alpha": alpha if vector else 0.0, "split": split, "accuracy": result}, indent=2))
 
+
 @app.command()
 def disentanglement(
-    vectors: List[Path] = typer.Argument(..., help="Task vectors of two tasks: non-linear ones, linearized ones, or both."),
+    vectors: list[Path] = typer.Argument(..., help="Task vectors of two tasks: non-linear ones, linearized ones, or both."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for disentanglement.json and the heatmap."),
     posthoc: bool = typer.Option(False, "--posthoc", help="Also apply the non-linear vectors to the linearized model."),
     alpha_min: float = typer.Option(-3.0, "--alpha-min"),
@@ -59,7 +68,7 @@ def disentanglement(
     alpha_step: float = typer.Option(0.5, "--alpha-step"),
     examples: int = typer.Option(200, "--examples", help="Evaluation inputs per task (a seeded random subset)."),
     split: str = typer.Option("val", "--split"),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Weight disentanglement error ξ(α1, α2) of two tasks (the paper's Fig. 3), per fine-tuning method."""
@@ -76,13 +85,26 @@ def disentanglement(
     if split not in ("val", "test"):
         raise TaskvecError(f"unknown split {split!r}; expected 'val' or 'test'")
     cfg = config_from(config)
-    cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(
-        cfg.analysis, disentanglement_min=alpha_min, disentanglement_max=alpha_max, disentanglement_step=alpha_step,
-        disentanglement_examples=examples))
+    cfg = dataclasses.replace(
+        cfg,
+        analysis=dataclasses.replace(
+            cfg.analysis,
+            disentanglement_min=alpha_min,
+            disentanglement_max=alpha_max,
+            disentanglement_step=alpha_step,
+            disentanglement_examples=examples,
+        ),
+    )
     with session(cfg):  # under torchrun the ranks share the work
         main = is_main()  # asked inside: after the session every process is alone
-        results = disentanglement_of_vectors(cfg, [TaskVector.load(p) for p in vectors], posthoc=posthoc, split=split,
-                                             progress=progress and main, ranks=Ranks.of_process_group())
+        results = disentanglement_of_vectors(
+            cfg,
+            [TaskVector.load(p) for p in vectors],
+            posthoc=posthoc,
+            split=split,
+            progress=progress and main,
+            ranks=Ranks.of_process_group(),
+        )
     if not main:
         return
     first = next(iter(results.values()))
@@ -93,6 +115,7 @@ def disentanglement(
         typer.echo(f"{method:>10}: mean ξ {r.mean():.3f} over {len(r.alphas1)}×{len(r.alphas2)} grid ({r.seconds:.0f} s)")
     typer.echo(f"wrote {out / 'disentanglement.json'} and {figure}")
 
+
 @app.command()
 def ntk(
     task: str = typer.Option(..., "--task", "-t", help="Training task D_t (its head is used)."),
@@ -101,7 +124,7 @@ def ntk(
     examples: int = typer.Option(100, "--examples", help="Training inputs per task."),
     eigenfunctions: int = typer.Option(20, "--eigenfunctions", help="Top eigenfunctions to report."),
     random_init: bool = typer.Option(True, "--random-init/--no-random-init", help="Also compute it for a randomly initialized model."),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """NTK eigenfunction localization on a training task and a control task (the paper's Fig. 6)."""
@@ -124,8 +147,17 @@ def ntk(
         heads = setup.heads([task])
         prepared = {n: setup.prepared(n) for n in (task, control)}
         main = is_main()  # asked inside: after the session every process is alone
-        result = ntk_results(setup.backbone, heads, prepared, task, control, cfg, random_init=random_init, progress=progress and main,
-                             ranks=Ranks.of_process_group())
+        result = ntk_results(
+            setup.backbone,
+            heads,
+            prepared,
+            task,
+            control,
+            cfg,
+            random_init=random_init,
+            progress=progress and main,
+            ranks=Ranks.of_process_group(),
+        )
     if not main:
         return
     write_json(out / "ntk.json", to_data(result))

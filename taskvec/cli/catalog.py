@@ -1,4 +1,5 @@
 """What taskvec knows (`taskvec list`) and the one command that downloads data."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,11 @@ def download(
     from ..tasks.paper import DOWNLOADABLE, download_dataset
 
     if name not in DOWNLOADABLE:
-        raise TaskvecError(f"{name!r} cannot be downloaded automatically; downloadable: {', '.join(DOWNLOADABLE)} (see docs/paper.md for the others)")
+        raise TaskvecError(
+            f"{name!r} cannot be downloaded automatically; downloadable: {', '.join(DOWNLOADABLE)} (see docs/paper.md for the others)"
+        )
     typer.echo(f"downloaded {name} to {download_dataset(name, root)}")
+
 
 @app.command(name="list")
 def list_names() -> None:
@@ -33,8 +37,10 @@ def list_names() -> None:
 
     typer.echo("fine-tuning modes ([train] modes = [...] and [train.<mode>] in configs; --mode and --set):")
     for mode in FINETUNE_MODES:
-        typer.echo(f"  {mode.name:<18} {mode.label}: {mode.description} [{mode.reference}]; default lr {mode.lr:g}"
-                   + ("; a paper mode, trained by default" if mode.paper else ""))
+        typer.echo(
+            f"  {mode.name:<18} {mode.label}: {mode.description} [{mode.reference}]; default lr {mode.lr:g}"
+            + ("; a paper mode, trained by default" if mode.paper else "")
+        )
         for setting in mode.settings:
             typer.echo(f"  {'':<20}{setting.describe()}")
     typer.echo("evaluation methods:")
@@ -55,13 +61,15 @@ def list_names() -> None:
     typer.echo("claims checked in every report:")
     for claim in CLAIMS:
         typer.echo(f"  {claim.name:<18} {claim.label}: {claim.metric}")
-    typer.echo("backbones (backbone = NAME in configs, options in [backbone_options]; head: what [head] kind = \"auto\" gives):")
+    typer.echo('backbones (backbone = NAME in configs, options in [backbone_options]; head: what [head] kind = "auto" gives):')
     for kind in backbone_kinds():
         head = kind.default_head.name if kind.default_head else "by modality"
         about = f"{kind.label} ({kind.description})" if kind.description else kind.label
         paths = "; --base takes its folders and repo ids as they are" if kind.accepts_paths else ""
-        typer.echo(f"  {kind.pattern:<18} {kind.modality or '?':<6} {about}; head {head}; packages {', '.join(kind.packages) or 'none'}; "
-                   f"options {', '.join(kind.option_names()) or 'none'}{paths}")
+        typer.echo(
+            f"  {kind.pattern:<18} {kind.modality or '?':<6} {about}; head {head}; packages {', '.join(kind.packages) or 'none'}; "
+            f"options {', '.join(kind.option_names()) or 'none'}{paths}"
+        )
     typer.echo("tasks:")
     for name in available_tasks():
         task = get_task(name)

@@ -1,10 +1,11 @@
 """What the commands share: the typer app, the options several commands take, and reading
 the config they name."""
+
 from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -21,7 +22,7 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config (default: the
 ForceOpt = typer.Option(False, "--force", help="Overwrite --out if it exists.")
 
 
-def config_from(path: Optional[Path], quick: bool = False, analyses: bool = False, seeds: Optional[int] = None) -> RunConfig:
+def config_from(path: Path | None, quick: bool = False, analyses: bool = False, seeds: int | None = None) -> RunConfig:
     """The config a command names (--config; else the default benchmark) with its flags applied."""
     from ..config import load_config, with_analyses, with_seeds
     from ..config import quick as make_quick
@@ -39,11 +40,16 @@ def _choices(name: str, registry) -> type[enum.Enum]:
 
 ModeChoice = _choices("ModeChoice", FINETUNE_MODES)
 
-BaseOpt = typer.Option(None, "--base", "-b", help="The base model: a backbone name (see `taskvec list`; e.g. hf-clip:DIR, "
-                       "openclip:ViT-B-32/openai), or a transformers CLIP folder or repo id. Default: the --config's backbone.")
+BaseOpt = typer.Option(
+    None,
+    "--base",
+    "-b",
+    help="The base model: a backbone name (see `taskvec list`; e.g. hf-clip:DIR, "
+    "openclip:ViT-B-32/openai), or a transformers CLIP folder or repo id. Default: the --config's backbone.",
+)
 
 
-def base_backbone(base: Optional[str], config: Optional[Path]) -> Backbone:
+def base_backbone(base: str | None, config: Path | None) -> Backbone:
     """The base backbone of `vector` and `export`: --base, else the config's (with its options)."""
     from ..models import build_backbone
 

@@ -1,10 +1,10 @@
 """Commands that make, combine and export task vectors: `finetune`, `add`, `merge`, `negate`,
 `vector` (from checkpoints made elsewhere), `export` and `info`."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -18,10 +18,12 @@ def finetune(
     task: str = typer.Option(..., "--task", "-t", help="Task name (see `taskvec list`)."),
     mode: ModeChoice = typer.Option(NONLINEAR.name, "--mode", "-m", help="Fine-tuning mode (see `taskvec list`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the task vector (.safetensors)."),
-    config: Optional[Path] = ConfigOpt,
-    settings: List[str] = typer.Option([], "--set", "-s", help="A setting of the mode, name=value (repeatable; see `taskvec list`)."),
-    others: List[str] = typer.Option([], "--other", help="Another task whose inputs a penalized mode (tjp) keeps τ away from (repeatable)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Resumable checkpoint file."),
+    config: Path | None = ConfigOpt,
+    settings: list[str] = typer.Option([], "--set", "-s", help="A setting of the mode, name=value (repeatable; see `taskvec list`)."),
+    others: list[str] = typer.Option(
+        [], "--other", help="Another task whose inputs a penalized mode (tjp) keeps τ away from (repeatable)."
+    ),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Resumable checkpoint file."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     force: bool = ForceOpt,
 ) -> None:
@@ -44,7 +46,9 @@ def finetune(
     given = parse_settings(kind.settings, settings, f"--mode {kind.name}")
     if kind.penalty and not others:
         raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' inputs: name them with --other TASK")
-    train_modes = cfg.train if kind.name in cfg.train.modes else dataclasses.replace(cfg.train, modes={kind.name: TrainConfig.for_mode(kind)})
+    train_modes = (
+        cfg.train if kind.name in cfg.train.modes else dataclasses.replace(cfg.train, modes={kind.name: TrainConfig.for_mode(kind)})
+    )
     with session(cfg):  # under torchrun: DistributedDataParallel over the ranks
         main = is_main()
         setup = Setup(cfg)
@@ -52,16 +56,27 @@ def finetune(
         head = setup.head(task)
         loop = train_modes.for_task(kind, task, len(train))
         loop = dataclasses.replace(loop, settings=kind.resolve({**loop.settings, **given}))
-        vector = run_finetune(setup.backbone, head, train.inputs, train.labels, mode=kind, cfg=loop, task=task, checkpoint=checkpoint,
-                              device=device_for(cfg.device), progress=progress and main,
-                              others=[setup.prepared(o).sets["train"].inputs for o in others])
+        vector = run_finetune(
+            setup.backbone,
+            head,
+            train.inputs,
+            train.labels,
+            mode=kind,
+            cfg=loop,
+            task=task,
+            checkpoint=checkpoint,
+            device=device_for(cfg.device),
+            progress=progress and main,
+            others=[setup.prepared(o).sets["train"].inputs for o in others],
+        )
     if main:
         vector.save(out)
         typer.echo(f"wrote {out} ({kind.name} task vector of {task}, norm {vector.norm():.4f})")
 
+
 @app.command()
 def add(
-    vectors: List[Path] = typer.Argument(..., help="Task vectors to add."),
+    vectors: list[Path] = typer.Argument(..., help="Task vectors to add."),
     out: Path = typer.Option(..., "--out", "-o"),
     alpha: float = typer.Option(1.0, "--alpha", "-a", help="Scale of the sum."),
     force: bool = ForceOpt,
@@ -75,11 +90,12 @@ def add(
     total.save(out)
     typer.echo(f"wrote {out}: {alpha} × ({' + '.join(total.tasks)})")
 
+
 @app.command()
 def merge(
-    vectors: List[Path] = typer.Argument(..., help="Task vectors to merge (one base, one mode)."),
+    vectors: list[Path] = typer.Argument(..., help="Task vectors to merge (one base, one mode)."),
     method: str = typer.Option(..., "--method", "-m", help="Merge method (see `taskvec list`)."),
-    settings: List[str] = typer.Option([], "--set", "-s", help="A setting of the method, name=value (repeatable)."),
+    settings: list[str] = typer.Option([], "--set", "-s", help="A setting of the method, name=value (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the merged direction (.safetensors)."),
     alpha: float = typer.Option(1.0, "--alpha", "-a", help="Scale of the merged direction (θ0 + α·d)."),
     force: bool = ForceOpt,
@@ -100,8 +116,11 @@ def merge(
     merged = merged * alpha
     merged.info = {"merge": record}
     merged.save(out)
-    typer.echo(f"wrote {out}: {kind.label} of {' + '.join(merged.tasks)} ({merged.mode.name}), "
-               f"settings {json.dumps(merged.info['merge']['settings'])}, α = {alpha:g}")
+    typer.echo(
+        f"wrote {out}: {kind.label} of {' + '.join(merged.tasks)} ({merged.mode.name}), "
+        f"settings {json.dumps(merged.info['merge']['settings'])}, α = {alpha:g}"
+    )
+
 
 @app.command()
 def negate(vector: Path = typer.Argument(...), out: Path = typer.Option(..., "--out", "-o"), force: bool = ForceOpt) -> None:
@@ -114,14 +133,20 @@ def negate(vector: Path = typer.Argument(...), out: Path = typer.Option(..., "--
     negated.save(out)
     typer.echo(f"wrote {out}: −({' + '.join(negated.tasks)})")
 
+
 @app.command()
 def vector(
-    finetuned: Path = typer.Option(..., "--finetuned", "-f", help="The fine-tuned checkpoint: a transformers folder, a .safetensors "
-                                   "state dict or a torch file of tensors (read with weights_only=True)."),
+    finetuned: Path = typer.Option(
+        ...,
+        "--finetuned",
+        "-f",
+        help="The fine-tuned checkpoint: a transformers folder, a .safetensors "
+        "state dict or a torch file of tensors (read with weights_only=True).",
+    ),
     task: str = typer.Option(..., "--task", "-t", help="The task it was fine-tuned on (recorded in the vector)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the task vector (.safetensors)."),
-    base: Optional[str] = BaseOpt,
-    config: Optional[Path] = ConfigOpt,
+    base: str | None = BaseOpt,
+    config: Path | None = ConfigOpt,
     force: bool = ForceOpt,
 ) -> None:
     """Make a task vector τ = θ_ft − θ0 from a checkpoint fine-tuned elsewhere (linearized
@@ -136,12 +161,13 @@ def vector(
     note = f"; kept at the base's value, absent from the checkpoint: {', '.join(unchanged)}" if unchanged else ""
     typer.echo(f"wrote {out} ({tau.mode.name} task vector of {task}, {len(tau.vector)} tensors, norm {tau.norm():.4f}{note})")
 
+
 @app.command()
 def export(
     vector: Path = typer.Argument(..., help="A task vector (from finetune, vector, add or merge)."),
     out: Path = typer.Option(..., "--out", "-o", help="The folder to write the edited model to."),
-    base: Optional[str] = BaseOpt,
-    config: Optional[Path] = ConfigOpt,
+    base: str | None = BaseOpt,
+    config: Path | None = ConfigOpt,
     alpha: float = typer.Option(1.0, "--alpha", "-a", help="The scaling α of θ0 + α·τ."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ) -> None:
@@ -157,6 +183,7 @@ def export(
     export_model(tau, base_backbone(base, config), out, alpha, force)
     typer.echo(f"wrote {out}: base + {alpha:g} × ({', '.join(tau.tasks)}), with README.md")
 
+
 @app.command()
 def info(vector: Path = typer.Argument(...)) -> None:
     """Print a task vector's metadata."""
@@ -164,5 +191,16 @@ def info(vector: Path = typer.Argument(...)) -> None:
 
     summary = summarize(vector)
     header = summary.header
-    typer.echo(json.dumps({"mode": header.mode.name, "tasks": list(header.tasks), "base": header.base, "info": header.info,
-                           "parameters": summary.parameters, "norm": summary.norm}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "mode": header.mode.name,
+                "tasks": list(header.tasks),
+                "base": header.base,
+                "info": header.info,
+                "parameters": summary.parameters,
+                "norm": summary.norm,
+            },
+            indent=2,
+        )
+    )

@@ -1,4 +1,5 @@
 """`[merge]`: which merge methods a run compares and the grids it searches on validation."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,9 @@ ALPHAS = "alphas"  # the key of a [merge.<method>] table that overrides the meth
 def _check_no_alphas_setting(method: MergeMethod) -> None:
     """`alphas` is the α grid's key in a method's table: no method may name a setting so."""
     if any(s.name == ALPHAS for s in method.settings):
-        raise TaskvecError(f"merge method {method.name!r} declares a setting named {ALPHAS!r}, which [merge.{method.name}] keeps for the α grid")
+        raise TaskvecError(
+            f"merge method {method.name!r} declares a setting named {ALPHAS!r}, which [merge.{method.name}] keeps for the α grid"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """A run's whole config (`RunConfig`), read from TOML, and the variants the CLI derives from it
 (quick, with analyses, over seeds)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,7 +80,9 @@ class RunConfig:
         for mode, sources in self.checkpoints.items():
             FINETUNE_MODES.get(mode)
             if mode not in self.train.modes:
-                raise TaskvecError(f"[checkpoints.{mode}] gives vectors of a mode that train.modes leaves out ({', '.join(self.train.modes)})")
+                raise TaskvecError(
+                    f"[checkpoints.{mode}] gives vectors of a mode that train.modes leaves out ({', '.join(self.train.modes)})"
+                )
             unknown = sorted(set(sources) - set(self.tasks))
             if unknown:
                 raise TaskvecError(f"checkpoints.{mode} names tasks that are not in tasks: {unknown}")
@@ -158,8 +161,13 @@ def with_seeds(cfg: RunConfig, count: int) -> RunConfig:
 def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
     """One seed's run of a multi-seed config: the split, the data order of every mode's
     fine-tune and any sampling (heads, analyses) all follow `seed`."""
-    return dataclasses.replace(cfg, name=f"{cfg.name}-seed{seed}", seeds=None, data=dataclasses.replace(cfg.data, seed=seed),
-                               train=cfg.train.replace_each(lambda t: dataclasses.replace(t, seed=seed)))
+    return dataclasses.replace(
+        cfg,
+        name=f"{cfg.name}-seed{seed}",
+        seeds=None,
+        data=dataclasses.replace(cfg.data, seed=seed),
+        train=cfg.train.replace_each(lambda t: dataclasses.replace(t, seed=seed)),
+    )
 
 
 def with_analyses(cfg: RunConfig) -> RunConfig:
@@ -170,6 +178,7 @@ def with_analyses(cfg: RunConfig) -> RunConfig:
 def quick(cfg: RunConfig) -> RunConfig:
     """A smoke-run version of a config: few steps, little data, a coarse α grid, small analyses
     (about 1.5 minutes for the default benchmark on 2 CPU cores; docs/results.md)."""
+
     def shrink(t: TrainConfig) -> TrainConfig:
         return dataclasses.replace(t, steps=12, warmup_steps=2, batch_size=min(t.batch_size, 16), checkpoint_every=6, grad_accumulation=1)
 
@@ -186,6 +195,7 @@ def quick(cfg: RunConfig) -> RunConfig:
         merge=dataclasses.replace(cfg.merge, grids={m: defaults_only(MERGE_METHODS.get(m)) for m in cfg.merge.methods}),
         eval=dataclasses.replace(cfg.eval, alpha_step=0.25),
         # analyses stay as switched on or off, only smaller: the NTK is the costly one
-        analysis=dataclasses.replace(cfg.analysis, disentanglement_step=1.5, disentanglement_examples=48,
-                                     ntk_examples=24, ntk_eigenfunctions=10),
+        analysis=dataclasses.replace(
+            cfg.analysis, disentanglement_step=1.5, disentanglement_examples=48, ntk_examples=24, ntk_eigenfunctions=10
+        ),
     )

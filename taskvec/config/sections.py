@@ -1,5 +1,6 @@
 """The tables of a run config that stand alone: data splits, heads, the α grid, negation, the
 analyses and `taskvec tune`'s grid. Each field's default is its one definition."""
+
 from __future__ import annotations
 
 import math

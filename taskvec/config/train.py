@@ -6,12 +6,14 @@ leaves `lr` out, from `taskvec finetune` or from the Python API (`TrainConfig.fo
 benchmark that wants other rates says so in its config (the default benchmark's are in
 taskvec/config/default.toml).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from ..errors import TaskvecError
 from ..kinds import FINETUNE_MODES, FinetuneMode
@@ -147,8 +149,10 @@ class TrainModes:
             if not isinstance(table, dict):
                 raise TaskvecError(f"{where}.{name}: expected a table, got {table!r}")
             modes[name] = from_data(TrainConfig, _split_mode_table(mode, table, f"{where}.{name}"), f"{where}.{name}")
-        lengths = {k: check_value(data.get(k, {}), dict[str, float] if k == "epochs" else dict[str, int | float], f"{where}.{k}")
-                   for k in ("epochs", "steps")}
+        lengths = {
+            k: check_value(data.get(k, {}), dict[str, float] if k == "epochs" else dict[str, int | float], f"{where}.{k}")
+            for k in ("epochs", "steps")
+        }
         return cls(modes=modes, **lengths)
 
     def to_table(self) -> dict:
@@ -156,8 +160,12 @@ class TrainModes:
             table = to_data(t)
             return {**{k: v for k, v in table.items() if k != "settings"}, **table["settings"]}
 
-        return {"modes": list(self.modes), **{name: flat(t) for name, t in self.modes.items()},
-                "epochs": dict(self.epochs), "steps": dict(self.steps)}
+        return {
+            "modes": list(self.modes),
+            **{name: flat(t) for name, t in self.modes.items()},
+            "epochs": dict(self.epochs),
+            "steps": dict(self.steps),
+        }
 
     def for_task(self, mode: str | FinetuneMode, task: str, n_train: int) -> TrainConfig:
         """The TrainConfig of `mode` with this task's length resolved from the tables."""

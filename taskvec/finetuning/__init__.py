@@ -3,6 +3,7 @@ low-rank adapters), how it is chosen, and what the fine-tune costs. The loop is 
 
 The names below are imported on first use (PEP 562): taskvec.kinds reads the builders'
 declared settings (taskvec.finetuning.build) without importing torch."""
+
 from __future__ import annotations
 
 import importlib
@@ -10,8 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "CostMeter": "cost",
-    "LowRank": "parts", "SparseWeights": "parts", "Trainable": "parts", "TunedEncoder": "parts", "WeightSubset": "parts",
-    "PRESETS": "subsets", "select_parameters": "subsets",
+    "LowRank": "parts",
+    "SparseWeights": "parts",
+    "Trainable": "parts",
+    "TunedEncoder": "parts",
+    "WeightSubset": "parts",
+    "PRESETS": "subsets",
+    "select_parameters": "subsets",
 }
 __all__ = sorted(_EXPORTS)
 

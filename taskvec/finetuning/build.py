@@ -5,10 +5,12 @@ whether the mode is linearized, and the task's training data (`FitData`, which o
 reads: it scores entries on the task before training). The settings each builder reads are
 declared here, beside it; taskvec.kinds gives them to the modes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskvecError
 from ..registry import Setting
@@ -37,13 +39,23 @@ PARAMS = Setting("params", str, "attention", "which parameters: all, attention, 
 ADAPTED = Setting("params", str, "matrices", "where adapters go: a parameter selection (its matrices)")
 RANK = Setting("rank", int, 8, "adapter rank r", low=1)
 ALPHA = Setting("alpha", float, 16.0, "LoRA alpha; the update is (alpha / r)·B·A", low=1e-12)
-CANDIDATES = Setting("params", str, "non-embedding", "where entries are chosen: a parameter selection (default: all but lookup "
-                     "tables, whose rows for tokens absent from the scored batches score 0)")
+CANDIDATES = Setting(
+    "params",
+    str,
+    "non-embedding",
+    "where entries are chosen: a parameter selection (default: all but lookup "
+    "tables, whose rows for tokens absent from the scored batches score 0)",
+)
 FRACTION = Setting("fraction", float, 0.1, "fraction of the candidate entries trained (the least sensitive)", low=1e-9, high=1.0)
 BATCHES = Setting("batches", int, 8, "mini-batches of the task's training data scored at θ0", low=1)
 # τJp's penalty is a term of the training loss (taskvec.train), not a parameterization:
-PENALTY_WEIGHT = Setting("lam", float, 0.1, "weight λ (tune it: it scales with the features) of "
-                         "Σ_{t'≠t} mean ‖J(x_t'; θ0) τ‖² over the other tasks' inputs", low=0.0)
+PENALTY_WEIGHT = Setting(
+    "lam",
+    float,
+    0.1,
+    "weight λ (tune it: it scales with the features) of Σ_{t'≠t} mean ‖J(x_t'; θ0) τ‖² over the other tasks' inputs",
+    low=0.0,
+)
 PENALTY_BATCH = Setting("penalty_batch", int, 8, "examples of each other task per step for the penalty", low=1)
 
 Builder = Callable[["Backbone", Mapping[str, Any], "FitData", bool], "Trainable"]
@@ -79,8 +91,7 @@ def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, line
     names = [n for n in selected if n in matrices]
     if not names:
         raise TaskvecError(f"parameter selection {settings[ADAPTED.name]!r} holds no matrix or 1×1 convolution for LoRA")
-    return LowRank(_pretrained(backbone), names, rank=settings[RANK.name], alpha=settings[ALPHA.name], seed=fit.seed,
-                   linearized=linearized)
+    return LowRank(_pretrained(backbone), names, rank=settings[RANK.name], alpha=settings[ALPHA.name], seed=fit.seed, linearized=linearized)
 
 
 def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
@@ -94,6 +105,7 @@ def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit:
     params = {n: pretrained[n] for n in select_parameters(backbone, settings[CANDIDATES.name])}
     model = Classifier(backbone, fit.head).to(fit.device)
     model.train()
-    scores = fisher_scores(model, params, fit.inputs, fit.labels, batches=settings[BATCHES.name], batch_size=fit.batch_size,
-                           seed=fit.seed, device=fit.device)
+    scores = fisher_scores(
+        model, params, fit.inputs, fit.labels, batches=settings[BATCHES.name], batch_size=fit.batch_size, seed=fit.seed, device=fit.device
+    )
     return SparseWeights(pretrained, least_sensitive(scores, settings[FRACTION.name]))

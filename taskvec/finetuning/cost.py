@@ -9,6 +9,7 @@ by earlier work back to the kernel, else a fine-tune could reuse it without rais
 (the prefetch thread's batch, the allocator's slack), so compare it between modes of one run,
 not across machines. Where /proc cannot be reset (not Linux) the peak is None.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -52,7 +53,7 @@ class CostMeter:
     _started: float = 0.0
     _step_started: float = 0.0
 
-    def start(self) -> "CostMeter":
+    def start(self) -> CostMeter:
         self._started = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -22,10 +22,12 @@ needs no module surgery (it works on any backbone, open_clip's fused attention p
 included), and its linearized variant needs the change as a tangent, which a wrapped module
 does not expose.
 """
+
 from __future__ import annotations
 
 import math
 import zlib
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -186,8 +188,9 @@ class TunedEncoder(nn.Module):
             return primal + tangent
         # channels-last image inputs on CPU, as the linearized path's `jvp` uses: the two modes'
         # step times then compare like with like (oneDNN's convolutions prefer that layout)
-        return functional_call(self.backbone, self.trainable.weights(), args=(), kwargs=preferred_layout(self.backbone, batch),
-                               strict=False)
+        return functional_call(
+            self.backbone, self.trainable.weights(), args=(), kwargs=preferred_layout(self.backbone, batch), strict=False
+        )
 
     def tangent_features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(f(x; θ0), J_S(x; θ0)(θ_S − θ0_S)) for the changed tensors S."""
@@ -195,8 +198,7 @@ class TunedEncoder(nn.Module):
         # each tangent made as its layer reads it, never all at once (taskvec.linearization.jvp)
         return jvp(self.backbone, primals, LazyTensors(self.trainable.names, self.trainable.tangent_of), batch)
 
-    def train(self, mode: bool = True) -> "TunedEncoder":
+    def train(self, mode: bool = True) -> TunedEncoder:
         super().train(mode)
         self.backbone.train(mode)  # keeps normalization statistics frozen (Backbone.train)
         return self
-

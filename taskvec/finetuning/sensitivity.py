@@ -10,6 +10,7 @@ fraction k of entries with the lowest scores is selected over all candidate para
 exactly 0 and would be chosen first, though training never moves them); equal scores are
 broken by position (parameter order, then entry), so exactly round(k·n) entries are chosen.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,17 @@ from ..models.base import Batch
 from .parts import Tensors
 
 
-def fisher_scores(model: nn.Module, params: dict[str, torch.Tensor], inputs: Batch, labels: torch.Tensor, *, batches: int,
-                  batch_size: int, seed: int, device: torch.device) -> Tensors:
+def fisher_scores(
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    inputs: Batch,
+    labels: torch.Tensor,
+    *,
+    batches: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> Tensors:
     """Σ over `batches` seeded mini-batches of the squared gradient of the loss, per entry.
 
     `model(**batch)` gives logits and must depend on `params` (tensors it uses, gradients on).

@@ -22,6 +22,7 @@ A selection is a comma-separated union of these: `last-blocks:3, _conv_head.*`.
 Selections that match nothing are an error naming the selection and the backbone, never an
 empty fine-tune.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -49,7 +50,9 @@ def select_parameters(module: nn.Module, selection: str) -> list[str]:
         chosen |= _select_one(module, names, item)
     picked = [n for n in names if n in chosen]
     if not picked:
-        raise TaskvecError(f"parameter selection {selection!r} matches no parameter of backbone {getattr(module, 'name', type(module).__name__)!r}")
+        raise TaskvecError(
+            f"parameter selection {selection!r} matches no parameter of backbone {getattr(module, 'name', type(module).__name__)!r}"
+        )
     return picked
 
 
@@ -61,16 +64,26 @@ def _select_one(module: nn.Module, names: list[str], item: str) -> set[str]:
     if item.startswith("last-blocks:"):
         return _last_blocks(module, item)
     if item == "norm-bias":
-        return ({f"{m}.{p}" if m else p for m, sub in module.named_modules() if isinstance(sub, _NORMS)
-                 for p, _ in sub.named_parameters(recurse=False)} | {n for n in names if n.rsplit(".", 1)[-1].endswith("bias")})
+        return {
+            f"{m}.{p}" if m else p
+            for m, sub in module.named_modules()
+            if isinstance(sub, _NORMS)
+            for p, _ in sub.named_parameters(recurse=False)
+        } | {n for n in names if n.rsplit(".", 1)[-1].endswith("bias")}
     if item == "matrices":
         return set(matrix_parameters(module))
     if item == "non-embedding":
-        tables = {f"{m}.{p}" if m else p for m, sub in module.named_modules() if isinstance(sub, nn.Embedding)
-                  for p, _ in sub.named_parameters(recurse=False)}
+        tables = {
+            f"{m}.{p}" if m else p
+            for m, sub in module.named_modules()
+            if isinstance(sub, nn.Embedding)
+            for p, _ in sub.named_parameters(recurse=False)
+        }
         return set(names) - tables
     if not any(ch in item for ch in "*?[") and item not in names:
-        raise TaskvecError(f"unknown parameter selection {item!r}: use one of {', '.join(PRESETS)}, a parameter name, or globs such as '*.attn.*'")
+        raise TaskvecError(
+            f"unknown parameter selection {item!r}: use one of {', '.join(PRESETS)}, a parameter name, or globs such as '*.attn.*'"
+        )
     return {n for n in names if fnmatch.fnmatchcase(n, item)}
 
 

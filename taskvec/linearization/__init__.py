@@ -35,10 +35,10 @@ The package: `dual` (dual numbers and `jvp`, the product every linearized forwar
 `tangent_rules` (the fused tangent rules `jvp` routes layers to) and `backbone`
 (`LinearizedBackbone`, `linearize`, and `func_jvp`, the independent reference).
 """
+
 from __future__ import annotations
 
 from .backbone import LinearizedBackbone, func_jvp, linearize
 from .dual import LazyTensors, Params, forward_ad_safe_attention, jvp, preferred_layout
 
-__all__ = ["LazyTensors", "LinearizedBackbone", "Params", "forward_ad_safe_attention", "func_jvp", "jvp", "linearize",
-           "preferred_layout"]
+__all__ = ["LazyTensors", "LinearizedBackbone", "Params", "forward_ad_safe_attention", "func_jvp", "jvp", "linearize", "preferred_layout"]

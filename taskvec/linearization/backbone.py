@@ -2,6 +2,7 @@
 f(x; θ0) + J(x; θ0)(θ − θ0), so that it fine-tunes, saves and evaluates like any backbone;
 `func_jvp` computes the same product with `torch.func`, as an independent reference.
 """
+
 from __future__ import annotations
 
 import copy
@@ -70,7 +71,7 @@ class LinearizedBackbone(Backbone):
     def identity(self) -> dict[str, str]:
         return self.model.identity()
 
-    def train(self, mode: bool = True) -> "LinearizedBackbone":
+    def train(self, mode: bool = True) -> LinearizedBackbone:
         super().train(mode)
         self.model.train(mode)
         return self

@@ -4,11 +4,13 @@ linearized forward (training, evaluation, the NTK) goes through here; the packag
 says what makes it fast. Named `dual`, not `jvp`, so that no submodule shares a name with a
 function the package exports.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -120,7 +122,12 @@ def preferred_layout(module: torch.nn.Module, batch: Batch) -> Batch:
         return batch
     out = dict(batch)
     for key, value in batch.items():
-        if (isinstance(value, torch.Tensor) and value.ndim == 4 and value.is_floating_point()
-                and value.device.type == "cpu" and not value.is_contiguous(memory_format=torch.channels_last)):
+        if (
+            isinstance(value, torch.Tensor)
+            and value.ndim == 4
+            and value.is_floating_point()
+            and value.device.type == "cpu"
+            and not value.is_contiguous(memory_format=torch.channels_last)
+        ):
             out[key] = value.contiguous(memory_format=torch.channels_last)
     return out

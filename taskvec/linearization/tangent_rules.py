@@ -6,6 +6,7 @@ formulas differentiated operation by operation. Same values up to floating-point
 `jvp` (dual.py) installs them with `_TangentRules`. A rule returns None to decline, and the
 layer then goes through PyTorch's own formulas.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,8 +91,7 @@ class _BatchNormTangent(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, mean, var, w = ctx.saved_tensors
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad, x, w, mean, var, None, None, False, ctx.eps, ctx.mask)
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(grad, x, w, mean, var, None, None, False, ctx.eps, ctx.mask)
         return gx, gw, gb, None, None, None, None, None
 
 
@@ -107,8 +107,15 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     (x, x_t), (w, w_t), (b, b_t) = _split(input), _split(weight), _split(bias)
     (mean, mean_t), (var, var_t) = _split(running_mean), _split(running_var)
-    if (training or mean is None or var is None or mean_t is not None or var_t is not None
-            or (x_t is None and w_t is None and b_t is None) or x.dtype not in _EXACT_DTYPES):
+    if (
+        training
+        or mean is None
+        or var is None
+        or mean_t is not None
+        or var_t is not None
+        or (x_t is None and w_t is None and b_t is None)
+        or x.dtype not in _EXACT_DTYPES
+    ):
         return None
     y = F.batch_norm(x, mean, var, w, b, False, momentum, eps)
     return fwAD.make_dual(y, _BatchNormTangent.apply(x_t, w_t, b_t, x, mean, var, w, eps))
@@ -163,9 +170,16 @@ class _AttentionTangent(torch.autograd.Function):
 def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     (q, q_t), (k, k_t), (v, v_t) = _split(query), _split(key), _split(value)
     mask, mask_t = _split(attn_mask)
-    if ((q_t is None and k_t is None and v_t is None) or mask_t is not None or dropout_p > 0.0 or enable_gqa
-            or q.dtype not in _EXACT_DTYPES or q.shape[-3:-2] != k.shape[-3:-2] or k.shape[-2] != v.shape[-2]
-            or any(t.requires_grad for t in (q, k, v))):
+    if (
+        (q_t is None and k_t is None and v_t is None)
+        or mask_t is not None
+        or dropout_p > 0.0
+        or enable_gqa
+        or q.dtype not in _EXACT_DTYPES
+        or q.shape[-3:-2] != k.shape[-3:-2]
+        or k.shape[-2] != v.shape[-2]
+        or any(t.requires_grad for t in (q, k, v))
+    ):
         return None  # anything else goes through PyTorch's own formulas
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     # heads arrive as transposed views; batched matmuls would copy them at every use (forward and backward)
@@ -228,8 +242,13 @@ class _TangentRules(TorchFunctionMode):
     """Route dual F.layer_norm, inference-mode F.batch_norm, F.scaled_dot_product_attention,
     F.linear and F.gelu to the fused rules above (each returns None to decline: PyTorch's formulas then)."""
 
-    _RULES = {F.layer_norm: _layer_norm, F.batch_norm: _batch_norm, F.scaled_dot_product_attention: _attention,
-              F.linear: _linear, F.gelu: _gelu}
+    _RULES = {
+        F.layer_norm: _layer_norm,
+        F.batch_norm: _batch_norm,
+        F.scaled_dot_product_attention: _attention,
+        F.linear: _linear,
+        F.gelu: _gelu,
+    }
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

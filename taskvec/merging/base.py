@@ -14,15 +14,17 @@ working memory is bounded by the largest tensor × the number of tasks. A method
 global statistic (TIES's top-k threshold over a whole vector) computes it in exact streaming
 passes (`tensors.kth_largest_magnitude`), never by concatenating whole vectors.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from ..errors import TaskvecError
+from ..lazy import lazy_import
 from ..registry import Kind, Registry, Setting, resolve_settings, settings_grid
 from ..task_vector import TaskVector
-from ..lazy import lazy_import
 
 torch = lazy_import("torch")
 
@@ -37,7 +39,7 @@ class MergeInputs:
     names: tuple[str, ...]
 
     @classmethod
-    def of(cls, vectors: Sequence[TaskVector]) -> "MergeInputs":
+    def of(cls, vectors: Sequence[TaskVector]) -> MergeInputs:
         return cls(tuple(v.vector for v in vectors), tuple(vectors[0].vector))
 
     def __len__(self) -> int:
@@ -100,17 +102,31 @@ class MergeMethod(Kind):
 MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
 
 
-def merge_method(*, name: str, label: str, color: str, reference: str, settings: Sequence[Setting] = (),
-                 alphas: Sequence[float] = (), description: str = "") -> Callable[[Procedure], MergeMethod]:
+def merge_method(
+    *,
+    name: str,
+    label: str,
+    color: str,
+    reference: str,
+    settings: Sequence[Setting] = (),
+    alphas: Sequence[float] = (),
+    description: str = "",
+) -> Callable[[Procedure], MergeMethod]:
     """Register the decorated procedure as a merge method; its docstring's first line is the
     description unless one is given. The decorated name becomes the (callable) MergeMethod."""
 
     def register(procedure: Procedure) -> MergeMethod:
         doc = (procedure.__doc__ or "").strip().splitlines()
         method = MergeMethod(
-            name=name, label=label, color=color, description=description or (doc[0] if doc else ""),
-            reference=reference, settings=tuple(settings), alphas=tuple(float(a) for a in alphas),
-            procedure=procedure)
+            name=name,
+            label=label,
+            color=color,
+            description=description or (doc[0] if doc else ""),
+            reference=reference,
+            settings=tuple(settings),
+            alphas=tuple(float(a) for a in alphas),
+            procedure=procedure,
+        )
         return MERGE_METHODS.register(method)
 
     return register

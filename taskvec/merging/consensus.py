@@ -1,4 +1,5 @@
 """Consensus merging with TALL masks: keep only the weights that several tasks need."""
+
 from __future__ import annotations
 
 from ..registry import Setting
@@ -6,11 +7,21 @@ from .base import MergeInputs, Tensors, merge_method
 
 
 @merge_method(
-    name="consensus", label="Consensus TA", color="#637939", reference="https://arxiv.org/abs/2405.07813",
-    settings=(Setting("k", int, 2, "keep a weight if at least k tasks' TALL masks select it "
-                      "(2 removes selfish and catastrophic weights, 0 gives TA)", low=0),
-              Setting("lam", float, 0.4, "λ of the TALL masks m_t = 1{|τ_t| ≥ λ |τ_MTL − τ_t|}",
-                      low=0.0, grid=(0.2, 0.4, 0.6))))
+    name="consensus",
+    label="Consensus TA",
+    color="#637939",
+    reference="https://arxiv.org/abs/2405.07813",
+    settings=(
+        Setting(
+            "k",
+            int,
+            2,
+            "keep a weight if at least k tasks' TALL masks select it (2 removes selfish and catastrophic weights, 0 gives TA)",
+            low=0,
+        ),
+        Setting("lam", float, 0.4, "λ of the TALL masks m_t = 1{|τ_t| ≥ λ |τ_MTL − τ_t|}", low=0.0, grid=(0.2, 0.4, 0.6)),
+    ),
+)
 def consensus(inputs: MergeInputs, k: int, lam: float) -> Tensors:
     """Consensus Task Arithmetic (Wang et al., ICML 2024): TA without weights few tasks need.
 

@@ -1,7 +1,8 @@
 """LiNeS: scale the merged vector by a coefficient that grows linearly with layer depth."""
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..registry import Setting
 from .base import MergeInputs, Tensors, merge_method
@@ -17,17 +18,33 @@ def layer_scales(names: Iterable[str], shallow: float, beta: float) -> dict[str,
     """
     depths = {name: depth_index(name) for name in names}
     blocks = 1 + max((d for d in depths.values() if d is not None), default=0)
-    return {name: shallow + (beta * d / (blocks - 1) if d is not None and blocks > 1 else 0.0)
-            for name, d in depths.items()}
+    return {name: shallow + (beta * d / (blocks - 1) if d is not None and blocks > 1 else 0.0) for name, d in depths.items()}
 
 
 @merge_method(
-    name="lines", label="LiNeS + TA", color="#843c39", reference="https://arxiv.org/abs/2410.17146",
-    settings=(Setting("beta", float, 0.5, "increase of the coefficient from the first to the last block",
-                      low=0.0, grid=tuple(round(0.1 * i, 1) for i in range(1, 11))),
-              Setting("alpha_scale", float, 1.0, "coefficient of the shallowest layers, in units of 1/T "
-                      "(1: the paper's multi-task choice, α_lines = 1/T for TA)", low=0.0)),
-    alphas=(1.0,))
+    name="lines",
+    label="LiNeS + TA",
+    color="#843c39",
+    reference="https://arxiv.org/abs/2410.17146",
+    settings=(
+        Setting(
+            "beta",
+            float,
+            0.5,
+            "increase of the coefficient from the first to the last block",
+            low=0.0,
+            grid=tuple(round(0.1 * i, 1) for i in range(1, 11)),
+        ),
+        Setting(
+            "alpha_scale",
+            float,
+            1.0,
+            "coefficient of the shallowest layers, in units of 1/T (1: the paper's multi-task choice, α_lines = 1/T for TA)",
+            low=0.0,
+        ),
+    ),
+    alphas=(1.0,),
+)
 def lines(inputs: MergeInputs, beta: float, alpha_scale: float) -> Tensors:
     """LiNeS, Layer-increasing Network Scaling (Wang et al., ICLR 2025), on task arithmetic.
 

@@ -9,16 +9,18 @@ or, TIES-style, by electing a sign per entry and taking the mean of the entries 
 | DARE        | random drop with rate p, rescale by 1/(1−p)   | sum or elect + mean |
 | Breadcrumbs | per tensor, mask the smallest and the largest | sum                 |
 """
+
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from ..errors import TaskvecError
+from ..lazy import lazy_import
 from ..registry import Setting
 from .base import MergeInputs, Tensors, merge_method
 from .tensors import fraction_count, kth_largest_magnitude, magnitudes
-from ..lazy import lazy_import
 
 torch = lazy_import("torch")
 
@@ -42,8 +44,7 @@ def elect_and_mean(deltas: torch.Tensor) -> torch.Tensor:
     return total / agree.sum(0).clamp(min=1)
 
 
-def generalized_task_arithmetic(inputs: MergeInputs, sparsify: Sparsifier | None = None,
-                                combine: Combine = "sum") -> Tensors:
+def generalized_task_arithmetic(inputs: MergeInputs, sparsify: Sparsifier | None = None, combine: Combine = "sum") -> Tensors:
     """Parameter by parameter: sparsify each task's tensor, then sum or elect + disjoint mean."""
     merged = {}
     for name in inputs.names:
@@ -55,6 +56,7 @@ def generalized_task_arithmetic(inputs: MergeInputs, sparsify: Sparsifier | None
 
 
 # ----- sparsifiers ----------------------------------------------------------------------------------
+
 
 def global_top_k(inputs: MergeInputs, k: float) -> Sparsifier:
     """Keep, in each task's whole vector, the entries whose magnitude is among its top fraction k
@@ -75,29 +77,33 @@ def dare_seed(seed: int, task: int, name: str) -> int:
 
 def random_drop(p: float, seed: int) -> Sparsifier:
     """DARE: drop each entry with probability p, rescale the kept ones by 1/(1−p)."""
+
     def sparsify(task: int, name: str, delta: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(dare_seed(seed, task, name))
         keep = torch.rand(delta.shape, generator=generator) >= p
         return delta * keep.to(delta.device) / (1.0 - p)
+
     return sparsify
 
 
 def middle_band(bottom: float, top: float) -> Sparsifier:
     """Breadcrumbs: in each tensor, mask the `bottom` fraction of smallest magnitudes and the `top`
     fraction of largest ones, ranking over the whole tensor (stable order for ties)."""
+
     def sparsify(task: int, name: str, delta: torch.Tensor) -> torch.Tensor:
         flat = magnitudes(delta).flatten()
         n = flat.numel()
         keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[torch.argsort(flat, stable=True)[fraction_count(bottom, n):n - fraction_count(top, n)]] = True
+        keep[torch.argsort(flat, stable=True)[fraction_count(bottom, n) : n - fraction_count(top, n)]] = True
         return delta * keep.view(delta.shape)
+
     return sparsify
 
 
 # ----- the registered methods -------------------------------------------------------------------------
 
-@merge_method(name="task_arithmetic", label="Task Arithmetic", color="#393b79",
-              reference="https://arxiv.org/abs/2212.04089")
+
+@merge_method(name="task_arithmetic", label="Task Arithmetic", color="#393b79", reference="https://arxiv.org/abs/2212.04089")
 def task_arithmetic(inputs: MergeInputs) -> Tensors:
     """Σ_t τ_t: plain task addition (Ilharco et al., ICLR 2023), the baseline all others modify.
 
@@ -107,10 +113,15 @@ def task_arithmetic(inputs: MergeInputs) -> Tensors:
 
 
 @merge_method(
-    name="ties", label="TIES", color="#d62728", reference="https://arxiv.org/abs/2306.01708",
-    settings=(Setting("k", float, 0.2, "fraction of each task vector's largest magnitudes kept (trim)",
-                      low=0.0, high=1.0, grid=(0.1, 0.2, 0.3)),),
-    alphas=tuple(round(0.8 + 0.1 * i, 1) for i in range(18)))
+    name="ties",
+    label="TIES",
+    color="#d62728",
+    reference="https://arxiv.org/abs/2306.01708",
+    settings=(
+        Setting("k", float, 0.2, "fraction of each task vector's largest magnitudes kept (trim)", low=0.0, high=1.0, grid=(0.1, 0.2, 0.3)),
+    ),
+    alphas=tuple(round(0.8 + 0.1 * i, 1) for i in range(18)),
+)
 def ties(inputs: MergeInputs, k: float) -> Tensors:
     """TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., NeurIPS 2023).
 
@@ -127,13 +138,23 @@ def ties(inputs: MergeInputs, k: float) -> Tensors:
 
 
 @merge_method(
-    name="dare", label="DARE", color="#9467bd", reference="https://arxiv.org/abs/2311.03099",
-    settings=(Setting("p", float, 0.9, "drop rate: probability of zeroing each entry", low=0.0, high=0.99,
-                      grid=(0.1, 0.5, 0.9)),
-              Setting("combine", str, "sum", "after dropping: sum (DARE + TA) or ties (sign election and "
-                      "disjoint mean, as mergekit's dare_ties)", choices=("sum", "ties")),
-              Setting("seed", int, 0, "seed of the drop masks", low=0)),
-    alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0))
+    name="dare",
+    label="DARE",
+    color="#9467bd",
+    reference="https://arxiv.org/abs/2311.03099",
+    settings=(
+        Setting("p", float, 0.9, "drop rate: probability of zeroing each entry", low=0.0, high=0.99, grid=(0.1, 0.5, 0.9)),
+        Setting(
+            "combine",
+            str,
+            "sum",
+            "after dropping: sum (DARE + TA) or ties (sign election and disjoint mean, as mergekit's dare_ties)",
+            choices=("sum", "ties"),
+        ),
+        Setting("seed", int, 0, "seed of the drop masks", low=0),
+    ),
+    alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
+)
 def dare(inputs: MergeInputs, p: float, combine: Combine, seed: int) -> Tensors:
     """DARE, Drop And REscale (Yu et al., ICML 2024): random sparsification, then TA or TIES.
 
@@ -150,11 +171,15 @@ def dare(inputs: MergeInputs, p: float, combine: Combine, seed: int) -> Tensors:
 
 
 @merge_method(
-    name="breadcrumbs", label="Model Breadcrumbs", color="#8c564b", reference="https://arxiv.org/abs/2312.06795",
-    settings=(Setting("bottom", float, 0.85, "fraction of each tensor's smallest magnitudes masked",
-                      low=0.0, high=1.0, grid=(0.8, 0.85, 0.9)),
-              Setting("top", float, 0.01, "fraction of each tensor's largest magnitudes (outliers) masked",
-                      low=0.0, high=1.0)))
+    name="breadcrumbs",
+    label="Model Breadcrumbs",
+    color="#8c564b",
+    reference="https://arxiv.org/abs/2312.06795",
+    settings=(
+        Setting("bottom", float, 0.85, "fraction of each tensor's smallest magnitudes masked", low=0.0, high=1.0, grid=(0.8, 0.85, 0.9)),
+        Setting("top", float, 0.01, "fraction of each tensor's largest magnitudes (outliers) masked", low=0.0, high=1.0),
+    ),
+)
 def breadcrumbs(inputs: MergeInputs, bottom: float, top: float) -> Tensors:
     """Model Breadcrumbs (Davari & Belilovsky, ECCV 2024): per-layer masks of small and large values.
 

@@ -5,15 +5,16 @@ reshaped to (out, in·kh·kw)) is merged from the tasks' matrices; every other p
 norms, embeddings of fewer than two dimensions) is the *mean* of the tasks' values, as in the
 official TSV-M and Iso codes.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import TaskvecError
+from ..lazy import lazy_import
 from ..registry import Setting
 from .base import MergeInputs, Tensors, merge_method
 from .tensors import fraction_count, low_rank, matrix_view, orthogonal_factor, svd
-from ..lazy import lazy_import
 
 torch = lazy_import("torch")
 
@@ -55,10 +56,21 @@ def decorrelated(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], f
 
 
 @merge_method(
-    name="tsv_m", label="TSV-M", color="#e377c2", reference="https://arxiv.org/abs/2412.00081",
-    settings=(Setting("share", float, 1.0, "singular directions kept per task, as a fraction of the rank "
-                      "times T (1: rank/T each, the paper's choice)", low=0.0),),
-    alphas=SPECTRAL_ALPHAS)
+    name="tsv_m",
+    label="TSV-M",
+    color="#e377c2",
+    reference="https://arxiv.org/abs/2412.00081",
+    settings=(
+        Setting(
+            "share",
+            float,
+            1.0,
+            "singular directions kept per task, as a fraction of the rank times T (1: rank/T each, the paper's choice)",
+            low=0.0,
+        ),
+    ),
+    alphas=SPECTRAL_ALPHAS,
+)
 def tsv_m(inputs: MergeInputs, share: float) -> Tensors:
     """Task Singular Vectors: Merge (Gargiulo et al., CVPR 2025).
 
@@ -78,8 +90,7 @@ def tsv_m(inputs: MergeInputs, share: float) -> Tensors:
     return merge_layerwise(inputs, merge_matrices)
 
 
-@merge_method(name="iso_c", label="Iso-C", color="#bcbd22", reference="https://arxiv.org/abs/2502.04959",
-              alphas=SPECTRAL_ALPHAS)
+@merge_method(name="iso_c", label="Iso-C", color="#bcbd22", reference="https://arxiv.org/abs/2502.04959", alphas=SPECTRAL_ALPHAS)
 def iso_c(inputs: MergeInputs) -> Tensors:
     """Isotropic merging in the common subspace (Marczak et al., ICML 2025).
 
@@ -87,6 +98,7 @@ def iso_c(inputs: MergeInputs) -> Tensors:
     mean: a flat spectrum stops a few dominant directions from drowning the tasks that live in the
     others. Non-matrix parameters: mean over tasks, as the official code.
     """
+
     def merge_matrices(matrices: torch.Tensor) -> torch.Tensor:
         u, s, vh = svd(matrices.sum(0))
         return low_rank(u, torch.full_like(s, float(s.mean())), vh)
@@ -95,10 +107,22 @@ def iso_c(inputs: MergeInputs) -> Tensors:
 
 
 @merge_method(
-    name="iso_cts", label="Iso-CTS", color="#17becf", reference="https://arxiv.org/abs/2502.04959",
-    settings=(Setting("common", float, 0.8, "fraction of the rank given to the common subspace (top "
-                      "directions of the TA sum); the rest is shared equally by the tasks", low=0.0, high=1.0),),
-    alphas=SPECTRAL_ALPHAS)
+    name="iso_cts",
+    label="Iso-CTS",
+    color="#17becf",
+    reference="https://arxiv.org/abs/2502.04959",
+    settings=(
+        Setting(
+            "common",
+            float,
+            0.8,
+            "fraction of the rank given to the common subspace (top directions of the TA sum); the rest is shared equally by the tasks",
+            low=0.0,
+            high=1.0,
+        ),
+    ),
+    alphas=SPECTRAL_ALPHAS,
+)
 def iso_cts(inputs: MergeInputs, common: float) -> Tensors:
     """Isotropic merging in common and task-specific subspaces (Marczak et al., ICML 2025).
 
@@ -109,6 +133,7 @@ def iso_cts(inputs: MergeInputs, common: float) -> Tensors:
     rounded so that the task-specific part divides equally among the T tasks (a layer whose rank
     is below T gets only the common subspace, i.e. Iso-C). Non-matrix parameters: mean over tasks.
     """
+
     def merge_matrices(matrices: torch.Tensor) -> torch.Tensor:
         tasks, rank = len(matrices), min(matrices.shape[1:])
         per_task = min(round((rank - fraction_count(common, rank)) / tasks), rank // tasks)

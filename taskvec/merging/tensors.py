@@ -1,9 +1,10 @@
 """Helpers shared by the merge methods: counts, an exact streaming top-k threshold, the matrix view
 of a parameter, SVD pieces, and the depth of a parameter for layer-wise scaling."""
+
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from ..errors import TaskvecError
 from ..lazy import lazy_import
@@ -17,6 +18,7 @@ def fraction_count(fraction: float, total: int) -> int:
 
 
 # ----- exact k-th largest magnitude over many tensors, streaming ------------------------------------
+
 
 def _magnitude_bits(tensor: torch.Tensor) -> torch.Tensor:
     """|x| as float32 bit patterns (int32): for non-negative floats, integer order = value order."""
@@ -58,6 +60,7 @@ def kth_largest_magnitude(tensors: Callable[[], Iterable[torch.Tensor]], k: int)
 
 # ----- matrices ---------------------------------------------------------------------------------------
 
+
 def matrix_view(tensor: torch.Tensor) -> torch.Tensor | None:
     """The parameter as a matrix for SVD-based methods, or None if it is not one.
 
@@ -95,13 +98,16 @@ def low_rank(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> torch.Tensor
 
 # ----- depth, for layer-wise scaling ------------------------------------------------------------------
 
-DEPTH_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
-    r"(?:^|\.)_blocks\.(\d+)\.",                # EfficientNet (lukemelas naming)
-    r"(?:^|\.)encoder\.layer\.(\d+)\.",         # BERT / MiniLM (Hugging Face)
-    r"(?:^|\.)transformer\.resblocks\.(\d+)\.",  # open_clip ViT
-    r"(?:^|\.)layers\.(\d+)\.",                 # generic
-    r"(?:^|\.)blocks\.(\d+)\.",                 # generic (timm ViT)
-))
+DEPTH_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p)
+    for p in (
+        r"(?:^|\.)_blocks\.(\d+)\.",  # EfficientNet (lukemelas naming)
+        r"(?:^|\.)encoder\.layer\.(\d+)\.",  # BERT / MiniLM (Hugging Face)
+        r"(?:^|\.)transformer\.resblocks\.(\d+)\.",  # open_clip ViT
+        r"(?:^|\.)layers\.(\d+)\.",  # generic
+        r"(?:^|\.)blocks\.(\d+)\.",  # generic (timm ViT)
+    )
+)
 
 
 def depth_index(name: str) -> int | None:

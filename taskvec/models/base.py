@@ -1,8 +1,10 @@
 """The encoder interface every backbone implements."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -20,7 +22,7 @@ class Shared:
         self.model = model
         self.tokenizer: Any = None
 
-    def __deepcopy__(self, memo: dict) -> "Shared":
+    def __deepcopy__(self, memo: dict) -> Shared:
         return self
 
 
@@ -56,11 +58,14 @@ class Backbone(nn.Module):
         (transformers, open_clip) write that."""
         from safetensors.torch import save_file
 
-        save_file({n: v.detach().to("cpu").contiguous() for n, v in self.state_dict().items()}, str(folder / "model.safetensors"),
-                  metadata={"format": "pt", "backbone": self.name})
+        save_file(
+            {n: v.detach().to("cpu").contiguous() for n, v in self.state_dict().items()},
+            str(folder / "model.safetensors"),
+            metadata={"format": "pt", "backbone": self.name},
+        )
         (folder / "README.md").write_text(card)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         """Fine-tuning never updates normalization statistics: f and f_lin must agree at θ0."""
         super().train(mode)
         for module in self.modules():

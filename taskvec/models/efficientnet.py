@@ -9,13 +9,14 @@ Lite differs from EfficientNet-B0: ReLU6 instead of swish, no squeeze-excite, st
 head (1280) widths fixed. The TF weights expect inputs in [-1, 1], i.e. (x - 127.5) / 127.5,
 and TF "SAME" padding, which is asymmetric for strided convolutions.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -65,10 +66,8 @@ class SameConv2d(nn.Conv2d):
     padding would shift every feature map by a pixel relative to what the weights learned.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
-                 groups: int = 1) -> None:
-        super().__init__(in_channels, out_channels, kernel, stride=stride, groups=groups,
-                         bias=False)
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
@@ -85,8 +84,7 @@ class MBConvBlock(nn.Module):
     here wants f(x; θ) deterministic so that it and its linearization are comparable.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
-                 expand_ratio: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         self.expands = expand_ratio != 1
@@ -129,7 +127,7 @@ class ImageNetHead:
     bias: torch.Tensor  # (1000,)
 
     @classmethod
-    def random(cls) -> "ImageNetHead":
+    def random(cls) -> ImageNetHead:
         """nn.Linear's ordinary init, drawn from the caller's torch seed."""
         linear = nn.Linear(HEAD_CHANNELS, NUM_CLASSES)
         return cls(linear.weight.detach(), linear.bias.detach())
@@ -196,8 +194,9 @@ class EfficientNetLite0(Backbone):
         _check_matches(path, self.state_dict(), encoder_state)
         head = ImageNetHead(state["_fc.weight"], state["_fc.bias"])
         if head.weight.shape != (NUM_CLASSES, HEAD_CHANNELS) or head.bias.shape != (NUM_CLASSES,):
-            raise TaskvecError(f"checkpoint {path} has a classifier of shape "
-                               f"{tuple(head.weight.shape)}, expected ({NUM_CLASSES}, {HEAD_CHANNELS})")
+            raise TaskvecError(
+                f"checkpoint {path} has a classifier of shape {tuple(head.weight.shape)}, expected ({NUM_CLASSES}, {HEAD_CHANNELS})"
+            )
         self.load_state_dict(encoder_state, strict=True)
         self.imagenet_head = head
         self.init = Init.PRETRAINED.value
@@ -217,8 +216,8 @@ class EfficientNetLite0(Backbone):
         size = self.image_size
         pixels = torch.empty((len(images), 3, size, size), dtype=torch.float32)
         for start in range(0, len(images), PREPARE_CHUNK):
-            chunk = images[start:start + PREPARE_CHUNK]
-            pixels[start:start + len(chunk)] = _to_pixels(chunk, size)
+            chunk = images[start : start + PREPARE_CHUNK]
+            pixels[start : start + len(chunk)] = _to_pixels(chunk, size)
         return {"pixels": pixels}
 
     # --- forward -------------------------------------------------------------------------
@@ -252,22 +251,21 @@ def _read_checkpoint(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # damaged files raise RuntimeError, UnpicklingError, EOFError...
         raise TaskvecError(f"checkpoint {path} cannot be read ({type(error).__name__})") from error
-    if not isinstance(state, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise TaskvecError(f"checkpoint {path} is not a state dict of tensors")
     return dict(state)
 
 
-def _check_matches(path: Path, expected: Mapping[str, torch.Tensor],
-                   found: Mapping[str, torch.Tensor]) -> None:
+def _check_matches(path: Path, expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> None:
     """Strict key and shape match, reported in one line (load_state_dict's message is long)."""
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
-    reshaped = sorted(k for k in expected.keys() & found.keys()
-                      if expected[k].shape != found[k].shape)
-    problems = [f"{label} {keys[:3]}{'...' if len(keys) > 3 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                    ("wrong shape", reshaped)) if keys]
+    reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k].shape != found[k].shape)
+    problems = [
+        f"{label} {keys[:3]}{'...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped))
+        if keys
+    ]
     if problems:
         raise TaskvecError(f"checkpoint {path} does not fit EfficientNet-Lite0: {'; '.join(problems)}")
 
@@ -284,8 +282,7 @@ def _as_nhwc(inputs: np.ndarray) -> np.ndarray:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape[1:3]:
         raise TaskvecError(f"images must be N×H×W (grayscale) or N×H×W×3, got shape {np.shape(inputs)}")
-    if images.dtype != np.uint8 and images.size and not (
-            np.isfinite(images).all() and images.min() >= 0 and images.max() <= 255):
+    if images.dtype != np.uint8 and images.size and not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 255):
         raise TaskvecError("float images must hold finite values in [0, 255]")
     return images
 
@@ -294,8 +291,7 @@ def _to_pixels(images: np.ndarray, size: int) -> torch.Tensor:
     """N×H×W×C numbers in [0, 255] -> N×3×size×size in [-1, 1], the range the TF weights expect."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).permute(0, 3, 1, 2)
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x.contiguous(), size=(size, size), mode="bilinear",
-                          antialias=True, align_corners=False)
+        x = F.interpolate(x.contiguous(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     x = x.expand(-1, 3, -1, -1)  # grayscale is resized once, then shared by all three channels
     return ((x - 127.5) / 127.5).clamp(-1.0, 1.0)
 

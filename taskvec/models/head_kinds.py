@@ -7,11 +7,13 @@ setup of a run, the Python API, the CLI and the dry run all ask this registry; t
 (taskvec.models.heads) are imported when a head is first built, so naming and validating a
 kind imports no torch.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import TaskvecError
 from ..registry import Kind, Registry
@@ -43,19 +45,48 @@ class HeadKind(Kind):
 
 HEAD_KINDS: Registry[HeadKind] = Registry("head kind")
 
-PROTOTYPE = HEAD_KINDS.register(HeadKind(
-    name="prototype", label="class prototypes", color="#1f77b4", reads="training data",
-    description="normalized mean of θ0's normalized training features per class", builder="taskvec.models.heads:from_prototypes"))
-PROBE = HEAD_KINDS.register(HeadKind(
-    name="probe", label="linear probe", color="#ff7f0e", reads="training data",
-    description="logistic regression on θ0's normalized training features", builder="taskvec.models.heads:from_probe"))
-TEXT = HEAD_KINDS.register(HeadKind(
-    name="text", label="class descriptions", color="#2ca02c", reads="class names", text=True,
-    description="the text encoder's embedding of one description per class", builder="taskvec.models.heads:from_descriptions"))
-ZEROSHOT = HEAD_KINDS.register(HeadKind(
-    name="zeroshot", label="zero-shot", color="#d62728", reads="class names", text=True,
-    description="CLIP's zero-shot head: class names under the task's prompt templates, through the text tower",
-    builder="taskvec.models.zeroshot:from_templates"))
+PROTOTYPE = HEAD_KINDS.register(
+    HeadKind(
+        name="prototype",
+        label="class prototypes",
+        color="#1f77b4",
+        reads="training data",
+        description="normalized mean of θ0's normalized training features per class",
+        builder="taskvec.models.heads:from_prototypes",
+    )
+)
+PROBE = HEAD_KINDS.register(
+    HeadKind(
+        name="probe",
+        label="linear probe",
+        color="#ff7f0e",
+        reads="training data",
+        description="logistic regression on θ0's normalized training features",
+        builder="taskvec.models.heads:from_probe",
+    )
+)
+TEXT = HEAD_KINDS.register(
+    HeadKind(
+        name="text",
+        label="class descriptions",
+        color="#2ca02c",
+        reads="class names",
+        text=True,
+        description="the text encoder's embedding of one description per class",
+        builder="taskvec.models.heads:from_descriptions",
+    )
+)
+ZEROSHOT = HEAD_KINDS.register(
+    HeadKind(
+        name="zeroshot",
+        label="zero-shot",
+        color="#d62728",
+        reads="class names",
+        text=True,
+        description="CLIP's zero-shot head: class names under the task's prompt templates, through the text tower",
+        builder="taskvec.models.zeroshot:from_templates",
+    )
+)
 
 
 def head_choices() -> list[str]:

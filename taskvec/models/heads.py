@@ -9,10 +9,12 @@ sweep choose α = 0 (interference dominated), while prototype heads let addition
 10 points. A probe fits the frozen features so well that fine-tuning has little to add and
 much to break. `probe_head` stays available for comparison (`head = "probe"` in a config).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +58,9 @@ def prototype_head(features: torch.Tensor, labels: np.ndarray | torch.Tensor, nu
     return ClassificationHead(F.normalize(torch.stack(rows), dim=-1), scale)
 
 
-def probe_head(features: torch.Tensor, labels: np.ndarray | torch.Tensor, num_classes: int, scale: float = 1.0, seed: int = 0) -> ClassificationHead:
+def probe_head(
+    features: torch.Tensor, labels: np.ndarray | torch.Tensor, num_classes: int, scale: float = 1.0, seed: int = 0
+) -> ClassificationHead:
     """Multinomial logistic regression on normalized features, without intercept."""
     from sklearn.linear_model import LogisticRegression
 
@@ -96,6 +100,7 @@ def describe(classnames: Sequence[str]) -> list[str]:
 
 
 # ----- builders of the registered head kinds (taskvec.models.head_kinds) --------------------------
+
 
 @dataclass
 class HeadSource:

@@ -12,12 +12,14 @@ PyTorch SDPA; taskvec's Jacobian-vector products switch it to the MATH kernel (f
 has no rule for the fused ones). Images get the folder's own preprocessing
 (`preprocessor_config.json`: resize the shortest side, center crop, normalize).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,12 +60,14 @@ def image_transform(folder: Path, image_size: int) -> ImageTransform:
 
     resize = edge(cfg.get("size"), image_size)
     crop = edge(cfg.get("crop_size"), image_size)
-    compose = transforms.Compose([
-        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(crop),
-        transforms.ToTensor(),
-        transforms.Normalize(cfg.get("image_mean", CLIP_MEAN), cfg.get("image_std", CLIP_STD)),
-    ])
+    compose = transforms.Compose(
+        [
+            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(cfg.get("image_mean", CLIP_MEAN), cfg.get("image_std", CLIP_STD)),
+        ]
+    )
     return ImageTransform.from_torchvision(compose, crop)
 
 
@@ -72,8 +76,17 @@ class HFCLIPVisual(Backbone):
 
     modality = "image"
 
-    def __init__(self, clip: nn.Module, tokenizer: Any, transform: ImageTransform, *, name: str, folder: Path, init: str,
-                 pixel_cache: str | Path | None = None):
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Any,
+        transform: ImageTransform,
+        *,
+        name: str,
+        folder: Path,
+        init: str,
+        pixel_cache: str | Path | None = None,
+    ):
         super().__init__()
         self.name, self.folder, self.init = name, folder, init
         self.vision_model = clip.vision_model
@@ -113,8 +126,9 @@ class HFCLIPVisual(Backbone):
         model.to(device)
         texts, out = list(texts), []
         for start in range(0, len(texts), batch_size):
-            tokens = self._text.tokenizer(texts[start: start + batch_size], padding=True, truncation=True,
-                                          max_length=self.text_length, return_tensors="pt").to(device)
+            tokens = self._text.tokenizer(
+                texts[start : start + batch_size], padding=True, truncation=True, max_length=self.text_length, return_tensors="pt"
+            ).to(device)
             pooled = model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
             out.append(model.text_projection(pooled).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
@@ -163,8 +177,14 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def build_hf_clip(spec: str, init: Init = Init.PRETRAINED, *, weights_dir: str | None = None, pixel_cache: str | None = None,
-                  attn_implementation: str = "sdpa") -> HFCLIPVisual:
+def build_hf_clip(
+    spec: str,
+    init: Init = Init.PRETRAINED,
+    *,
+    weights_dir: str | None = None,
+    pixel_cache: str | None = None,
+    attn_implementation: str = "sdpa",
+) -> HFCLIPVisual:
     """`hf-clip:<folder or repo id>`: a transformers CLIPModel (both towers) as a backbone."""
     from .hf_text import _zero_dropout
 
@@ -172,8 +192,10 @@ def build_hf_clip(spec: str, init: Init = Init.PRETRAINED, *, weights_dir: str |
     config = config_of(folder)
     if config.get("model_type") != "clip" or "text_config" not in config:
         kind = (config.get("architectures") or [config.get("model_type")])[0]
-        raise TaskvecError(f"hf-clip needs a full CLIP model (image and text towers, for zero-shot heads); {folder} holds {kind}. "
-                           "Fine-tuned image towers are read by `taskvec vector`.")
+        raise TaskvecError(
+            f"hf-clip needs a full CLIP model (image and text towers, for zero-shot heads); {folder} holds {kind}. "
+            "Fine-tuned image towers are read by `taskvec vector`."
+        )
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     try:
@@ -184,8 +206,9 @@ def build_hf_clip(spec: str, init: Init = Init.PRETRAINED, *, weights_dir: str |
             if init == Init.PRETRAINED:
                 if not any((folder / f).is_file() for f in WEIGHT_FILES):
                     raise TaskvecError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES)})")
-                model = CLIPModel.from_pretrained(str(folder), config=clip_config, local_files_only=True,
-                                                  attn_implementation=attn_implementation, dtype=torch.float32)
+                model = CLIPModel.from_pretrained(
+                    str(folder), config=clip_config, local_files_only=True, attn_implementation=attn_implementation, dtype=torch.float32
+                )
             else:
                 model = CLIPModel._from_config(clip_config, attn_implementation=attn_implementation, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

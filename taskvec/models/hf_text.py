@@ -10,12 +10,14 @@ The sentence-transformers recipe is reproduced without that library: the folder'
 (mean, cls or max) and the truncation length. A trailing `Normalize` module is *not* applied in
 `forward`: the classification heads L2-normalize features themselves.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -155,9 +157,7 @@ class HFTextEncoder(Backbone):
                     dtype=torch.float32,
                 )
             else:
-                model = AutoModel.from_config(
-                    config, attn_implementation=attn_implementation, dtype=torch.float32
-                )
+                model = AutoModel.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise TaskvecError(f"cannot load text encoder from {str(model_dir)!r}: {exc}") from exc
@@ -283,19 +283,23 @@ class HFTextEncoder(Backbone):
 
 
 # ---------------------------------------------------------------------- registry
-def build_minilm(init: Init = Init.PRETRAINED, max_length: int | None = None, attn_implementation: str = "sdpa",
-                 batch_size: int = 64) -> HFTextEncoder:
+def build_minilm(
+    init: Init = Init.PRETRAINED, max_length: int | None = None, attn_implementation: str = "sdpa", batch_size: int = 64
+) -> HFTextEncoder:
     """sentence-transformers/all-MiniLM-L6-v2: 6-layer BERT, 384-d, mean pooling, 256 tokens."""
-    return HFTextEncoder(minilm_folder(), name="minilm", init=init, max_length=max_length, attn_implementation=attn_implementation,
-                         batch_size=batch_size)
+    return HFTextEncoder(
+        minilm_folder(), name="minilm", init=init, max_length=max_length, attn_implementation=attn_implementation, batch_size=batch_size
+    )
 
 
-def build_hf(spec: str, init: Init = Init.PRETRAINED, max_length: int | None = None, attn_implementation: str = "sdpa",
-             batch_size: int = 64) -> HFTextEncoder:
+def build_hf(
+    spec: str, init: Init = Init.PRETRAINED, max_length: int | None = None, attn_implementation: str = "sdpa", batch_size: int = 64
+) -> HFTextEncoder:
     """`hf:/path/to/folder`: a local sentence-transformers or Hugging Face encoder folder."""
     if not spec:
         raise TaskvecError("backbone 'hf:' needs a folder: hf:/path/to/model")
     if not Path(spec).expanduser().is_dir():
         raise TaskvecError(f"hf backbone folder not found: {spec!r}")
-    return HFTextEncoder(spec, name=f"hf:{spec}", init=init, max_length=max_length, attn_implementation=attn_implementation,
-                         batch_size=batch_size)
+    return HFTextEncoder(
+        spec, name=f"hf:{spec}", init=init, max_length=max_length, attn_implementation=attn_implementation, batch_size=batch_size
+    )

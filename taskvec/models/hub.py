@@ -7,6 +7,7 @@ id (`openai/clip-vit-base-patch32`), looked up in the hub cache and, where the i
 reachable and `HF_HUB_OFFLINE` is unset, downloaded once. torch is imported when a torch file is
 read, not before.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,11 @@ def find_local(spec: str, weights_dir: str | None = None) -> Path | None:
 
 
 def fetch_hint(spec: str) -> str:
-    return (f"fetch it once where the internet is reachable with `huggingface-cli download {spec}` (or pass its folder)"
-            if looks_like_repo_id(spec) else "no such file or folder")
+    return (
+        f"fetch it once where the internet is reachable with `huggingface-cli download {spec}` (or pass its folder)"
+        if looks_like_repo_id(spec)
+        else "no such file or folder"
+    )
 
 
 def local_need(what: str, spec: str, weights_dir: str | None = None) -> Need:
@@ -63,7 +67,9 @@ def local_need(what: str, spec: str, weights_dir: str | None = None) -> Need:
 def resolve_folder(spec: str, weights_dir: str | None = None) -> Path:
     """A local model folder, or the hub cache's snapshot of repo id `spec` (downloaded if allowed)."""
     if not spec:
-        raise TaskvecError("backbone 'hf-clip:' needs a folder or a Hugging Face repo id: hf-clip:/path or hf-clip:openai/clip-vit-base-patch32")
+        raise TaskvecError(
+            "backbone 'hf-clip:' needs a folder or a Hugging Face repo id: hf-clip:/path or hf-clip:openai/clip-vit-base-patch32"
+        )
     found = find_local(spec, weights_dir)
     if found is not None:
         if not found.is_dir():
@@ -76,8 +82,9 @@ def resolve_folder(spec: str, weights_dir: str | None = None) -> Path:
 
         return Path(snapshot_download(repo_id=spec, cache_dir=weights_dir, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
     except Exception as exc:  # offline, unknown repo
-        raise TaskvecError(f"Hugging Face model {spec!r} is neither a local folder nor in the cache ({type(exc).__name__}); "
-                           f"{fetch_hint(spec)}") from None
+        raise TaskvecError(
+            f"Hugging Face model {spec!r} is neither a local folder nor in the cache ({type(exc).__name__}); {fetch_hint(spec)}"
+        ) from None
 
 
 # ----- reading weights ----------------------------------------------------------------------------
@@ -92,7 +99,9 @@ def read_hf_folder(folder: Path) -> dict[str, torch.Tensor]:
                 raise TaskvecError(f"corrupt shard index {index}: {exc}") from None
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
-                raise TaskvecError(f"{folder} lacks {len(missing)} of its {len(shards)} weight shards, e.g. {missing[0]} (named in {index_name})")
+                raise TaskvecError(
+                    f"{folder} lacks {len(missing)} of its {len(shards)} weight shards, e.g. {missing[0]} (named in {index_name})"
+                )
             tensors: dict[str, torch.Tensor] = {}
             for shard in shards:
                 tensors.update(read_tensor_file(folder / shard))
@@ -117,8 +126,10 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise TaskvecError(f"{path} holds Python objects besides tensors (a pickled model?); taskvec reads only weights "
-                           "(torch.load with weights_only=True): save the model's state_dict() instead") from None
+        raise TaskvecError(
+            f"{path} holds Python objects besides tensors (a pickled model?); taskvec reads only weights "
+            "(torch.load with weights_only=True): save the model's state_dict() instead"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise TaskvecError(f"corrupt or unreadable checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):

@@ -4,6 +4,7 @@
 weights, so a vector cannot be applied to other weights by mistake; zero-shot heads key their
 cache on it too. torch is imported when something is hashed.
 """
+
 from __future__ import annotations
 
 import hashlib

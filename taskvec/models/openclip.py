@@ -17,6 +17,7 @@ Images are preprocessed with the model's own evaluation transform (resize shorte
 bicubic, center crop, normalize), lazily: `prepare` returns a `LazyImages` that computes (or
 reads from the `pixel_cache` folder) only the images a batch indexes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,9 +25,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +38,7 @@ from .base import Backbone, Batch, Shared
 from .pixels import ImageTransform, LazyImages
 from .registry import Init
 
-LIST_HINT = "python -c \"import open_clip; print(open_clip.list_models())\""
+LIST_HINT = 'python -c "import open_clip; print(open_clip.list_models())"'
 
 
 def _open_clip():
@@ -129,8 +131,17 @@ class OpenCLIPVisual(Backbone):
 
     modality = "image"
 
-    def __init__(self, clip: nn.Module, preprocess: Any, *, name: str, arch: str, pretrained: str | None, init: str,
-                 pixel_cache: str | Path | None = None):
+    def __init__(
+        self,
+        clip: nn.Module,
+        preprocess: Any,
+        *,
+        name: str,
+        arch: str,
+        pretrained: str | None,
+        init: str,
+        pixel_cache: str | Path | None = None,
+    ):
         super().__init__()
         self.name, self.arch, self.pretrained, self.init = name, arch, pretrained, init
         self.visual = clip.visual
@@ -210,8 +221,9 @@ class OpenCLIPVisual(Backbone):
         state = {k: v.detach().to("cpu").contiguous() for k, v in self._text.model.state_dict().items()}
         state.update({n: v.detach().to("cpu").contiguous() for n, v in self.state_dict().items()})
         save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt", "arch": self.arch})
-        (folder / "README.md").write_text(card + f"\nLoad: `open_clip.create_model_and_transforms({self.arch!r}, "
-                                          f"pretrained='open_clip_model.safetensors')`\n")
+        (folder / "README.md").write_text(
+            card + f"\nLoad: `open_clip.create_model_and_transforms({self.arch!r}, pretrained='open_clip_model.safetensors')`\n"
+        )
 
 
 def build_openclip(
@@ -237,25 +249,31 @@ def build_openclip(
     tag_cfg = {} if is_file else _tag_config(arch, tag)
     if tag and not is_file and not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise TaskvecError(f"unknown pretrained tag {tag!r} for open_clip {arch}; known tags: {', '.join(tags) or 'none'} (or give a checkpoint file path)")
+        raise TaskvecError(
+            f"unknown pretrained tag {tag!r} for open_clip {arch}; known tags: {', '.join(tags) or 'none'} (or give a checkpoint file path)"
+        )
     if quick_gelu is None:
         quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     previous = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
     try:
         if init == Init.RANDOM:
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, force_quick_gelu=quick_gelu,
-                                                                          **_preprocess_overrides(tag_cfg))
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=None, force_quick_gelu=quick_gelu, **_preprocess_overrides(tag_cfg)
+            )
         else:
             if not tag:
-                raise TaskvecError(f"openclip:{spec} needs pretrained weights: 'openclip:{arch}/<tag or checkpoint file>' (tags: "
-                                   f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'}), or init = \"random\"")
+                raise TaskvecError(
+                    f"openclip:{spec} needs pretrained weights: 'openclip:{arch}/<tag or checkpoint file>' (tags: "
+                    f'{", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"}), or init = "random"'
+                )
             source = str(Path(tag).expanduser()) if is_file else tag
             if is_file and not Path(source).is_file():
                 raise TaskvecError(f"open_clip checkpoint file not found: {source}")
             try:
-                model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=source, cache_dir=weights_dir,
-                                                                              force_quick_gelu=quick_gelu)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    arch, pretrained=source, cache_dir=weights_dir, force_quick_gelu=quick_gelu
+                )
             except TaskvecError:
                 raise
             except Exception as exc:  # network errors, missing cache, bad checkpoints

@@ -14,15 +14,17 @@ decoding. Splits held as arrays in memory (MNIST, SVHN) have nothing to decode a
 cached: resizing them is cheap, and caching them at 224 px would take 25 GB. Cached and
 uncached images are bit-identical: the cache holds exactly the intermediate uint8 array.
 """
+
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +69,7 @@ class ImageTransform:
     std: tuple[float, float, float]
 
     @classmethod
-    def from_torchvision(cls, compose: Any, size: int) -> "ImageTransform":
+    def from_torchvision(cls, compose: Any, size: int) -> ImageTransform:
         steps = list(getattr(compose, "transforms", [compose]))
         geometric, mean, std, seen_tensor = [], None, None, False
         for step in steps:
@@ -142,8 +144,14 @@ def source_key(items: Any) -> str:
 class LazyImages:
     """A float N×3×S×S tensor of preprocessed images, computed (or read from cache) on access."""
 
-    def __init__(self, items: Sequence[Any] | np.ndarray, transform: ImageTransform, cache_dir: str | Path | None = None,
-                 workers: int | None = None, progress: bool = True):
+    def __init__(
+        self,
+        items: Sequence[Any] | np.ndarray,
+        transform: ImageTransform,
+        cache_dir: str | Path | None = None,
+        workers: int | None = None,
+        progress: bool = True,
+    ):
         self.items = items
         self.transform = transform
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None

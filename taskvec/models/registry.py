@@ -12,6 +12,7 @@ backbones imports no torch.
 `Init` is where θ0 comes from, defined here once: checked by `build_backbone`, compared
 against by builders.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -93,7 +94,7 @@ class BackboneKind(Kind):
         """The keyword options the builder takes (what [backbone_options] may set)."""
         if self.options is not None:
             return list(self.options)
-        parameters = list(inspect.signature(self.build_function()).parameters.values())[1 if self.prefix else 0:]
+        parameters = list(inspect.signature(self.build_function()).parameters.values())[1 if self.prefix else 0 :]
         return [p.name for p in parameters if p.name != "init" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
@@ -103,10 +104,20 @@ _PREFIX_KINDS: dict[str, BackboneKind] = {}
 _LOADED: dict[str, Callable] = {}
 
 
-def register_backbone(name: str, builder: Builder | str | None = None, *, prefix: bool = False, label: str = "",
-                      description: str = "", modality: Modality | None = None, head: HeadKind | None = None,
-                      needs: NeedsFunction | str | None = None, packages: tuple[str, ...] = (),
-                      options: tuple[str, ...] | None = None, accepts_paths: bool = False):
+def register_backbone(
+    name: str,
+    builder: Builder | str | None = None,
+    *,
+    prefix: bool = False,
+    label: str = "",
+    description: str = "",
+    modality: Modality | None = None,
+    head: HeadKind | None = None,
+    needs: NeedsFunction | str | None = None,
+    packages: tuple[str, ...] = (),
+    options: tuple[str, ...] | None = None,
+    accepts_paths: bool = False,
+):
     """Register `builder(init=..., **options) -> Backbone` under a name (or a `name:` prefix),
     with the kind's metadata (see `BackboneKind`; all optional). Registering a name again
     replaces its kind.
@@ -119,9 +130,20 @@ def register_backbone(name: str, builder: Builder | str | None = None, *, prefix
         raise ValueError(f"backbone {name!r}: only a family (prefix=True) can accept folders as names")
 
     def add(function: Builder | str) -> BackboneKind:
-        kind = BackboneKind(name=name, label=label or name, color="", description=description, builder=function, prefix=prefix,
-                            modality=modality, head=head, needs=needs, packages=tuple(packages),
-                            options=None if options is None else tuple(options), accepts_paths=accepts_paths)
+        kind = BackboneKind(
+            name=name,
+            label=label or name,
+            color="",
+            description=description,
+            builder=function,
+            prefix=prefix,
+            modality=modality,
+            head=head,
+            needs=needs,
+            packages=tuple(packages),
+            options=None if options is None else tuple(options),
+            accepts_paths=accepts_paths,
+        )
         (_PREFIX_KINDS if prefix else _KINDS)[name] = kind
         return kind
 

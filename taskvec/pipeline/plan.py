@@ -5,6 +5,7 @@ says for each stage whether it is done in the run directory, ready, or missing d
 or a device (one line each, naming the folder expected and how to obtain it). Nothing is loaded
 beyond directory listings and file headers, and nothing is downloaded or written.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -79,10 +80,12 @@ class Needs:
         cfg, needs = self.cfg, []
         if cfg.device.startswith("cuda"):
             ok = torch.cuda.is_available()
-            needs.append(Need("CUDA device", ok, f"{torch.cuda.device_count()} visible" if ok else f"device = {cfg.device!r} but torch sees no GPU"))
+            needs.append(
+                Need("CUDA device", ok, f"{torch.cuda.device_count()} visible" if ok else f"device = {cfg.device!r} but torch sees no GPU")
+            )
         for mode, train in cfg.train.modes.items():
             if train.precision == "bf16" and not cfg.device.startswith("cuda"):
-                needs.append(Need(f"train.{mode}.precision = bf16", False, "needs device = \"cuda\""))
+                needs.append(Need(f"train.{mode}.precision = bf16", False, 'needs device = "cuda"'))
         return needs
 
 
@@ -147,8 +150,9 @@ def _state(stage: PlannedStage) -> str:
 
 def format_plan(cfg: RunConfig, stages: list[PlannedStage]) -> str:
     """The dry-run listing: each stage, its state, what it needs, and what is missing."""
-    lines = [f"plan for {cfg.name}: backbone {cfg.backbone} ({cfg.init}), device {cfg.device}, "
-             f"data root {cfg.data.root or '$TASKVEC_DATA'}"]
+    lines = [
+        f"plan for {cfg.name}: backbone {cfg.backbone} ({cfg.init}), device {cfg.device}, data root {cfg.data.root or '$TASKVEC_DATA'}"
+    ]
     for i, stage in enumerate(stages, 1):
         lines.append(f"{i:>3}. {stage.title}  [{_state(stage)}]")
         if stage.detail:

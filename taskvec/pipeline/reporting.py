@@ -1,5 +1,6 @@
 """The benchmark's last stage: every stage's typed result gathered into results.json, and the
 report (report.md, figures) drawn from it."""
+
 from __future__ import annotations
 
 import time
@@ -70,8 +71,10 @@ def assemble_results(ctx: RunContext) -> RunResults:
         ntk=ctx.result(NTK) if ctx.has_result(NTK) else None,
         random_init=ctx.result(RANDOM_INIT) if ctx.has_result(RANDOM_INIT) else None,
         seconds=round(time.perf_counter() - ctx.started, 1),
-        timing=Timing(finetune={f"{task}.{mode.name}": cost[mode.name][task].seconds for mode in cfg.modes for task in roles.tasks},
-                      stages=stage_timing(ctx, RandomInitSeconds(ctx))),
+        timing=Timing(
+            finetune={f"{task}.{mode.name}": cost[mode.name][task].seconds for mode in cfg.modes for task in roles.tasks},
+            stages=stage_timing(ctx, RandomInitSeconds(ctx)),
+        ),
         cost=cost,
         linearity=ctx.result(LINEARITY) if ctx.has_result(LINEARITY) else None,
     )

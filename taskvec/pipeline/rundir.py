@@ -1,5 +1,6 @@
 """A run directory: every path in it, the lock that keeps a second run out, and the check that
 it holds a run of the same config (made by `taskvec run` and by its dry run alike)."""
+
 from __future__ import annotations
 
 import fcntl
@@ -72,7 +73,9 @@ class RunDir:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise TaskvecError(f"{self.root} is in use by another taskvec run ({holder}); wait for it to end or use another --out") from None
+            raise TaskvecError(
+                f"{self.root} is in use by another taskvec run ({holder}); wait for it to end or use another --out"
+            ) from None
         try:
             if not shared:
                 handle.seek(0)

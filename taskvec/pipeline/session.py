@@ -1,5 +1,6 @@
 """A command's work in this process: joined to torchrun's process group when launched by it,
 with the config's thread count."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -2,6 +2,7 @@
 their frozen heads built on θ0 (a registered head kind). One definition, used by the run's
 context, the stand-alone commands (`taskvec evaluate`, `finetune`, `disentanglement`, `ntk`)
 and the Python API."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def prepare_tasks(backbone: Backbone, names: list[str], cfg: RunConfig) -> dict[
         task = get_task(name, root=cfg.data.root)
         if task.modality != backbone.modality:
             raise TaskvecError(f"task {name!r} is {task.modality} data but backbone {backbone.name!r} encodes {backbone.modality}")
-        data = make_splits(task, seed=d.seed, val_fraction=d.val_fraction, val_cap=d.val_cap, max_train=d.max_train,
-                           max_val=d.max_val, max_test=d.max_test)
+        data = make_splits(
+            task, seed=d.seed, val_fraction=d.val_fraction, val_cap=d.val_cap, max_train=d.max_train, max_val=d.max_val, max_test=d.max_test
+        )
         sets = {}
         for split in SPLITS:
             raw = data.split(split)
@@ -85,10 +87,16 @@ def describe_heads(backbone: Backbone, cfg: RunConfig) -> str:
 def build_head(backbone: Backbone, prepared: PreparedTask, cfg: RunConfig) -> ClassificationHead:
     """The task's frozen head on θ0, by the configured head kind."""
     train = prepared.sets["train"]
-    source = HeadSource(task=prepared.task, labels=train.labels, scale=cfg.head.scale, seed=cfg.data.seed, device=cfg.device,
-                        features=lambda: encode(backbone, train.inputs, cfg.eval.chunk, cfg.device),
-                        text_encoder=lambda: text_encoder(backbone, cfg),
-                        cache_dir=str(Path(cfg.data.cache_dir) / "heads") if cfg.data.cache_dir else None)
+    source = HeadSource(
+        task=prepared.task,
+        labels=train.labels,
+        scale=cfg.head.scale,
+        seed=cfg.data.seed,
+        device=cfg.device,
+        features=lambda: encode(backbone, train.inputs, cfg.eval.chunk, cfg.device),
+        text_encoder=lambda: text_encoder(backbone, cfg),
+        cache_dir=str(Path(cfg.data.cache_dir) / "heads") if cfg.data.cache_dir else None,
+    )
     return head_kind(backbone, cfg).build(source)
 
 

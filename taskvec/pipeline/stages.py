@@ -10,14 +10,16 @@ A graph also holds the directories its stages write into, each with the config i
 been made with (`Workspace`): the run and its dry run check them alike before anything else,
 so a directory of another config is refused by both in the same words.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import TaskvecError
 from ..io import check_tensors, read_json, write_json
@@ -59,7 +61,7 @@ class Context(Protocol):
     """What stages compute with (the pipeline's RunContext); `outcome` collects the result and
     seconds of every stage executed or read so far, for the stages after it."""
 
-    outcome: "Outcome"
+    outcome: Outcome
 
     def log(self, message: str) -> None: ...
 
@@ -94,8 +96,15 @@ class Stage:
     record: str | None = None  # the key its stage file records, when `key` carries a sub-run's prefix
 
     @classmethod
-    def keeping(cls, key: ResultKey, title: str, outputs: list[Path], compute: Callable[[Any], Any],
-                needs: Callable[[Any], list[Need]] = lambda needs: [], **options: Any) -> Stage:
+    def keeping(
+        cls,
+        key: ResultKey,
+        title: str,
+        outputs: list[Path],
+        compute: Callable[[Any], Any],
+        needs: Callable[[Any], list[Need]] = lambda needs: [],
+        **options: Any,
+    ) -> Stage:
         """A stage whose result, of `key`'s type, is kept in its stage file (`outputs[0]`)."""
         return cls(key.name, title, outputs, compute, needs, result_type=key.type, **options)
 
@@ -103,12 +112,17 @@ class Stage:
     def stored_key(self) -> str:
         return self.record or self.key
 
-    def nested(self, prefix: str, context: Callable[[Any], Any], kept: set[str]) -> "Stage":
+    def nested(self, prefix: str, context: Callable[[Any], Any], kept: set[str]) -> Stage:
         """This stage of a sub-run inside a larger graph: its key under `prefix`, computed with
         the sub-run's context (`context(parent context)`), after those of its stages in `kept`."""
-        return dataclasses.replace(self, key=prefix + self.key, record=self.stored_key, title=f"[{prefix.rstrip('/')}] {self.title}",
-                                   compute=lambda parent, run=self.compute: run(context(parent)),
-                                   after=tuple(prefix + k for k in self.after if k in kept))
+        return dataclasses.replace(
+            self,
+            key=prefix + self.key,
+            record=self.stored_key,
+            title=f"[{prefix.rstrip('/')}] {self.title}",
+            compute=lambda parent, run=self.compute: run(context(parent)),
+            after=tuple(prefix + k for k in self.after if k in kept),
+        )
 
     @property
     def stage_file(self) -> Path | None:
@@ -139,8 +153,9 @@ class Stage:
             raise TaskvecError(f"corrupt stage file {self.stage_file}: {exc}") from None
 
     def save(self, result: Any, seconds: float) -> None:
-        write_json(self.stage_file, {"stage": self.stored_key, "settings": to_data(self.settings), "seconds": seconds,
-                                     "result": to_data(result)})
+        write_json(
+            self.stage_file, {"stage": self.stored_key, "settings": to_data(self.settings), "seconds": seconds, "result": to_data(result)}
+        )
 
 
 @dataclass
@@ -172,7 +187,7 @@ class Graph:
     def keys(self) -> list[str]:
         return [s.key for s in self.stages]
 
-    def include(self, sub: "Graph", prefix: str, context: Callable[[Any], Any], keep: Callable[[Stage], bool] = lambda s: True) -> None:
+    def include(self, sub: Graph, prefix: str, context: Callable[[Any], Any], keep: Callable[[Stage], bool] = lambda s: True) -> None:
         """Add a sub-run's stages (those `keep` selects) under `prefix`; each computes with the
         context that `context` returns for this graph's context."""
         kept = {s.key for s in sub if keep(s)}

@@ -6,6 +6,7 @@ The package: `figures` (the PNGs), `markdown` (report.md's text and its main tab
 `sections` (the merge-method, fine-tuning-mode, analysis and timing sections) and `cells`
 (what tables and figures share: which methods to show, how a value is written).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,17 @@ from .figures import (
 )
 from .markdown import render_markdown
 
-__all__ = ["pct", "plot_addition_curves", "plot_merge_methods", "plot_modes_cost", "plot_negation_curves",
-           "plot_nonlinear_advantage", "plot_single_task", "render_markdown", "write_report"]
+__all__ = [
+    "pct",
+    "plot_addition_curves",
+    "plot_merge_methods",
+    "plot_modes_cost",
+    "plot_negation_curves",
+    "plot_nonlinear_advantage",
+    "plot_single_task",
+    "render_markdown",
+    "write_report",
+]
 
 
 def write_report(results: RunResults, out: str | Path) -> Path:

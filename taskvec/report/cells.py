@@ -1,5 +1,6 @@
 """What the report's tables and figures share: which evaluation methods to show (in registry
 order), means over a mode's fine-tunes, and how one value is written in a table cell."""
+
 from __future__ import annotations
 
 from ..kinds import EVAL_METHODS, EvalMethod
@@ -60,4 +61,3 @@ def _negation_cell(entry: NegationTarget) -> str:
 
 def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
-

@@ -1,6 +1,7 @@
 """The report's PNG figures (matplotlib, Agg backend, written atomically): single-task
 accuracy, the addition and negation sweeps, the non-linear advantage, the merge methods and
 the fine-tuning modes' accuracy against cost."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -71,13 +72,13 @@ def plot_negation_curves(results: RunResults, path: Path) -> None:
     cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), sharey=True, squeeze=False)
-    for ax in axes.flat[len(methods):]:
+    for ax in axes.flat[len(methods) :]:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, methods):
         for t in targets:
             entry = results.negation[m.name].per_task[t]
             alphas = [p.alpha for p in entry.curve]
-            line, = ax.plot(alphas, [100 * p.target_val for p in entry.curve], label=f"{t} (target)")
+            (line,) = ax.plot(alphas, [100 * p.target_val for p in entry.curve], label=f"{t} (target)")
             ax.plot(alphas, [100 * p.control_val for p in entry.curve], ls="--", color=line.get_color(), alpha=0.6)
         ax.set_title(f"{m.label}: θ0 − α τ")
         ax.set_xlabel("α")
@@ -108,8 +109,14 @@ def plot_merge_methods(results: RunResults, path: Path) -> None:
     methods = _editing(results)
     fig, axes = plt.subplots(2, 1, figsize=(2.0 + 1.05 * len(merges) * max(1, len(methods)) / 3, 6.0), sharex=True)
     for ax, what in zip(axes, ("absolute", "normalized")):
-        series = [(m.label, m.color, [100 * getattr(results.merge[g.name][m.name], what) if m.name in results.merge[g.name] else 0.0
-                                      for g in merges]) for m in methods]
+        series = [
+            (
+                m.label,
+                m.color,
+                [100 * getattr(results.merge[g.name][m.name], what) if m.name in results.merge[g.name] else 0.0 for g in merges],
+            )
+            for m in methods
+        ]
         _bars(ax, [g.label for g in merges], series)
         ax.set_ylabel(f"{what} test accuracy (%)")
     axes[0].axhline(100 * results.pretrained_addition().accuracy, color=PRETRAINED.color, ls="--", lw=1, label=PRETRAINED.label)
@@ -139,4 +146,3 @@ def plot_modes_cost(results: RunResults, path: Path) -> None:
     ax.grid(alpha=0.3)
     _legend_outside(ax)
     _save(fig, path)
-

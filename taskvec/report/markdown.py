@@ -1,5 +1,6 @@
 """report.md's text: the header, the paper's Tables 1 and 2 in miniature, the single-task
 table and the figure captions, then the optional sections (`sections.py`) in a fixed order."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,12 +63,16 @@ def _addition_table(results: RunResults) -> list[str]:
         "| method | absolute | normalized | α | " + " | ".join(tasks) + " |",
         "|---|---|---|---|" + "---|" * len(tasks),
         f"| {PRETRAINED.label} | {pct(results.pretrained_addition().accuracy)} | – | 0.00 | "
-        + " | ".join(pct(single[PRETRAINED.name][t]) for t in tasks) + " |",
+        + " | ".join(pct(single[PRETRAINED.name][t]) for t in tasks)
+        + " |",
     ]
     for m in _methods(addition):
         a = addition[m.name]
-        lines.append(f"| {m.label} | {pct(a.absolute)} | {pct(a.normalized)} | {_alpha(a)} | "
-                     + " | ".join(pct(a.per_task[t].accuracy) for t in tasks) + " |")
+        lines.append(
+            f"| {m.label} | {pct(a.absolute)} | {pct(a.normalized)} | {_alpha(a)} | "
+            + " | ".join(pct(a.per_task[t].accuracy) for t in tasks)
+            + " |"
+        )
     lines.append("")
     return lines
 
@@ -82,7 +87,7 @@ def _negation_table(results: RunResults, cfg) -> list[str]:
         "",
         f"Per target, the α minimizing target validation accuracy while the control keeps ≥ "
         f"{100 * cfg.negation.threshold:.0f}% of its pre-trained validation accuracy; mean over targets (a target for which no α of the grid keeps the control "
-        f"shows \"no feasible α\" and is left out of the mean). "
+        f'shows "no feasible α" and is left out of the mean). '
         f"Control task(s): {', '.join(controls)}.",
         "",
         "| method | target | control | " + " | ".join(f"{t} (α)" for t in targets) + " |",
@@ -91,8 +96,9 @@ def _negation_table(results: RunResults, cfg) -> list[str]:
     for m in _methods(neg):
         n = neg[m.name]
         over = f" ({len(targets) - len(n.infeasible)} of {len(targets)} targets)" if n.infeasible else ""
-        lines.append(f"| {m.label} | {pct(n.target)}{over} | {pct(n.control)} | "
-                     + " | ".join(_negation_cell(n.per_task[t]) for t in targets) + " |")
+        lines.append(
+            f"| {m.label} | {pct(n.target)}{over} | {pct(n.control)} | " + " | ".join(_negation_cell(n.per_task[t]) for t in targets) + " |"
+        )
     return lines
 
 
@@ -123,12 +129,16 @@ def _figures_section(results: RunResults) -> list[str]:
         "![single-task accuracy](figures/single_task.png)",
         "",
         "*Single-task test accuracy per method: fine-tuning should beat the pre-trained model on every task; "
-        "the gap between non-linear and linearized FT is the paper's \"non-linear advantage\".*",
+        'the gap between non-linear and linearized FT is the paper\'s "non-linear advantage".*',
         "",
     ]
     if results.merge.get(TASK_ARITHMETIC.name, {}):
-        lines += ["![addition sweep](figures/addition_alpha.png)", "",
-                  "*Mean normalized validation accuracy of θ0 + α Σ τ_t against α; the dotted line marks the chosen α.*", ""]
+        lines += [
+            "![addition sweep](figures/addition_alpha.png)",
+            "",
+            "*Mean normalized validation accuracy of θ0 + α Σ τ_t against α; the dotted line marks the chosen α.*",
+            "",
+        ]
     lines += [
         "![negation sweep](figures/negation_alpha.png)",
         "",

@@ -13,6 +13,7 @@ Pickles written by numpy 1 name `numpy.core.*`, which numpy 2 renamed `numpy._co
 names are mapped so such files load on numpy 2 without importing the deprecated alias.
 The result must be an ndarray with a non-object dtype, so no Python objects come back either.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,6 +25,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import TaskvecError
+
 
 def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """`_codecs.encode`, which pickle protocols 0-2 use to store bytes, limited to latin-1."""
@@ -47,13 +49,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
         key_module = module
         if module == "numpy.core" or module.startswith("numpy.core."):
-            key_module = "numpy._core" + module[len("numpy.core"):]
+            key_module = "numpy._core" + module[len("numpy.core") :]
         try:
             return _ALLOWED[(key_module, name)]
         except KeyError:
-            raise TaskvecError(
-                f"refusing to unpickle {module}.{name}: only numpy arrays are allowed in data pickles"
-            ) from None
+            raise TaskvecError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed in data pickles") from None
 
     def persistent_load(self, pid):  # pragma: no cover - defensive, default also refuses
         raise TaskvecError("refusing to unpickle a persistent id: only numpy arrays are allowed")

@@ -1,8 +1,10 @@
 """Tasks: class names, raw data and deterministic, seeded train / validation / test splits."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -19,7 +21,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> "Split":
+    def subset(self, index: np.ndarray) -> Split:
         if isinstance(self.inputs, np.ndarray):
             inputs = self.inputs[index]
         else:
@@ -31,7 +33,7 @@ class Split:
 class TaskData:
     """A task's three splits; validation is carved from train as in the paper."""
 
-    task: "Task"
+    task: Task
     train: Split
     val: Split
     test: Split
@@ -66,7 +68,9 @@ class Task:
     source: str = ""
     notes: str = ""
     templates: tuple[str, ...] | None = None
-    val_split: Callable[[int, float, int | None, int], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
+    val_split: Callable[[int, float, int | None, int], tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, repr=False, compare=False
+    )
     missing: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
 
     @property

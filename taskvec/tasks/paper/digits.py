@@ -1,5 +1,6 @@
 """Loaders of the two digit datasets, MNIST and SVHN, which ship as arrays (IDX files, .mat
 files) rather than image files: their splits hold uint8 images in memory, not paths."""
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,7 @@ def read_idx_file(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_mnist(root: Path) -> tuple[Split, Split]:
     messages = _mnist_missing(root)
     if messages:
@@ -68,7 +69,7 @@ def _load_mnist(root: Path) -> tuple[Split, Split]:
 SVHN = (("svhn/train_32x32.mat", "svhn/test_32x32.mat"),)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_svhn(root: Path) -> tuple[Split, Split]:
     _require(root, "SVHN", *SVHN)
     splits = []

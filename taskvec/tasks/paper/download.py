@@ -1,5 +1,6 @@
 """Fetching a paper dataset from the internet, only when the user asks (`taskvec download`):
 kept apart so that nothing on the ordinary path can download."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,11 +2,12 @@
 which layout of a dataset is present (and the message naming what is not), image folders walked
 in torchvision's order, and the seeded validation split. One place, so that each loader only
 says which files it reads."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -50,7 +51,9 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
 
-def image_folder(folder: Path, classes: list[str] | None = None, keep: Callable[[str], bool] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+def image_folder(
+    folder: Path, classes: list[str] | None = None, keep: Callable[[str], bool] | None = None
+) -> tuple[list[str], np.ndarray, list[str]]:
     """(paths, labels, classes) in torchvision ImageFolder order: sorted classes, sorted walk."""
     classes = class_folders(folder) if classes is None else classes
     paths, labels = [], []

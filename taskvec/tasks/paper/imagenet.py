@@ -1,5 +1,6 @@
 """ImageNet, the negation control: its image folders, and its class names and prompt templates,
 which come from open_clip (CLIP's own) rather than from the data."""
+
 from __future__ import annotations
 
 import functools
@@ -16,7 +17,7 @@ from .files import _first_layout, _require, _split, class_folders, image_folder
 IMAGENET = (("imagenet/train", "imagenet/val"), ("imagenet/train", "imagenet/val_in_folder"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_metadata() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(class names, templates): CLIP's, as open_clip ships them. Its zero_shot_metadata.py
     (plain Python) is read on its own, since importing open_clip imports torch and `taskvec
@@ -39,7 +40,7 @@ def _open_clip_file_module(name: str) -> Any:
     return module
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_imagenet(root: Path) -> tuple[Split, Split]:
     _require(root, "ImageNet", *IMAGENET)
     classnames, _ = imagenet_metadata()

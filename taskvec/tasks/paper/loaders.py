@@ -1,6 +1,7 @@
 """Loaders of the paper's datasets that are folders of image files (Cars, DTD, EuroSAT, GTSRB,
 RESISC45, SUN397): each names its accepted layouts and turns them into (train, test) splits of
 file paths. Each load is cached per root, since a run asks for the same splits many times."""
+
 from __future__ import annotations
 
 import csv
@@ -15,10 +16,22 @@ from .catalog import EUROSAT_CLASSES, GTSRB_CLASSES, RESISC45_FOLDERS
 from .files import _first_layout, _loadmat, _require, _split, class_folders, image_folder
 
 # ---------------------------------------------------------------------------- Stanford Cars
-CARS = (("stanford_cars/devkit/cars_meta.mat", "stanford_cars/devkit/cars_train_annos.mat", "stanford_cars/cars_train",
-         "stanford_cars/cars_test", "stanford_cars/cars_test_annos_withlabels.mat"),
-        ("stanford_cars/devkit/cars_meta.mat", "stanford_cars/devkit/cars_train_annos.mat", "stanford_cars/cars_train",
-         "stanford_cars/cars_test", "stanford_cars/devkit/cars_test_annos_withlabels.mat"))
+CARS = (
+    (
+        "stanford_cars/devkit/cars_meta.mat",
+        "stanford_cars/devkit/cars_train_annos.mat",
+        "stanford_cars/cars_train",
+        "stanford_cars/cars_test",
+        "stanford_cars/cars_test_annos_withlabels.mat",
+    ),
+    (
+        "stanford_cars/devkit/cars_meta.mat",
+        "stanford_cars/devkit/cars_train_annos.mat",
+        "stanford_cars/cars_train",
+        "stanford_cars/cars_test",
+        "stanford_cars/devkit/cars_test_annos_withlabels.mat",
+    ),
+)
 
 
 def _cars_classnames(root: Path) -> tuple[str, ...]:
@@ -33,13 +46,15 @@ def _cars_split(root: Path, annotations: Path, images: Path) -> Split:
     return _split(paths, labels, f"Cars {images.name}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cars(root: Path) -> tuple[Split, Split]:
     _require(root, "Cars", *CARS)
     base = root / "stanford_cars"
     test_annos = CARS[_first_layout(root, *CARS)][-1]
-    return (_cars_split(root, base / "devkit/cars_train_annos.mat", base / "cars_train"),
-            _cars_split(root, root / test_annos, base / "cars_test"))
+    return (
+        _cars_split(root, base / "devkit/cars_train_annos.mat", base / "cars_train"),
+        _cars_split(root, root / test_annos, base / "cars_test"),
+    )
 
 
 # ------------------------------------------------------------------------------------- DTD
@@ -52,7 +67,7 @@ def _dtd_classes(root: Path) -> list[str]:
     return class_folders(root / "dtd/dtd/images")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_dtd(root: Path) -> tuple[Split, Split]:
     _require(root, "DTD", *DTD)
     classes = _dtd_classes(root)
@@ -86,7 +101,7 @@ def _eurosat_folders(folder: Path) -> list[str]:
     return sorted(EUROSAT_CLASSES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_eurosat(root: Path) -> tuple[Split, Split, Split]:
     _require(root, "EuroSAT", *EUROSAT)
     if _first_layout(root, *EUROSAT) == 0:
@@ -109,7 +124,7 @@ def _load_eurosat(root: Path) -> tuple[Split, Split, Split]:
 GTSRB = (("gtsrb/GTSRB/Training", "gtsrb/GTSRB/Final_Test/Images", "gtsrb/GT-final_test.csv"),)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_gtsrb(root: Path) -> tuple[Split, Split]:
     _require(root, "GTSRB", *GTSRB)
     training = root / "gtsrb/GTSRB/Training"
@@ -129,7 +144,7 @@ def _load_gtsrb(root: Path) -> tuple[Split, Split]:
 RESISC45 = (("resisc45/NWPU-RESISC45", "resisc45/resisc45-train.txt", "resisc45/resisc45-test.txt"),)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_resisc45(root: Path) -> tuple[Split, Split]:
     _require(root, "RESISC45", *RESISC45)
     images = root / "resisc45/NWPU-RESISC45"
@@ -157,7 +172,7 @@ def _sun_classes(root: Path) -> list[tuple[str, str]]:
     return [(e, " ".join(e.strip("/").split("/")[1:]).replace("_", " ")) for e in entries]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_sun397(root: Path) -> tuple[Split, Split]:
     _require(root, "SUN397", *SUN397)
     classes = _sun_classes(root)

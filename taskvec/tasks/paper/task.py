@@ -1,5 +1,6 @@
 """One paper dataset as a `Task`: its layouts and loader, its class names, and what of it is
 missing under the root. Nothing is read until the task's data are asked for."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,12 +30,25 @@ from .loaders import (
 )
 
 LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "Cars": CARS, "DTD": DTD, "EuroSAT": EUROSAT, "GTSRB": GTSRB, "RESISC45": RESISC45,
-    "SUN397": SUN397, "SVHN": SVHN, "ImageNet": IMAGENET,
+    "Cars": CARS,
+    "DTD": DTD,
+    "EuroSAT": EUROSAT,
+    "GTSRB": GTSRB,
+    "RESISC45": RESISC45,
+    "SUN397": SUN397,
+    "SVHN": SVHN,
+    "ImageNet": IMAGENET,
 }
 LOADERS = {
-    "Cars": _load_cars, "DTD": _load_dtd, "EuroSAT": _load_eurosat, "GTSRB": _load_gtsrb, "MNIST": _load_mnist,
-    "RESISC45": _load_resisc45, "SUN397": _load_sun397, "SVHN": _load_svhn, "ImageNet": _load_imagenet,
+    "Cars": _load_cars,
+    "DTD": _load_dtd,
+    "EuroSAT": _load_eurosat,
+    "GTSRB": _load_gtsrb,
+    "MNIST": _load_mnist,
+    "RESISC45": _load_resisc45,
+    "SUN397": _load_sun397,
+    "SVHN": _load_svhn,
+    "ImageNet": _load_imagenet,
 }
 
 
