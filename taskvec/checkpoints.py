@@ -30,9 +30,11 @@ from .models.hub import looks_like_repo_id, read_hf_folder, read_tensor_file, re
 from .task_vector import TaskVector, base_identity
 
 if TYPE_CHECKING:
-    from .models.base import Backbone
+    import torch
 
-torch = lazy_import("torch")
+    from .models.base import Backbone
+else:
+    torch = lazy_import("torch")
 
 # transformers classes holding only CLIP's image tower: their files lack the projection, which
 # such fine-tunes leave at the base's value (FusionBench's model pools, for instance).

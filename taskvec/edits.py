@@ -33,6 +33,11 @@ def _mean(values) -> float:
 Edit = Callable[[float], Mapping[str, float]]  # α -> coefficients of the evaluator's vectors
 
 
+def _alone(key: str) -> Edit:
+    """The edit α -> {key: α}: the evaluator's vector `key` alone, scaled."""
+    return lambda a: {key: a}
+
+
 def sweep(
     evaluator: Evaluator, edit: Edit, tasks: Sequence[str], finetuned_val: Mapping[str, float], alphas: Sequence[float]
 ) -> list[AlphaPoint]:
@@ -63,30 +68,6 @@ def _on_test(
     test = evaluator.accuracies(list(tasks), "test", coeffs)
     per_task = {t: TaskScore(test[t], test[t] / max(finetuned_test[t], 1e-12)) for t in tasks}
     return _mean(test.values()), _mean(s.normalized for s in per_task.values()), per_task
-
-
-def task_addition(
-    evaluator: Evaluator,
-    tasks: Sequence[str],
-    finetuned: Mapping[str, Mapping[str, float]],
-    alphas: Sequence[float],
-) -> MergeResult:
-    """Sweep θ0 + α Σ_t τ_t over the evaluator's task vectors; choose α on validation by mean
-    normalized accuracy and report it on test. `finetuned[split][task]` is the single-task
-    accuracy of the same method (the normalizer)."""
-    started = time.perf_counter()
-    curve = sweep(evaluator, lambda a: {t: a for t in tasks}, tasks, finetuned["val"], alphas)
-    alpha = best_point(curve).alpha
-    absolute, normalized, per_task = _on_test(evaluator, {t: alpha for t in tasks}, tasks, finetuned["test"])
-    return MergeResult(
-        alpha=alpha,
-        absolute=absolute,
-        normalized=normalized,
-        per_task=per_task,
-        settings={},
-        seconds=round(time.perf_counter() - started, 2),
-        curve=curve,
-    )
 
 
 @dataclass
@@ -133,7 +114,7 @@ def select_merge(
                 started = time.perf_counter()
                 ev = evaluators[m]
                 ev.add_vector(key, merged)
-                curve = sweep(ev, lambda a, key=key: {key: a}, tasks, finetuned["val"][m.name], alphas)
+                curve = sweep(ev, _alone(key), tasks, finetuned["val"][m.name], alphas)
                 point = best_point(curve)
                 search[m].append(
                     SearchPoint(

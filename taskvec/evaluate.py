@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -206,6 +207,7 @@ class Evaluator:
         data = self.local(task, split)
         if not len(data):
             return torch.empty(0, self._features_dim(task))
+        assert encoder is not None, "callers pass an encoder whenever this rank has rows"
         return encode(encoder, data.inputs, self.chunk, self.device)
 
     def apply_head(self, task: str, features: torch.Tensor) -> torch.Tensor:
@@ -235,10 +237,12 @@ class Evaluator:
             return self._jvps[key]
         singles = [((t,), task, split) for t in vector_tasks]
         if len(vector_tasks) > 1 and all(k in self._jvps for k in singles):
-            product = sum(self._jvps[k] for k in singles)  # linearity: no new pass
+            # linearity: no new pass (a sum of two or more tensors, never sum()'s int 0)
+            product = cast("torch.Tensor", sum(self._jvps[k] for k in singles))
         else:
             vectors = [self.vectors[t].vector for t in vector_tasks]
-            summed = {n: sum(v[n] for v in vectors) for n in vectors[0]} if len(vectors) > 1 else vectors[0]
+            # sums of two or more tensors, never sum()'s int 0
+            summed = {n: cast("torch.Tensor", sum(v[n] for v in vectors)) for n in vectors[0]} if len(vectors) > 1 else vectors[0]
             data = self.local(task, split)
             if len(data):
                 f0, product = encode_jvp(self.base, summed, data.inputs, self.chunk, self.device)

@@ -254,5 +254,5 @@ def method_for_vector(mode: FinetuneMode, *, linearized: bool = False) -> EvalMe
             return method
     raise TaskvecError(
         f"no evaluation method applies {mode.name} vectors to {'f_lin' if wanted else 'f'} "
-        f"(post-hoc linearization is registered for {', '.join(m.vectors.name for m in EVAL_METHODS if m.post_hoc)} vectors)"
+        f"(post-hoc linearization is registered for {', '.join(m.vectors.name for m in EVAL_METHODS if m.post_hoc and m.vectors is not None)} vectors)"
     )

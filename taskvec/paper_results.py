@@ -91,7 +91,7 @@ def comparison_tables(results: RunResults) -> str:
         "| method | ours | paper | Δ absolute |",
         "|---|---|---|---|",
     ]
-    ours = {PRETRAINED: (results.pretrained_addition().accuracy, None)}
+    ours: dict[EvalMethod, tuple[float, float | None]] = {PRETRAINED: (results.pretrained_addition().accuracy, None)}
     ours.update({m: (addition[m.name].absolute, addition[m.name].normalized) for m in TABLE1_ADDITION if m.name in addition})
     for m, (ours_abs, ours_norm) in ours.items():
         paper_abs, paper_norm = TABLE1_ADDITION[m][model]
@@ -125,9 +125,9 @@ def comparison_tables(results: RunResults) -> str:
             "|---|---|---|",
         ]
         for method, published in PUBLISHED_MERGES_VIT_B32.items():
-            ours = results.merge.get(method.name, {}).get(NONLINEAR_FT.name)
-            if ours is not None:
-                lines.append(f"| {method.label} | {_pct(ours.absolute)} | {published} |")
+            merged = results.merge.get(method.name, {}).get(NONLINEAR_FT.name)
+            if merged is not None:
+                lines.append(f"| {method.label} | {_pct(merged.absolute)} | {published} |")
     if sorted(results.tasks) != sorted(PAPER_TASKS):
         lines += ["", f"Note: this run's tasks ({', '.join(results.tasks)}) are not the paper's eight; the numbers are not comparable."]
     return "\n".join(lines) + "\n"

@@ -55,7 +55,7 @@ class Registry(Generic[K]):
         if isinstance(name, Kind):
             if self._items.get(name.name) is not name:
                 raise TaskvecError(f"{self.what} {name.name!r} is not registered")
-            return name  # type: ignore[return-value]
+            return name
         if name not in self._items:
             raise TaskvecError(f"unknown {self.what} {name!r}; available: {', '.join(self._items)}")
         return self._items[name]

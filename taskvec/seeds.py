@@ -8,9 +8,10 @@ from it alone. Each seed's own full report stays in seed-<s>/.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import matplotlib
 
@@ -88,7 +89,13 @@ class SeedResults:
         return load_results(cls, path, FORMAT, "no multi-seed results")
 
 
-def _over(runs: Sequence[RunResults], get: Callable[[RunResults], float | None]) -> Spread:
+class _Reading(Protocol):
+    """Reads one figure of a run (a Protocol, not a Callable: mypy then accepts lambdas binding loop variables as defaults)."""
+
+    def __call__(self, run: RunResults, /) -> float | None: ...
+
+
+def _over(runs: Sequence[RunResults], get: _Reading) -> Spread:
     def safe(r: RunResults) -> float | None:
         try:
             return get(r)

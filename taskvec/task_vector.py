@@ -11,7 +11,7 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .errors import TaskvecError, finite
 from .io import load_tensors, save_tensors
@@ -20,9 +20,11 @@ from .lazy import lazy_import
 from .models.identity import base_identity, fingerprint  # noqa: F401 - θ0's identity, defined below the models
 
 if TYPE_CHECKING:
-    from .models.base import Backbone
+    import torch
 
-torch = lazy_import("torch")
+    from .models.base import Backbone
+else:
+    torch = lazy_import("torch")
 
 FORMAT = "taskvec.task_vector/1"
 
@@ -55,7 +57,7 @@ class TaskVector:
             missing = sorted(set(pretrained) ^ set(finetuned))[:3]
             raise TaskvecError(f"pre-trained and fine-tuned weights have different parameters, e.g. {missing}")
         vector = {n: (finetuned[n].detach() - pretrained[n].detach()).cpu() for n in pretrained}
-        return cls(vector, mode, dict(base), (task,), dict(info or {}))
+        return cls(vector, FINETUNE_MODES.get(mode), dict(base), (task,), dict(info or {}))
 
     # ----- arithmetic ---------------------------------------------------------------------
     def _check_compatible(self, other: TaskVector) -> None:
@@ -83,7 +85,7 @@ class TaskVector:
     def __radd__(self, other: object) -> TaskVector:
         if other == 0:  # lets the built-in sum() start from 0
             return self
-        return NotImplemented  # type: ignore[return-value]
+        return NotImplemented
 
     def __sub__(self, other: TaskVector) -> TaskVector:
         return self._combine(other, -1.0)
@@ -93,14 +95,15 @@ class TaskVector:
 
     def __mul__(self, scalar: float) -> TaskVector:
         if not isinstance(scalar, (int, float)):
-            return NotImplemented  # type: ignore[return-value]
+            return NotImplemented
         finite(scalar, "a task vector's scale")
         return TaskVector({n: t * float(scalar) for n, t in self.vector.items()}, self.mode, self.base, self.tasks)
 
     __rmul__ = __mul__
 
     def norm(self) -> float:
-        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in self.vector.values())))
+        # sum() of tensors is a tensor; only for a vector without tensors is it the int 0 (torch.sqrt then raises)
+        return float(torch.sqrt(cast("torch.Tensor", sum((t.double() ** 2).sum() for t in self.vector.values()))))
 
     # ----- application --------------------------------------------------------------------
     def apply_to(self, base: Backbone, alpha: float = 1.0, *, linearized: bool | None = None) -> Backbone:
@@ -147,7 +150,7 @@ class TaskVector:
         for name, tensor in tensors.items():
             if not torch.isfinite(tensor).all():
                 raise _non_finite(path, name)
-        return cls(tensors, header.mode.name, header.base, header.tasks, header.info)
+        return cls(tensors, header.mode, header.base, header.tasks, header.info)
 
 
 @dataclass(frozen=True)

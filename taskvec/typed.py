@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import types
 import typing
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from .errors import TaskvecError
 
@@ -56,7 +56,8 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
         item = args[1] if args else Any
         return {k: check_value(v, item, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
-        return from_data(annotation, value, where)
+        # a type hint, so a dataclass itself (is_dataclass also admits instances)
+        return from_data(cast(type, annotation), value, where)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         try:
             return annotation(value)

@@ -230,6 +230,7 @@ def plot_disentanglement(
     axes[0][0].set_ylabel(f"α2 ({first.task2})")
     for ax in axes[0][1:]:
         ax.tick_params(labelleft=False)
+    assert mesh is not None, "one method at least (checked above), so one map drawn"
     bar = fig.colorbar(mesh, ax=axes[0].tolist(), shrink=0.9, pad=0.02)
     bar.set_label("disentanglement error ξ")
     box = "" if search_box is None else f"; dashed box: addition search range [{search_box[0]:g}, {search_box[1]:g}]²"

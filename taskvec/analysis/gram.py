@@ -122,7 +122,9 @@ class _Samples:
 
 def _groups(names: list[str], params: Mapping[str, torch.Tensor], per_param_bytes: int, budget: int) -> list[list[str]]:
     """Contiguous parameter groups whose Jacobian over all samples fits the budget."""
-    groups, current, used = [], [], 0
+    groups: list[list[str]] = []
+    current: list[str] = []
+    used = 0
     for name in names:
         cost = params[name].numel() * per_param_bytes
         if current and used + cost > budget:
@@ -147,6 +149,8 @@ def _contract(ja: list[torch.Tensor], jb: list[torch.Tensor], kernel: Kernel) ->
             part = (a.reshape(n * c, -1) @ b.reshape(m * c, -1).T).reshape(n, c, m, c).permute(0, 2, 1, 3)
         part = part.double()
         total = part if total is None else total + part
+    if total is None:
+        raise TaskvecError("no Jacobians to contract: a side of the Gram matrix has no samples")
     return total
 
 
@@ -297,6 +301,7 @@ def _sum_over_groups(plan: _GramPlan, ranks: Ranks, progress: bool) -> torch.Ten
             own = plan.contribution(dealt[ranks.index]) if ranks.index < len(dealt) else None
             for source in range(len(dealt)):
                 term = own if source == ranks.index else torch.empty(shape, dtype=torch.float64)
+                assert term is not None, "a rank dealt a group this round has computed its term"
                 gram += ranks.broadcast_tensor(term, source)
             if bar is not None:
                 bar.update(len(dealt))

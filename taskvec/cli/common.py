@@ -38,7 +38,13 @@ def _choices(name: str, registry) -> type[enum.Enum]:
     return enum.Enum(name, {n: n for n in registry.names()}, type=str)  # type: ignore[return-value]
 
 
-ModeChoice = _choices("ModeChoice", FINETUNE_MODES)
+if TYPE_CHECKING:
+
+    class ModeChoice(enum.StrEnum):
+        """What mypy sees of the enum below, whose members (the registered modes) are made at run time."""
+
+else:
+    ModeChoice = _choices("ModeChoice", FINETUNE_MODES)
 
 BaseOpt = typer.Option(
     None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import typer
 
@@ -112,13 +113,14 @@ def merge(
     finite(alpha, "--alpha")
     check_output(out, force)
     merged = kind([TaskVector.load(p) for p in vectors], **given)
-    record = {**merged.info["merge"], "alpha": alpha, "files": [str(p) for p in vectors]}
+    # info is open metadata (dict[str, object]); merge() records a dict under "merge"
+    record = {**cast("dict[str, object]", merged.info["merge"]), "alpha": alpha, "files": [str(p) for p in vectors]}
     merged = merged * alpha
     merged.info = {"merge": record}
     merged.save(out)
     typer.echo(
         f"wrote {out}: {kind.label} of {' + '.join(merged.tasks)} ({merged.mode.name}), "
-        f"settings {json.dumps(merged.info['merge']['settings'])}, α = {alpha:g}"
+        f"settings {json.dumps(record['settings'])}, α = {alpha:g}"
     )
 
 
@@ -157,7 +159,8 @@ def vector(
     check_output(out, force)
     tau = vector_from_checkpoints(base_backbone(base, config), finetuned, task)
     tau.save(out)
-    unchanged = tau.info.get("unchanged from the base (absent from the checkpoint)", [])
+    # info is open metadata (dict[str, object]); vector_from_checkpoints records a list of names here
+    unchanged = cast("list[str]", tau.info.get("unchanged from the base (absent from the checkpoint)", []))
     note = f"; kept at the base's value, absent from the checkpoint: {', '.join(unchanged)}" if unchanged else ""
     typer.echo(f"wrote {out} ({tau.mode.name} task vector of {task}, {len(tau.vector)} tensors, norm {tau.norm():.4f}{note})")
 

@@ -16,10 +16,20 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
 MIB = 2**20
+
+
+class CostSummary(TypedDict):
+    """`CostMeter.summary()`: the measured fields of `taskvec.results.FinetuneCost`."""
+
+    seconds: float
+    step_ms: float | None
+    peak_mib: float | None
+    memory: str
 
 
 def _status_bytes(key: str) -> int | None:
@@ -85,7 +95,7 @@ class CostMeter:
         peak = _status_bytes("VmHWM")
         return None if peak is None else max(0, peak - self._baseline)
 
-    def summary(self) -> dict[str, float | str | None]:
+    def summary(self) -> CostSummary:
         """What was measured, as fields of `taskvec.results.FinetuneCost`."""
         peak = self.peak_bytes()
         return {

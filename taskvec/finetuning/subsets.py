@@ -111,9 +111,9 @@ def _attention(module: nn.Module) -> set[str]:
     return chosen
 
 
-def block_list(module: nn.Module) -> tuple[str, nn.Module]:
+def block_list(module: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:
     """(name, container) of the longest ModuleList/Sequential of sub-modules: the backbone's blocks."""
-    best: tuple[str, nn.Module] | None = None
+    best: tuple[str, nn.ModuleList | nn.Sequential] | None = None
     for name, sub in module.named_modules():
         if isinstance(sub, (nn.ModuleList, nn.Sequential)) and len(sub) >= 2 and (best is None or len(sub) > len(best[1])):
             best = (name, sub)

@@ -6,6 +6,7 @@ f(x; θ0) + J(x; θ0)(θ − θ0), so that it fine-tunes, saves and evaluates li
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch.func import functional_call
@@ -22,7 +23,10 @@ def func_jvp(module: torch.nn.Module, primals: Params, tangents: Params, batch: 
         return functional_call(module, dict(zip(names, values)), args=(), kwargs=batch, strict=False)
 
     with forward_ad_safe_attention():
-        return torch.func.jvp(f, tuple(primals[n] for n in names), tuple(tangents[n] for n in names))
+        # without has_aux, jvp returns the pair (f, J·tangent); torch's annotation also lists has_aux's triple
+        return cast(
+            "tuple[torch.Tensor, torch.Tensor]", torch.func.jvp(f, tuple(primals[n] for n in names), tuple(tangents[n] for n in names))
+        )
 
 
 class LinearizedBackbone(Backbone):

@@ -83,6 +83,11 @@ class _DualTable(dict):
         return make() if make is not None else super().__getitem__(name)
 
 
+def _dual_of(primals: Params, tangents: Mapping[str, torch.Tensor], name: str) -> Callable[[], torch.Tensor]:
+    """make_dual(primals[name], tangents[name]), made when called (inside the dual level)."""
+    return lambda: fwAD.make_dual(primals[name], tangents[name])
+
+
 @contextmanager
 def _dual_parameters(module: torch.nn.Module, primals: Params, tangents: Mapping[str, torch.Tensor]) -> Iterator[None]:
     """While the block runs, reading a parameter named in `primals` (under any of its tied
@@ -100,7 +105,7 @@ def _dual_parameters(module: torch.nn.Module, primals: Params, tangents: Mapping
             continue
         owner_name, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_name) if owner_name else module
-        tables.setdefault(owner, {})[leaf] = lambda n=source: fwAD.make_dual(primals[n], tangents[n])
+        tables.setdefault(owner, {})[leaf] = _dual_of(primals, tangents, source)
     originals = {owner: owner.__dict__["_parameters"] for owner in tables}
     try:
         for owner, duals in tables.items():

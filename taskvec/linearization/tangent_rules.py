@@ -40,7 +40,7 @@ class _LayerNormTangent(torch.autograd.Function):
     """ẏ = w·rstd·(ẋ − mean(ẋ) − x̂·mean(ẋ·x̂)) + x̂·ẇ + ḃ, x̂ = (x − μ)·rstd; adjoint = LN backward."""
 
     @staticmethod
-    def forward(ctx, x_t, w_t, b_t, x, shape, mean, rstd, w, b):  # type: ignore[override]
+    def forward(ctx, x_t, w_t, b_t, x, shape, mean, rstd, w, b):
         dims = tuple(range(-len(shape), 0))
         xhat = (x - mean) * rstd
         out = None
@@ -58,7 +58,7 @@ class _LayerNormTangent(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         x, mean, rstd, w, b = ctx.saved_tensors
         gx, gw, gb = torch.ops.aten.native_layer_norm_backward(grad, x, ctx.shape, mean, rstd, w, b, ctx.mask)
         return gx, gw, gb, None, None, None, None, None, None
@@ -69,7 +69,7 @@ class _BatchNormTangent(torch.autograd.Function):
     ẏ = ẋ·(w·rstd) + x·(ẇ·rstd) + (ḃ − m·ẇ·rstd); adjoint = BN backward (train=False)."""
 
     @staticmethod
-    def forward(ctx, x_t, w_t, b_t, x, mean, var, w, eps):  # type: ignore[override]
+    def forward(ctx, x_t, w_t, b_t, x, mean, var, w, eps):
         view = (1, -1) + (1,) * (x.ndim - 2)
         rstd = torch.rsqrt(var + eps)
         shift = torch.zeros_like(mean) if b_t is None else b_t.clone()
@@ -89,7 +89,7 @@ class _BatchNormTangent(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         x, mean, var, w = ctx.saved_tensors
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(grad, x, w, mean, var, None, None, False, ctx.eps, ctx.mask)
         return gx, gw, gb, None, None, None, None, None
@@ -135,7 +135,7 @@ class _AttentionTangent(torch.autograd.Function):
     """Ȯ from (Q̇, K̇, V̇) at the primal (Q, K, V, P); backward = attention's VJP from the saved P."""
 
     @staticmethod
-    def forward(ctx, q_t, k_t, v_t, q, k, v, p, scale):  # type: ignore[override]
+    def forward(ctx, q_t, k_t, v_t, q, k, v, p, scale):
         out = None
         if q_t is not None or k_t is not None:
             ds = torch.matmul(q_t, k.transpose(-2, -1)) if q_t is not None else None
@@ -153,7 +153,7 @@ class _AttentionTangent(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         q, k, v, p = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         g_q = g_k = g_v = None
@@ -220,13 +220,13 @@ class _GeluTangent(torch.autograd.Function):
     saves ẋ."""
 
     @staticmethod
-    def forward(ctx, x_t, x, approximate):  # type: ignore[override]
+    def forward(ctx, x_t, x, approximate):
         ctx.save_for_backward(x)
         ctx.approximate = approximate
         return torch.ops.aten.gelu_backward(x_t, x, approximate=approximate)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return torch.ops.aten.gelu_backward(grad, x, approximate=ctx.approximate), None, None
 

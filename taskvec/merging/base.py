@@ -19,14 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskvecError
 from ..lazy import lazy_import
 from ..registry import Kind, Registry, Setting, resolve_settings, settings_grid
 from ..task_vector import TaskVector
 
-torch = lazy_import("torch")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")
 
 Tensors = dict[str, "torch.Tensor"]
 
@@ -158,6 +161,6 @@ def merge(vectors: Sequence[TaskVector], method: str | MergeMethod = "task_arith
     with torch.no_grad():
         merged = inputs.output(kind.procedure(inputs, **resolved))
     first = vectors[0]
-    info = {"merge": {"method": kind.name, "settings": resolved, "inputs": [list(v.tasks) for v in vectors]}}
+    info: dict[str, object] = {"merge": {"method": kind.name, "settings": resolved, "inputs": [list(v.tasks) for v in vectors]}}
     tasks = tuple(task for v in vectors for task in v.tasks)
     return TaskVector(merged, first.mode, dict(first.base), tasks, info)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import TaskvecError
 from ..lazy import lazy_import
@@ -22,7 +22,10 @@ from ..registry import Setting
 from .base import MergeInputs, Tensors, merge_method
 from .tensors import fraction_count, kth_largest_magnitude, magnitudes
 
-torch = lazy_import("torch")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")
 
 Sparsifier = Callable[[int, str, "torch.Tensor"], "torch.Tensor"]
 """(task index, parameter name, that task's tensor) -> the sparsified tensor."""

@@ -9,6 +9,7 @@ official TSV-M and Iso codes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import TaskvecError
 from ..lazy import lazy_import
@@ -16,7 +17,10 @@ from ..registry import Setting
 from .base import MergeInputs, Tensors, merge_method
 from .tensors import fraction_count, low_rank, matrix_view, orthogonal_factor, svd
 
-torch = lazy_import("torch")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")
 
 MatrixMerge = Callable[["torch.Tensor"], "torch.Tensor"]
 """(T, m, n) task matrices -> the merged (m, n) matrix."""
@@ -33,9 +37,16 @@ def merge_layerwise(inputs: MergeInputs, merge_matrices: MatrixMerge) -> Tensors
         if matrix_view(deltas[0]) is None:
             merged[name] = deltas.mean(0)
             continue
-        matrices = torch.stack([matrix_view(d) for d in deltas])
+        matrices = torch.stack([_matrix(d) for d in deltas])
         merged[name] = merge_matrices(matrices).reshape(deltas.shape[1:])
     return merged
+
+
+def _matrix(tensor: torch.Tensor) -> torch.Tensor:
+    """`matrix_view` of one task's tensor, which has the shape of the first, found to be a matrix."""
+    matrix = matrix_view(tensor)
+    assert matrix is not None, "the tasks' tensors of a parameter share its shape"
+    return matrix
 
 
 def top_directions(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ..errors import TaskvecError
 from ..lazy import lazy_import
 
-torch = lazy_import("torch")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")
 
 
 def fraction_count(fraction: float, total: int) -> int:

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
 Modality = Literal["image", "text"]
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
-class Shared:
+class Shared(Generic[ModelT]):
     """Holds a frozen part of a model (CLIP's text tower, its tokenizer): not a registered
     module, so not in θ or task vectors, and shared, not copied, by `copy.deepcopy` (edited
     models all reuse one)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: ModelT):
         self.model = model
         self.tokenizer: Any = None
 
-    def __deepcopy__(self, memo: dict) -> Shared:
+    def __deepcopy__(self, memo: dict) -> Shared[ModelT]:
         return self
 
 

@@ -229,7 +229,7 @@ class EfficientNetLite0(Backbone):
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))
 
-    def forward(self, *, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, *, pixels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # the keys its prepare() makes
         """Globally average-pooled features, (N, 1280): the input to the (dropped) classifier."""
         return self.feature_map(pixels).mean(dim=(2, 3))
 

@@ -28,6 +28,8 @@ from .base import Backbone
 class ClassificationHead(nn.Module):
     """A frozen linear classifier on L2-normalized features."""
 
+    weight: torch.Tensor  # a buffer (register_buffer), not a parameter
+
     def __init__(self, weight: torch.Tensor, scale: float):
         super().__init__()
         if weight.ndim != 2:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from .hub import WEIGHT_FILES, read_hf_folder, resolve_folder
 from .identity import fingerprint
 from .pixels import ImageTransform, LazyImages
 from .registry import Init
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel, CLIPTextConfig
 
 # CLIP's own normalization (used when a folder has no preprocessor_config.json)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -78,7 +81,7 @@ class HFCLIPVisual(Backbone):
 
     def __init__(
         self,
-        clip: nn.Module,
+        clip: CLIPModel,
         tokenizer: Any,
         transform: ImageTransform,
         *,
@@ -92,7 +95,7 @@ class HFCLIPVisual(Backbone):
         self.vision_model = clip.vision_model
         self.visual_projection = clip.visual_projection
         clip.vision_model = nn.Identity()  # the text holder must not keep a second reference to θ
-        clip.visual_projection = nn.Identity()
+        clip.visual_projection = nn.Identity()  # type: ignore[assignment]  # on purpose, as above: not a Linear any more
         for p in clip.parameters():
             p.requires_grad_(False)
         clip.eval()
@@ -101,7 +104,8 @@ class HFCLIPVisual(Backbone):
         self.embed_dim = int(self.visual_projection.out_features)
         self.image_size = transform.size
         self.transform = transform
-        self.text_length = int(clip.config.text_config.max_position_embeddings)
+        # transformers types text_config with the dict or None its constructor accepts; a built config holds a CLIPTextConfig.
+        self.text_length = int(cast("CLIPTextConfig", clip.config.text_config).max_position_embeddings)
         self.pixel_cache = str(Path(pixel_cache).expanduser()) if pixel_cache else None
         self._text_fingerprint: str | None = None
 
@@ -109,7 +113,7 @@ class HFCLIPVisual(Backbone):
         """Raw images (file paths, or uint8 N×H×W[×3]) -> {"pixels": lazily preprocessed N×3×S×S}."""
         return {"pixels": LazyImages(inputs, self.transform, cache_dir=self.pixel_cache)}  # type: ignore[dict-item]
 
-    def forward(self, *, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, *, pixels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # the keys its prepare() makes
         dtype = self.visual_projection.weight.dtype
         pooled = self.vision_model(pixel_values=pixels.to(dtype)).pooler_output
         return self.visual_projection(pooled)
@@ -123,7 +127,7 @@ class HFCLIPVisual(Backbone):
         """Un-normalized text embeddings (N × embed_dim), float32 on the CPU."""
         model = self._text.model
         device = device or self.visual_projection.weight.device
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers types `to` as functools.wraps of the unbound nn.Module.to
         texts, out = list(texts), []
         for start in range(0, len(texts), batch_size):
             tokens = self._text.tokenizer(
@@ -214,5 +218,8 @@ def build_hf_clip(
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise TaskvecError(f"cannot load CLIP from {folder}: {str(exc).splitlines()[0][:300]}") from None
-    transform = image_transform(folder, int(clip_config.vision_config.image_size))
+    # transformers types vision_config with the dict or None its constructor accepts (and image_size with the pairs it
+    # accepts); a loaded CLIP config holds a CLIPVisionConfig, whose image_size is CLIP's one int.
+    vision_config: Any = clip_config.vision_config
+    transform = image_transform(folder, int(vision_config.image_size))
     return HFCLIPVisual(model, tokenizer, transform, name=f"hf-clip:{spec}", folder=folder, init=str(init), pixel_cache=pixel_cache)

@@ -233,7 +233,7 @@ class HFTextEncoder(Backbone):
             return torch.where(mask > 0, hidden, torch.full_like(hidden, -1e9)).amax(dim=1)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
-    def forward(
+    def forward(  # type: ignore[override]  # the keys its prepare() makes
         self,
         *,
         input_ids: torch.Tensor,

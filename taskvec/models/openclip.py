@@ -25,10 +25,10 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -108,15 +108,16 @@ def weights_location(arch: str, pretrained: str | None, weights_dir: str | None 
         return Path(cfg["file"]).is_file(), cfg["file"]
     hub = cfg.get("hf_hub", "")
     if hub:
+        cached: Callable[..., Any] | None
         try:
-            from huggingface_hub import try_to_load_from_cache
+            from huggingface_hub import try_to_load_from_cache as cached
         except ImportError:  # pragma: no cover
-            try_to_load_from_cache = None
+            cached = None
         repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
         names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        if try_to_load_from_cache is not None:
+        if cached is not None:
             for name in names:
-                found = try_to_load_from_cache(repo, name, cache_dir=weights_dir)
+                found = cached(repo, name, cache_dir=weights_dir)
                 if isinstance(found, str) and os.path.isfile(found):
                     return True, found
         # open_clip prefers the hub copy whenever huggingface_hub is installed (it is, pinned).
@@ -144,14 +145,17 @@ class OpenCLIPVisual(Backbone):
     ):
         super().__init__()
         self.name, self.arch, self.pretrained, self.init = name, arch, pretrained, init
-        self.visual = clip.visual
+        self.visual = clip.get_submodule("visual")  # clip.visual, typed as the module it is
         clip.visual = nn.Identity()  # the text holder must not keep a second reference to θ
         for p in clip.parameters():
             p.requires_grad_(False)
         clip.eval()
-        self._text = Shared(clip)
-        self.embed_dim = int(getattr(self.visual, "output_dim", 0) or clip.text_projection.shape[-1])
-        size = self.visual.image_size
+        # open_clip ships no type information: to mypy its models (CLIP, CustomTextCLIP) are modules whose attributes
+        # (text_projection, logit_scale, encode_text) nn.Module's __getattr__ types as Tensor | Module.
+        self._text: Shared[Any] = Shared(clip)
+        self.embed_dim = int(getattr(self.visual, "output_dim", 0) or self._text.model.text_projection.shape[-1])
+        # a plain attribute of open_clip's image towers (an int or an (h, w) pair), not a tensor or module
+        size = cast("int | tuple[int, int] | list[int]", self.visual.image_size)
         size = size[0] if isinstance(size, (tuple, list)) else size
         self.image_size = int(size)
         self.transform = ImageTransform.from_torchvision(preprocess, self.image_size)
@@ -163,7 +167,7 @@ class OpenCLIPVisual(Backbone):
         """Raw images (file paths, or uint8 N×H×W[×3]) -> {"pixels": lazily preprocessed N×3×S×S}."""
         return {"pixels": LazyImages(inputs, self.transform, cache_dir=self.pixel_cache)}  # type: ignore[dict-item]
 
-    def forward(self, *, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, *, pixels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # the keys its prepare() makes
         dtype = next(iter(self.visual.parameters())).dtype  # float64 in gradient checks; autocast casts later
         with no_mha_fastpath():
             return self.visual(pixels.to(dtype))
@@ -245,7 +249,7 @@ def build_openclip(
     arch, tag = parse_spec(spec)
     tag = pretrained or tag
     _check_arch(arch)
-    is_file = bool(tag) and (Path(tag).expanduser().suffix != "" or os.sep in tag)
+    is_file = bool(tag and (Path(tag).expanduser().suffix != "" or os.sep in tag))
     tag_cfg = {} if is_file else _tag_config(arch, tag)
     if tag and not is_file and not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)

@@ -100,6 +100,7 @@ def disentanglement_of_vectors(
     shared: dict = {}
     results = {}
     for method in methods:
+        assert method.vectors is not None, "editing methods apply vectors"
         ev = Evaluator(
             setup.backbone,
             heads,

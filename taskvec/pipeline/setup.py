@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -30,6 +31,11 @@ class PreparedTask:
     sets: dict[str, EvalSet]
 
 
+def _cap(value: int | Literal["all"] | None) -> int | None:
+    """A cap of `DataConfig`, whose construction has already turned "all" into None."""
+    return None if isinstance(value, str) else value
+
+
 def prepare_tasks(backbone: Backbone, names: list[str], cfg: RunConfig) -> dict[str, PreparedTask]:
     """Load each task, split it with the configured seed and caps, and prepare the inputs once."""
     prepared = {}
@@ -39,7 +45,13 @@ def prepare_tasks(backbone: Backbone, names: list[str], cfg: RunConfig) -> dict[
         if task.modality != backbone.modality:
             raise TaskvecError(f"task {name!r} is {task.modality} data but backbone {backbone.name!r} encodes {backbone.modality}")
         data = make_splits(
-            task, seed=d.seed, val_fraction=d.val_fraction, val_cap=d.val_cap, max_train=d.max_train, max_val=d.max_val, max_test=d.max_test
+            task,
+            seed=d.seed,
+            val_fraction=d.val_fraction,
+            val_cap=d.val_cap,
+            max_train=_cap(d.max_train),
+            max_val=_cap(d.max_val),
+            max_test=_cap(d.max_test),
         )
         sets = {}
         for split in SPLITS:

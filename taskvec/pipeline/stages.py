@@ -115,12 +115,13 @@ class Stage:
     def nested(self, prefix: str, context: Callable[[Any], Any], kept: set[str]) -> Stage:
         """This stage of a sub-run inside a larger graph: its key under `prefix`, computed with
         the sub-run's context (`context(parent context)`), after those of its stages in `kept`."""
+        run = self.compute
         return dataclasses.replace(
             self,
             key=prefix + self.key,
             record=self.stored_key,
             title=f"[{prefix.rstrip('/')}] {self.title}",
-            compute=lambda parent, run=self.compute: run(context(parent)),
+            compute=lambda parent: run(context(parent)),
             after=tuple(prefix + k for k in self.after if k in kept),
         )
 
@@ -144,9 +145,15 @@ class Stage:
             return State.REDO
         return State.DONE if self.current is None or self.current() else State.TODO
 
+    def _saved_file(self) -> Path:
+        """The stage file, which only stages with a result type have (and load or save)."""
+        if self.stage_file is None:
+            raise TaskvecError(f"stage {self.key} has no result type, so no stage file to load or save")
+        return self.stage_file
+
     def load(self) -> tuple[Any, float | None]:
         """The saved result (typed) and the seconds it took."""
-        saved = read_json(self.stage_file)
+        saved = read_json(self._saved_file())
         try:
             return check_value(saved["result"], self.result_type, self.key), saved.get("seconds")
         except TaskvecError as exc:
@@ -154,7 +161,8 @@ class Stage:
 
     def save(self, result: Any, seconds: float) -> None:
         write_json(
-            self.stage_file, {"stage": self.stored_key, "settings": to_data(self.settings), "seconds": seconds, "result": to_data(result)}
+            self._saved_file(),
+            {"stage": self.stored_key, "settings": to_data(self.settings), "seconds": seconds, "result": to_data(result)},
         )
 
 

@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..kinds import FINETUNE_MODES, NONLINEAR, PRETRAINED, method_for_vector
 from ..merging import MERGE_METHODS, TASK_ARITHMETIC
 from ..registry import format_settings
-from ..results import MergeResult, RunResults
+from ..results import RunResults
 from .cells import _alpha, _count, _editing, _mean, _mean_cost, _methods, _seconds, _with_ratio, pct
 
 
@@ -46,7 +46,7 @@ def _merge_sections(results: RunResults) -> list[str]:
     ]
     for name, by_method in results.merge.items():
         for m in methods:
-            r: MergeResult | None = by_method.get(m.name)
+            r = by_method.get(m.name)  # MergeResult | None, as `r` above
             if r is not None:
                 lines.append(
                     f"| {MERGE_METHODS.get(name).label} | {m.label} | {_alpha(r)} | {format_settings(r.settings) or '–'} | "
@@ -81,6 +81,7 @@ def _disentanglement_section(results: RunResults, figures: Path) -> list[str]:
         "| pair | method | mean ξ over the grid | mean ξ inside the box [0, 1]² |",
         "|---|---|---|---|",
     ]
+    assert results.disentanglement is not None, "drawn only when the run computed it"
     for pair, by_method in results.disentanglement.items():
         name = pair.replace("+", "_")
         plot_disentanglement(by_method, figures / f"disentanglement_{name}.png")
@@ -102,6 +103,7 @@ def _ntk_section(results: RunResults, figures: Path) -> list[str]:
     from ..analysis.ntk import plot_ntk_localization
 
     ntk = results.ntk
+    assert ntk is not None, "drawn only when the run computed it"
     plot_ntk_localization(ntk.models, figures / "ntk_localization.png", ntk.train_task, ntk.control_task)
     return [
         "## NTK eigenfunction localization (Fig. 6)",
@@ -129,6 +131,7 @@ def _ntk_section(results: RunResults, figures: Path) -> list[str]:
 def _random_init_section(results: RunResults) -> list[str]:
     """Table 3: the same pipeline from a randomly initialized backbone."""
     r = results.random_init
+    assert r is not None, "written only when the run computed it"
     lines = [
         "## From random initialization (Table 3)",
         "",

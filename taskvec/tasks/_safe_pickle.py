@@ -20,9 +20,10 @@ import gzip
 import io
 import pickle
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+from numpy._core.multiarray import _reconstruct
+from numpy._core.numeric import _frombuffer  # type: ignore[attr-defined]  # private to numpy, absent from its stubs
 
 from ..errors import TaskvecError
 
@@ -36,8 +37,8 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
 
 _ALLOWED: dict[tuple[str, str], object] = {
     ("_codecs", "encode"): _latin1_encode,
-    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-    ("numpy._core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
@@ -77,7 +78,7 @@ def load_numpy_pickle(path: str | Path) -> np.ndarray:
         raise TaskvecError(f"cannot read {path}: {err}") from None
 
 
-def _load(handle: BinaryIO, what: str) -> np.ndarray:
+def _load(handle: io.BufferedIOBase, what: str) -> np.ndarray:
     try:
         obj = RestrictedUnpickler(handle).load()
     except TaskvecError:

@@ -111,6 +111,7 @@ def make_splits(
     Caps on each split (max_*) subsample with the same seed, for quick runs on small machines.
     """
     loaded = task.load()
+    test: Split | None
     if len(loaded) == 3:  # the source fixes all three splits
         train, val, test = loaded
     else:

@@ -226,9 +226,9 @@ TEXTILE_CLASSES = (("nominal", "nominal textile"), ("local", "local defect"), ("
 def _read_image(path: Path, side: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.draft("RGB", (2 * side, 2 * side))  # JPEG DCT scaling: fast, never below 2×side
-        image = image.convert("RGB")
+    with Image.open(path) as file:
+        file.draft("RGB", (2 * side, 2 * side))  # JPEG DCT scaling: fast, never below 2×side
+        image = file.convert("RGB")
         if max(image.size) > side:
             image = image.resize((side, side), Image.Resampling.LANCZOS)
         return np.asarray(image, dtype=np.uint8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from ..errors import TaskvecError
 from .base import Task, TaskData, make_splits
@@ -34,7 +35,7 @@ def get_task(name: str, *, root: str | Path | None = None) -> Task:
         raise TaskvecError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
     factory = _TASKS[name]
     if root is not None and "root" in inspect.signature(factory).parameters:
-        return factory(root=root)
+        return cast("Callable[..., Task]", factory)(root=root)  # its signature, checked above, has a root parameter
     return factory()
 
 

@@ -22,6 +22,8 @@ and `download`. Importing it registers the nine tasks.
 
 from __future__ import annotations
 
+import functools
+
 from ..registry import register_task
 from .catalog import CONTROL_TASK, DIGITS, EUROSAT_CLASSES, GTSRB_CLASSES, HOW, PAPER_TASKS, RESISC45_FOLDERS, TEMPLATES
 from .digits import MNIST_FILES, SVHN, read_idx_file
@@ -32,7 +34,7 @@ from .loaders import CARS, DTD, EUROSAT, GTSRB, RESISC45, SUN397
 from .task import LAYOUTS, LOADERS, missing_data, paper_task
 
 for _name in PAPER_TASKS + (CONTROL_TASK,):
-    register_task(_name)(lambda root=None, _n=_name: paper_task(_n, root))
+    register_task(_name)(functools.partial(paper_task, _name))
 
 __all__ = [
     "CARS",

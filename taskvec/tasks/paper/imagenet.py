@@ -33,6 +33,8 @@ def _open_clip_file_module(name: str) -> Any:
     path = Path(list(spec.submodule_search_locations)[0]) / f"{name}.py"
     try:
         file_spec = importlib.util.spec_from_file_location(f"taskvec._open_clip_{name}", path)
+        if file_spec is None or file_spec.loader is None:
+            raise ImportError(f"no loader for {path}")
         module = importlib.util.module_from_spec(file_spec)
         file_spec.loader.exec_module(module)
     except (OSError, ImportError):  # a later open_clip that moved or split it

@@ -155,7 +155,7 @@ def _load_resisc45(root: Path) -> tuple[Split, Split]:
     splits = []
     for name in ("train", "test"):
         listed = {line.strip() for line in (root / f"resisc45/resisc45-{name}.txt").read_text().splitlines() if line.strip()}
-        paths, labels, _ = image_folder(images, list(RESISC45_FOLDERS), keep=lambda f, listed=listed: f in listed)
+        paths, labels, _ = image_folder(images, list(RESISC45_FOLDERS), keep=listed.__contains__)
         splits.append(_split(paths, labels, f"RESISC45 {name}"))
     return splits[0], splits[1]
 
