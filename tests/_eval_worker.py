@@ -15,12 +15,13 @@ from pathlib import Path
 
 import conftest  # noqa: F401  (registers tiny-cnn and the toy tasks)
 import torch
+from plain_addition import task_addition
 
 from taskvec.analysis import disentanglement_error
 from taskvec.analysis.linearity import linearity_gap
 from taskvec.analysis.ntk import ntk_localization
 from taskvec.distributed import Ranks
-from taskvec.edits import select_merge, task_addition, task_negation
+from taskvec.edits import select_merge, task_negation
 from taskvec.evaluate import EvalSet, Evaluator
 from taskvec.io import load_tensors
 from taskvec.kinds import EVAL_METHODS, FINETUNE_MODES

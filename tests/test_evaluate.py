@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from plain_addition import task_addition
 
 from taskvec.config import TrainConfig, alpha_grid
-from taskvec.edits import negation_control, task_addition, task_negation
+from taskvec.edits import negation_control, task_negation
 from taskvec.errors import TaskvecError
 from taskvec.evaluate import EvalSet, Evaluator, encode
 from taskvec.models import build_backbone
