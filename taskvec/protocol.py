@@ -28,7 +28,7 @@ from .pipeline.keys import FINETUNE, HEADS, SINGLE_TASK, merge_key
 from .pipeline.plan import PlannedStage, plan_graph
 from .pipeline.rundir import RunDir
 from .pipeline.session import session
-from .pipeline.stages import Graph, Stage, execute
+from .pipeline.stages import Graph, ResultKey, Stage, execute
 from .results import MergeResult, RunResults, SingleTask
 from .seeds import SeedResults
 from .tuning import TUNE_CRITERIA, TunePoint, TuneResult, render_markdown, tune_modes
@@ -86,7 +86,7 @@ def _seeds_report(cfg: RunConfig, run_dir: RunDir, runs: list[SubRun]) -> list[s
 
 # ----- the learning-rate grid ----------------------------------------------------------------------
 
-TUNE = "tune"
+TUNE: ResultKey[TuneResult] = ResultKey("tune", TuneResult)  # kept in tune.json
 ADDITION = merge_key(TASK_ARITHMETIC)
 TUNE_STAGES = (SINGLE_TASK.name, ADDITION.name)  # what scores a grid point
 
@@ -147,13 +147,12 @@ def tune_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
         _include(graph, point.run, keep=lambda s: s.key == HEADS or s.key.startswith(FINETUNE) or s.key in TUNE_STAGES)
     scored = [point.run.dir.stage(k) for point in grid for k in TUNE_STAGES]
     graph.add(
-        Stage(
+        Stage.keeping(
             TUNE,
             f"choose on validation among {len(grid)} grid points ({', '.join(TUNE_CRITERIA.names())})",
             [run_dir.root / "tune.json", run_dir.root / "tune.md"],
             lambda ctx: _choose(cfg, run_dir, grid, ctx),
             settings={"points": [p.run.prefix for p in grid], "criterion": cfg.tune.criterion},
-            result_type=TuneResult,
             after=tuple(graph.keys()),
             current=lambda: benchmark.newer_than(run_dir.root / "tune.json", scored),
             detail=f"criterion for the config lines: {cfg.tune.criterion}; scores in tune.json and tune.md",
@@ -246,7 +245,7 @@ def run_tune(cfg: RunConfig, out: str | Path, log: Log = print, progress: bool =
     ctx = Contexts(log, progress)
     with session(cfg):
         run_graph(tune_graph(cfg, run_dir), run_dir, ctx)
-    return ctx.outcome.results.get(TUNE)
+    return ctx.result(TUNE) if ctx.has_result(TUNE) else None  # ranks other than 0 do not run it
 
 
 def plan(graph: Graph, cfg: RunConfig, look: bool = True) -> list[PlannedStage]:
