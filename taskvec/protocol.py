@@ -23,7 +23,7 @@ from .io import write_text
 from .kinds import FINETUNE_MODES, method_for_vector
 from .merging import TASK_ARITHMETIC
 from .pipeline import graph as benchmark
-from .pipeline.context import Contexts, Log, RunContext, SubRun
+from .pipeline.context import Contexts, Log, Roles, RunContext, SubRun
 from .pipeline.keys import FINETUNE, HEADS, SINGLE_TASK, merge_key
 from .pipeline.plan import PlannedStage, plan_graph
 from .pipeline.rundir import RunDir
@@ -194,16 +194,20 @@ def _choose(cfg: RunConfig, run_dir: RunDir, grid: list[GridPoint], ctx: Context
 
 
 def run_graph(
-    graph: Graph, run_dir: RunDir, ctx: Contexts, select: Callable[[Stage], bool] = lambda s: True, sharded: bool = False
+    graph: Graph,
+    run_dir: RunDir,
+    ctx: Contexts,
+    select: Callable[[Stage], bool] = lambda s: True,
+    sharded: bool = False,
+    intro: str = "",
 ) -> None:
     """Execute a graph in its run directory: held by this run, every directory checked against
-    (then stamped with) its config, then every stage that is not done."""
+    (then stamped with) its config, `intro` logged, then every stage that is not done."""
     with run_dir.locked(shared=sharded):
         graph.verify()
         graph.stamp()
-        if isinstance(ctx, RunContext):
-            cfg = ctx.cfg
-            ctx.log(f"backbone {cfg.backbone} ({cfg.init}); tasks {ctx.roles.tasks}; negation controls {ctx.roles.controls}")
+        if intro:
+            ctx.log(intro)
         execute(graph, ctx, main=is_main(), select=select)
 
 
@@ -230,7 +234,13 @@ def run_pipeline(
         if cfg.seeds is not None and main:
             log(f"{len(cfg.seeds)} seeds: {cfg.seeds}, each in {run_dir.root}/seed-<s>/")
         ctx = RunContext(cfg, run_dir, log, progress) if cfg.seeds is None else Contexts(log, progress)
-        run_graph(graph, run_dir, ctx, select, sharded=shard is not None)
+        roles = Roles.of(cfg)
+        intro = (
+            ""
+            if cfg.seeds is not None
+            else f"backbone {cfg.backbone} ({cfg.init}); tasks {roles.tasks}; negation controls {roles.controls}"
+        )
+        run_graph(graph, run_dir, ctx, select, sharded=shard is not None, intro=intro)
         if shard is not None:
             ctx.log(f"fine-tuned shard {shard[0]}/{shard[1]}: {len(units)} (task, mode) units")
     if shard is not None or not main:

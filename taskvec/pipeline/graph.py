@@ -242,9 +242,8 @@ def _include_random_init(graph: Graph, cfg: RunConfig, run_dir: RunDir) -> None:
     stages included under that prefix, then its summary."""
     run = SubRun(f"{RANDOM_INIT_RUN}/", analyses.random_init_config(cfg), run_dir.nested(RANDOM_INIT_RUN))
     sub = build_graph(run.cfg, run.dir)
-    before = len(graph.stages)
     graph.include(sub, run.prefix, lambda parent: parent.context(run))
-    nested = tuple(s.key for s in graph.stages[before:])
+    nested = tuple(run.prefix + key for key in sub.keys())
     graph.add(
         Stage.keeping(
             RANDOM_INIT,

@@ -29,7 +29,7 @@ def _total_seconds(results: RunResults) -> float:
     return round(sum(known), 1)
 
 
-def stage_timing(ctx: RunContext, random_init: RandomInitSeconds) -> dict[str, float | None]:
+def stage_timing(ctx: RunContext) -> dict[str, float | None]:
     """Seconds per evaluation and analysis stage; the random-init sub-run's stages count as one,
     `random_init`, holding the time its run recorded (fine-tunes included)."""
     timing: dict[str, float | None] = {}
@@ -37,23 +37,12 @@ def stage_timing(ctx: RunContext, random_init: RandomInitSeconds) -> dict[str, f
         if key.startswith(FINETUNE) or key in (HEADS, REPORT.name):
             continue
         if key == RANDOM_INIT.name or key.startswith(f"{RANDOM_INIT_RUN}/"):
-            timing[RANDOM_INIT.name] = random_init()
-            continue
+            key, seconds = RANDOM_INIT.name, None  # its place in the table; its time below
         timing[key] = seconds
+    sub_run = ctx.dir.nested(RANDOM_INIT_RUN).results
+    if RANDOM_INIT.name in timing and sub_run.exists():
+        timing[RANDOM_INIT.name] = _total_seconds(RunResults.load(sub_run))
     return timing
-
-
-class RandomInitSeconds:
-    """The random-init sub-run's recorded time, read once from its results.json."""
-
-    def __init__(self, ctx: RunContext):
-        self.path = ctx.dir.nested(RANDOM_INIT_RUN).results
-        self._seconds: float | None = None
-
-    def __call__(self) -> float | None:
-        if self._seconds is None and self.path.exists():
-            self._seconds = _total_seconds(RunResults.load(self.path))
-        return self._seconds
 
 
 def assemble_results(ctx: RunContext) -> RunResults:
@@ -73,7 +62,7 @@ def assemble_results(ctx: RunContext) -> RunResults:
         seconds=round(time.perf_counter() - ctx.started, 1),
         timing=Timing(
             finetune={f"{task}.{mode.name}": cost[mode.name][task].seconds for mode in cfg.modes for task in roles.tasks},
-            stages=stage_timing(ctx, RandomInitSeconds(ctx)),
+            stages=stage_timing(ctx),
         ),
         cost=cost,
         linearity=ctx.result(LINEARITY) if ctx.has_result(LINEARITY) else None,
