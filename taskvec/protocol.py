@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import AnalysisConfig, MergeConfig, RunConfig, TrainModes, TuneConfig, seed_config
 from .distributed import is_main, shard_units
+from .edits import best_point
 from .errors import TaskvecError
 from .io import write_text
 from .kinds import FINETUNE_MODES, method_for_vector
@@ -162,10 +163,15 @@ def tune_graph(cfg: RunConfig, run_dir: RunDir) -> Graph:
 
 
 def score_point(single: SingleTask, addition: dict[str, MergeResult], point: GridPoint, tasks: list[str], run_dir: RunDir) -> TunePoint:
-    """A grid point's validation scores from its single-task and addition stages."""
+    """A grid point's validation scores from its single-task and addition stages.
+
+    Task addition's α is the benchmark's own (`edits.best_point`: best mean normalized validation
+    accuracy), so the point is scored on the model the benchmark reports; the point's score is that
+    model's absolute validation accuracy, because across grid points the normalized one divides by
+    each point's own single-task accuracy and would favour the points that fine-tune worst."""
     method = method_for_vector(FINETUNE_MODES.get(point.mode))
     per_task = {t: single.val[method.name][t] for t in tasks}
-    best = max(addition[method.name].curve, key=lambda p: (p.val_absolute, -p.alpha))
+    best = best_point(addition[method.name].curve)
     return TunePoint(
         lr=point.lr,
         steps=point.steps,

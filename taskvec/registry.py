@@ -78,7 +78,8 @@ class Setting:
     """A declared hyperparameter: type, range, default and the grid searched on validation.
 
     `low`/`high` are inclusive bounds; `choices` restricts a str setting; `grid` is what the
-    benchmark tries (empty: the default alone).
+    benchmark tries (empty: the default alone). `seeded`: an integer seed of the method's own
+    sampling, which each run of a multi-seed benchmark (`--seeds`) offsets by its seed.
     """
 
     name: str
@@ -89,8 +90,11 @@ class Setting:
     high: float | None = None
     choices: tuple[Any, ...] = ()
     grid: tuple[Any, ...] = ()
+    seeded: bool = False
 
     def __post_init__(self) -> None:
+        if self.seeded and self.type is not int:
+            raise TypeError(f"setting {self.name!r}: only an integer setting can be a seed")
         self.check(self.default, "default")
         for value in self.grid:
             self.check(value, "grid")

@@ -20,7 +20,9 @@ from .registry import Kind, Registry
 @dataclass
 class TunePoint:
     """One grid point of one mode, scored on validation: the mean over tasks of each task's own
-    fine-tuned model (α = 1), and task addition's best mean accuracy over its α grid."""
+    fine-tuned model (α = 1), and task addition's mean accuracy at the α the benchmark picks (its
+    best mean normalized validation accuracy; `protocol.score_point` says why the score itself is
+    absolute)."""
 
     lr: float
     steps: int
@@ -61,7 +63,7 @@ ADDITION = TUNE_CRITERIA.register(
         name="addition",
         label="addition val.",
         color="#d62728",
-        description="mean validation accuracy of task addition at its best α of the grid: what task arithmetic needs",
+        description="mean validation accuracy of task addition at the α the benchmark picks (best mean normalized validation accuracy): what task arithmetic needs",
         score=lambda p: p.addition,
     )
 )

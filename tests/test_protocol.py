@@ -53,6 +53,30 @@ def test_each_criterion_chooses_its_best_point_and_ties_go_to_the_smaller_rate()
         choose([], SINGLE_TASK)
 
 
+def test_the_addition_criterion_scores_the_alpha_the_benchmark_picks(tmp_path):
+    """`taskvec tune` and the benchmark choose α by one rule (best mean normalized validation
+    accuracy); the grid point is then scored by that model's absolute validation accuracy."""
+    from types import SimpleNamespace
+
+    from taskvec.protocol import GridPoint, score_point
+    from taskvec.results import AlphaPoint, MergeResult, SingleTask
+
+    finetuned = {"a": 0.9, "b": 0.5}  # single-task validation accuracies: normalization divides by them
+
+    def at(alpha, a, b):
+        return AlphaPoint(alpha, {"a": a, "b": b}, (a + b) / 2, (a / finetuned["a"] + b / finetuned["b"]) / 2)
+
+    curve = [at(0.3, 0.85, 0.20), at(0.6, 0.60, 0.40)]  # absolute prefers 0.3 (0.525 > 0.5); normalized 0.6
+    assert max(curve, key=lambda p: p.val_absolute).alpha == 0.3
+    merged = MergeResult(alpha=0.6, absolute=0.4, normalized=0.6, per_task={}, settings={}, seconds=0.0, curve=curve)
+    single = SingleTask(val={NONLINEAR_FT.name: finetuned}, test={NONLINEAR_FT.name: {"a": 1.0, "b": 1.0}})
+    run_dir = SimpleNamespace(root=tmp_path)
+    grid_point = GridPoint(mode="nonlinear", lr=1e-3, steps=10, run=SimpleNamespace(dir=SimpleNamespace(root=tmp_path / "p")))
+    scored = score_point(single, {NONLINEAR_FT.name: merged}, grid_point, ["a", "b"], run_dir)
+    assert scored.addition_alpha == 0.6 == merged.alpha
+    assert scored.addition == pytest.approx(0.5)  # absolute accuracy at the benchmark's α
+
+
 def test_shared_rates_and_config_lines():
     modes = tune_modes(
         {"nonlinear": [point(1e-5, 0.5, 0.5), point(3e-5, 0.6, 0.4)], "linear": [point(3e-5, 0.7, 0.3), point(1e-4, 0.6, 0.6)]}
@@ -154,6 +178,20 @@ def test_seed_config_moves_every_seed_but_nothing_else():
     sub = seed_config(cfg, 3)
     assert sub.seeds is None and sub.data.seed == 3 and all(t.seed == 3 for t in sub.train.modes.values())
     assert sub.train["linear"].lr == cfg.train["linear"].lr and sub.tasks == cfg.tasks
+
+
+def test_each_seed_draws_its_own_dare_masks():
+    """--seeds varies DARE's drop masks as it varies the splits: a seeded setting is offset by the
+    run's seed, given or default, and a method without one is left as configured."""
+    from taskvec.merging import DARE, TIES
+
+    cfg = from_data(RunConfig, {"seeds": [0, 1, 2], "merge": {"methods": ["dare", "ties"], "dare": {"p": [0.5]}}})
+    grids = [seed_config(cfg, s).merge.settings_grid(DARE) for s in (0, 1, 2)]
+    assert [[g["seed"] for g in grid] for grid in grids] == [[0], [1], [2]]
+    assert all(g["p"] == 0.5 for grid in grids for g in grid)
+    assert seed_config(cfg, 2).merge.settings_grid(TIES) == cfg.merge.settings_grid(TIES)
+    given = from_data(RunConfig, {"merge": {"methods": ["dare"], "dare": {"p": [0.9], "seed": [5, 7]}}})
+    assert [g["seed"] for g in seed_config(given, 1).merge.settings_grid(DARE)] == [6, 8]
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,17 @@ class MergeConfig:
                 raise TaskvecError(f"merge.{method.name}.{ALPHAS} must be finite numbers, got {a!r}")
         return [round(float(a), 6) for a in values]
 
+    def seeded(self, seed: int) -> MergeConfig:
+        """The config of one seed's run: every seeded setting (DARE's drop masks) offset by `seed`,
+        so that the seeds vary the merges' sampling as they vary the splits and fine-tunes."""
+        grids = {name: dict(grid) for name, grid in self.grids.items()}
+        for method in self.kinds:
+            for setting in method.settings:
+                if setting.seeded:
+                    values = grids.get(method.name, {}).get(setting.name, list(setting.grid) or [setting.default])
+                    grids.setdefault(method.name, {})[setting.name] = [int(v) + seed for v in values]
+        return MergeConfig(methods=self.methods, grids=grids)
+
     @classmethod
     def from_table(cls, data: Any, where: str) -> MergeConfig:
         if not isinstance(data, dict):

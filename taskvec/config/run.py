@@ -160,13 +160,15 @@ def with_seeds(cfg: RunConfig, count: int) -> RunConfig:
 
 def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
     """One seed's run of a multi-seed config: the split, the data order of every mode's
-    fine-tune and any sampling (heads, analyses) all follow `seed`."""
+    fine-tune, the merges' own sampling (seeded settings such as DARE's drop masks, offset by
+    `seed`) and any other sampling (heads, analyses) all follow `seed`."""
     return dataclasses.replace(
         cfg,
         name=f"{cfg.name}-seed{seed}",
         seeds=None,
         data=dataclasses.replace(cfg.data, seed=seed),
         train=cfg.train.replace_each(lambda t: dataclasses.replace(t, seed=seed)),
+        merge=cfg.merge.seeded(seed),
     )
 
 

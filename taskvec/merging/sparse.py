@@ -154,7 +154,7 @@ def ties(inputs: MergeInputs, k: float) -> Tensors:
             "after dropping: sum (DARE + TA) or ties (sign election and disjoint mean, as mergekit's dare_ties)",
             choices=("sum", "ties"),
         ),
-        Setting("seed", int, 0, "seed of the drop masks", low=0),
+        Setting("seed", int, 0, "seed of the drop masks (a multi-seed run adds its seed)", low=0, seeded=True),
     ),
     alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
 )
