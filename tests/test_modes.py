@@ -18,6 +18,7 @@ from taskvec.errors import TaskvecError
 from taskvec.finetuning.build import FitData
 from taskvec.finetuning.cost import CostMeter
 from taskvec.finetuning.parts import LowRank, TunedEncoder, WeightSubset
+from taskvec.finetuning.penalty import squared_sum
 from taskvec.finetuning.sensitivity import fisher_scores, least_sensitive
 from taskvec.finetuning.subsets import select_parameters
 from taskvec.kinds import EVAL_METHODS, FINETUNE_MODES, LINEAR_LORA, LINEAR_SUBSET, LORA, SUBSET, TALOS, TJP, method_for_vector
@@ -161,7 +162,8 @@ class Mlp(Backbone):
         return self.b(torch.tanh(self.a(x)))
 
 
-def test_tjp_penalty_equals_an_explicit_jacobian_product():
+def test_tjp_squared_sum_penalty_equals_an_explicit_jacobian_product():
+    """penalty = "squared-sum" reproduces taskvec's earlier τJp term, λ Σ_d mean_x ‖J(x; θ0) τ‖²."""
     torch.manual_seed(0)
     model = Mlp().double()
     params = _params(model)
@@ -172,7 +174,7 @@ def test_tjp_penalty_equals_an_explicit_jacobian_product():
         for n in names:
             trainable.trained[n].add_(tau[n])
     head = taskvec.models.heads.ClassificationHead(torch.randn(2, 3), 1.0)
-    step = TrainedModel(TunedEncoder(model, trainable, linearized=True), head, penalty=0.7).double()
+    step = TrainedModel(TunedEncoder(model, trainable, linearized=True), head, penalty=0.7, term=squared_sum).double()
     others = [{"x": torch.randn(6, 4, dtype=torch.float64)}, {"x": torch.randn(3, 4, dtype=torch.float64)}]
     _, penalty = step({"x": torch.randn(2, 4, dtype=torch.float64)}, others)
 
