@@ -364,6 +364,11 @@ def test_a_run_of_every_mode_reports_accuracy_cost_and_linearity(tmp_path, capsy
     for mode in FINETUNE_MODES:
         assert f"| {mode.label} |" in section
     assert "(1.00×)" in section  # costs relative to non-linear FT
+    # τJp's effective penalty, per task (no [negation] control here: the other tasks only)
+    assert all(c.penalty is None for m, costs in results.cost.items() if m != "tjp" for c in costs.values())
+    expected = "λ = 0.1 · mean over 2 datasets (toy-stripes, toy-noise; no control) of mean_x ‖J(x;θ0)τ‖, 16 examples each per step"
+    assert results.cost["tjp"]["toy-squares"].penalty == expected
+    assert "Effective penalty of τJp, per fine-tuned task:" in section and f"- toy-squares: {expected}" in section
     assert (out / "figures" / "modes_cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
