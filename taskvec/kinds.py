@@ -22,6 +22,7 @@ from .finetuning.build import (
     FRACTION,
     PARAMS,
     PENALTY_BATCH,
+    PENALTY_FORM,
     PENALTY_WEIGHT,
     RANK,
     Builder,
@@ -42,9 +43,10 @@ class FinetuneMode(Kind):
     `linearized`: the trained model is f_lin (in the trained part), so its vectors live in the
     tangent space and only make sense applied to f_lin. `lr`: the learning rate a config or the
     Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
-    with its declared `settings`. `penalty`: τJp's term λ Σ_{t'≠t} ‖J(x_t'; θ0) τ‖², which needs
-    the other tasks' training inputs. `paper`: one of the paper's modes, which a run trains
-    unless its config names others.
+    with its declared `settings`. `penalty`: a term of the loss on τ's tangent features over other
+    datasets (τJp: λ · mean over the other tasks and the control of mean_x ‖J(x; θ0) τ‖, its
+    form a setting; taskvec.finetuning.penalty), which needs their training inputs. `paper`: one
+    of the paper's modes, which a run trains unless its config names others.
     """
 
     linearized: bool = False
@@ -160,8 +162,8 @@ TJP = FINETUNE_MODES.register(
         linearized=True,
         lr=3e-4,
         penalty=True,
-        settings=(PENALTY_WEIGHT, PENALTY_BATCH),
-        description="linearized FT penalizing τ's tangent features on the other tasks' training inputs",
+        settings=(PENALTY_WEIGHT, PENALTY_BATCH, PENALTY_FORM),
+        description="linearized FT penalizing τ's tangent features on the other tasks' (and the control's) training inputs",
         reference="Yoshida et al., τJp, ICLR 2025",
     )
 )

@@ -175,7 +175,8 @@ class NtkResult:
 class FinetuneCost:
     """What one fine-tune cost (taskvec.finetuning.cost): wall seconds, median step time, the
     peak memory it added (`memory` says what was counted), and how many entries it trained (φ)
-    and could change in θ."""
+    and could change in θ; `penalty`: a penalized mode's effective penalty (form, λ, datasets,
+    examples each; taskvec.finetuning.penalty.EffectivePenalty.describe)."""
 
     seconds: float | None = None
     step_ms: float | None = None
@@ -183,6 +184,7 @@ class FinetuneCost:
     memory: str | None = None
     trained_entries: int | None = None
     changed_entries: int | None = None
+    penalty: str | None = None
 
 
 @dataclass

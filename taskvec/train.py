@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import TaskvecError
-from .finetuning.build import PENALTY_BATCH, PENALTY_WEIGHT, FitData
+from .finetuning.build import PENALTY_BATCH, PENALTY_FORM, PENALTY_WEIGHT, FitData
 from .finetuning.cost import CostMeter
 from .finetuning.parts import TunedEncoder
+from .finetuning.penalty import PENALTY_TERMS, EffectivePenalty, PenaltyTerm, norm_mean, penalty_data
 from .io import load_tensors, save_tensors
 from .kinds import FINETUNE_MODES, FinetuneMode
 from .models.base import Backbone, Batch
@@ -95,21 +96,20 @@ def _autocast(device: torch.device, precision: str):
 
 class TrainedModel(torch.nn.Module):
     """The model a step differentiates: the tuned encoder, its frozen head and, for a mode with a
-    penalty, λ Σ_{t'} mean_x ‖J(x; θ0) τ‖² over batches of the other tasks (one JVP each)."""
+    penalty, `penalty` · `term`(encoder, batches of the penalized datasets) (taskvec.finetuning.
+    penalty; τJp: mean over the datasets of mean_x ‖J(x; θ0) τ‖, one JVP per dataset)."""
 
-    def __init__(self, encoder: TunedEncoder, head: ClassificationHead, penalty: float = 0.0):
+    def __init__(self, encoder: TunedEncoder, head: ClassificationHead, penalty: float = 0.0, term: PenaltyTerm = norm_mean):
         super().__init__()
-        self.encoder, self.head, self.penalty = encoder, head, penalty
+        self.encoder, self.head, self.penalty, self.term = encoder, head, penalty, term
         for p in self.head.parameters():
             p.requires_grad_(False)
 
     def forward(self, batch: Batch, others: Sequence[Batch] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(self.encoder(**batch))
-        term = logits.new_zeros(())
-        for other in others:
-            tangent = self.encoder.tangent_features(other)[1]
-            term = term + tangent.to(torch.promote_types(tangent.dtype, torch.float32)).pow(2).sum(-1).mean()
-        return logits, self.penalty * term
+        if not others:
+            return logits, logits.new_zeros(())
+        return logits, self.penalty * self.term(self.encoder, others)
 
 
 def save_checkpoint(path: Path, step: int, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, meta: dict) -> None:
@@ -159,23 +159,31 @@ def finetune(
     progress: bool = True,
     stop_after: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
-    others: Sequence[Batch] = (),
+    others: Sequence[Batch] | Mapping[str, Batch] = (),
+    control: tuple[str, Batch] | None = None,
 ) -> TaskVector:
     """Fine-tune a copy of `base` (θ0) on one task and return its task vector.
 
     `mode` (a registered fine-tuning mode or its name) says what is trained: f itself, or
     f_lin = linearize(f) for a linearized mode. `checkpoint` makes the run resumable;
     `stop_after` ends the run early after that many steps (an interruption). `others`: the other
-    tasks' training inputs, for a mode with a penalty on them (τJp).
+    tasks' training inputs (by name, or in a list), and `control`: (name, training inputs) of the
+    control data, one more penalized dataset, for a mode with a penalty on them (τJp); the
+    vector's info["penalty"] records the effective penalty.
     """
     mode = FINETUNE_MODES.get(mode)
     settings = mode.resolve(cfg.settings)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if len(labels) == 0:
         raise TaskvecError(f"task {task!r} has no training examples")
-    others = list(others) if mode.penalty else []
-    if mode.penalty and not others:
+    if mode.penalty and not others and control is None:
         raise TaskvecError(f"mode {mode.name} penalizes τ on the other tasks' inputs: give their training inputs (others=...)")
+    names, penalized, control_name = penalty_data(inputs, others, control) if mode.penalty else ((), [], None)
+    effective = (
+        EffectivePenalty(settings[PENALTY_FORM.name], settings[PENALTY_WEIGHT.name], settings[PENALTY_BATCH.name], names, control_name)
+        if mode.penalty
+        else None
+    )
     identity = base_identity(base)
 
     rank, world = _distributed()
@@ -190,14 +198,17 @@ def finetune(
     run = _Training(base, head, inputs, labels, mode, settings, cfg, device, rank, world)
     start = run.resume(checkpoint, {"mode": mode.name, "task": task, "base": identity, "config": asdict(cfg)})
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    load = _batch_loader(inputs, labels, others, settings, cfg, rank, world)
+    load = _batch_loader(inputs, labels, penalized, settings, cfg, rank, world)
     meter = CostMeter(device).start()
     bar = tqdm(
         range(start, end), initial=start, total=cfg.steps, desc=f"{mode.name:>9} {task}", disable=not progress or rank != 0, leave=False
     )
     loss = run.steps(bar, load, meter, start, end, on_step)
     bar.close()
-    return run.task_vector(identity, task, meter, loss, end > start)
+    vector = run.task_vector(identity, task, meter, loss, end > start)
+    if effective is not None:
+        vector.info["penalty"] = {**to_data(effective), "describe": effective.describe()}
+    return vector
 
 
 def _batch_loader(
@@ -247,8 +258,8 @@ class _Training:
         self.backbone = copy.deepcopy(base)
         fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
         self.trainable = mode.builds(self.backbone, settings, fit, mode.linearized)
-        weight = settings[PENALTY_WEIGHT.name] if mode.penalty else 0.0
-        model = TrainedModel(TunedEncoder(self.backbone, self.trainable, mode.linearized), head, weight).to(device)
+        weight, term = (settings[PENALTY_WEIGHT.name], PENALTY_TERMS[settings[PENALTY_FORM.name]]) if mode.penalty else (0.0, norm_mean)
+        model = TrainedModel(TunedEncoder(self.backbone, self.trainable, mode.linearized), head, weight, term).to(device)
         model.train()
         self.params = self.trainable.trained
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -18,6 +18,7 @@ from taskvec.errors import TaskvecError
 from taskvec.finetuning.build import FitData
 from taskvec.finetuning.cost import CostMeter
 from taskvec.finetuning.parts import LowRank, TunedEncoder, WeightSubset
+from taskvec.finetuning.penalty import squared_sum
 from taskvec.finetuning.sensitivity import fisher_scores, least_sensitive
 from taskvec.finetuning.subsets import select_parameters
 from taskvec.kinds import EVAL_METHODS, FINETUNE_MODES, LINEAR_LORA, LINEAR_SUBSET, LORA, SUBSET, TALOS, TJP, method_for_vector
@@ -161,7 +162,8 @@ class Mlp(Backbone):
         return self.b(torch.tanh(self.a(x)))
 
 
-def test_tjp_penalty_equals_an_explicit_jacobian_product():
+def test_tjp_squared_sum_penalty_equals_an_explicit_jacobian_product():
+    """penalty = "squared-sum" reproduces taskvec's earlier τJp term, λ Σ_d mean_x ‖J(x; θ0) τ‖²."""
     torch.manual_seed(0)
     model = Mlp().double()
     params = _params(model)
@@ -172,7 +174,7 @@ def test_tjp_penalty_equals_an_explicit_jacobian_product():
         for n in names:
             trainable.trained[n].add_(tau[n])
     head = taskvec.models.heads.ClassificationHead(torch.randn(2, 3), 1.0)
-    step = TrainedModel(TunedEncoder(model, trainable, linearized=True), head, penalty=0.7).double()
+    step = TrainedModel(TunedEncoder(model, trainable, linearized=True), head, penalty=0.7, term=squared_sum).double()
     others = [{"x": torch.randn(6, 4, dtype=torch.float64)}, {"x": torch.randn(3, 4, dtype=torch.float64)}]
     _, penalty = step({"x": torch.randn(2, 4, dtype=torch.float64)}, others)
 
@@ -362,6 +364,11 @@ def test_a_run_of_every_mode_reports_accuracy_cost_and_linearity(tmp_path, capsy
     for mode in FINETUNE_MODES:
         assert f"| {mode.label} |" in section
     assert "(1.00×)" in section  # costs relative to non-linear FT
+    # τJp's effective penalty, per task (no [negation] control here: the other tasks only)
+    assert all(c.penalty is None for m, costs in results.cost.items() if m != "tjp" for c in costs.values())
+    expected = "λ = 0.1 · mean over 2 datasets (toy-stripes, toy-noise; no control) of mean_x ‖J(x;θ0)τ‖, 16 examples each per step"
+    assert results.cost["tjp"]["toy-squares"].penalty == expected
+    assert "Effective penalty of τJp, per fine-tuned task:" in section and f"- toy-squares: {expected}" in section
     assert (out / "figures" / "modes_cost.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -24,6 +24,12 @@ def finetune(
     others: list[str] = typer.Option(
         [], "--other", help="Another task whose inputs a penalized mode (tjp) keeps τ away from (repeatable)."
     ),
+    control: str | None = typer.Option(
+        None,
+        "--control",
+        help="Control task a penalized mode (tjp) also penalizes, one more dataset (the official τJp code adds ImageNet); "
+        "default: the config's [negation] control, if any.",
+    ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Resumable checkpoint file."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     force: bool = ForceOpt,
@@ -47,6 +53,12 @@ def finetune(
     given = parse_settings(kind.settings, settings, f"--mode {kind.name}")
     if kind.penalty and not others:
         raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' inputs: name them with --other TASK")
+    if control is not None and not kind.penalty:
+        raise TaskvecError(f"--control names data a penalized mode (tjp) reads; mode {kind.name} has no penalty")
+    control = control or (cfg.negation.control if kind.penalty else None)
+    control = None if control == task else control  # the task itself is no control of its own
+    if control is not None and control in others:
+        raise TaskvecError(f"the control {control} (--control or the config's [negation] control) is also an --other: name it once")
     train_modes = (
         cfg.train if kind.name in cfg.train.modes else dataclasses.replace(cfg.train, modes={kind.name: TrainConfig.for_mode(kind)})
     )
@@ -68,11 +80,14 @@ def finetune(
             checkpoint=checkpoint,
             device=device_for(cfg.device),
             progress=progress and main,
-            others=[setup.prepared(o).sets["train"].inputs for o in others],
+            others={o: setup.prepared(o).sets["train"].inputs for o in others},
+            control=(control, setup.prepared(control).sets["train"].inputs) if control else None,
         )
     if main:
         vector.save(out)
         typer.echo(f"wrote {out} ({kind.name} task vector of {task}, norm {vector.norm():.4f})")
+        if "penalty" in vector.info:
+            typer.echo(f"penalty: {cast('dict[str, str]', vector.info['penalty'])['describe']}")
 
 
 @app.command()

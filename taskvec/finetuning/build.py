@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskvecError
 from ..registry import Setting
+from .penalty import NORM_MEAN, PENALTY_TERMS
 
 if TYPE_CHECKING:  # the builders import torch's side when they run, so taskvec.kinds stays light
     import torch
@@ -48,15 +49,24 @@ CANDIDATES = Setting(
 )
 FRACTION = Setting("fraction", float, 0.1, "fraction of the candidate entries trained (the least sensitive)", low=1e-9, high=1.0)
 BATCHES = Setting("batches", int, 8, "mini-batches of the task's training data scored at θ0", low=1)
-# τJp's penalty is a term of the training loss (taskvec.train), not a parameterization:
+# τJp's penalty is a term of the training loss (taskvec.finetuning.penalty), not a parameterization.
+# Defaults: the official code's (katoro8989/tau-Jp_Task_Arithmetic, args.py `--penalty` 0.1;
+# finetune_reg_strict.py line 306 `orth_batch_size` 16, lines 186-194 the norm-mean form).
 PENALTY_WEIGHT = Setting(
     "lam",
     float,
     0.1,
-    "weight λ (tune it: it scales with the features) of Σ_{t'≠t} mean ‖J(x_t'; θ0) τ‖² over the other tasks' inputs",
+    "weight λ of the penalty on τ's tangent features over the other tasks' (and the control's) inputs",
     low=0.0,
 )
-PENALTY_BATCH = Setting("penalty_batch", int, 8, "examples of each other task per step for the penalty", low=1)
+PENALTY_BATCH = Setting("penalty_batch", int, 16, "examples of each penalized dataset per step", low=1)
+PENALTY_FORM = Setting(
+    "penalty",
+    str,
+    NORM_MEAN,
+    "norm-mean: mean over datasets of mean_x ‖J(x;θ0)τ‖ (official); squared-sum: Σ over datasets of mean_x ‖J(x;θ0)τ‖² (taskvec's earlier form)",
+    choices=tuple(PENALTY_TERMS),
+)
 
 Builder = Callable[["Backbone", Mapping[str, Any], "FitData", bool], "Trainable"]
 

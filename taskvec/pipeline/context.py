@@ -37,12 +37,13 @@ class Roles:
     tasks: list[str]
     targets: list[str]  # negation targets
     controls: dict[str, str]  # negation target -> control task
+    control: str | None = None  # the configured [negation] control, if any
 
     @classmethod
     def of(cls, cfg: RunConfig) -> Roles:
         tasks = list(cfg.tasks)
         targets = list(cfg.negation.targets or tasks)
-        return cls(tasks, targets, {t: negation_control(t, tasks, cfg.negation.control) for t in targets})
+        return cls(tasks, targets, {t: negation_control(t, tasks, cfg.negation.control) for t in targets}, cfg.negation.control)
 
     @property
     def extra(self) -> list[str]:
@@ -54,9 +55,19 @@ class Roles:
         return self.tasks + self.extra
 
     def penalty_tasks(self, task: str, mode: FinetuneMode) -> list[str]:
-        """The tasks whose training inputs a fine-tune of `task` reads besides its own: the other
-        tasks of the run for a mode with a penalty on them (τJp), else none."""
-        return [t for t in self.tasks if t != task] if mode.penalty else []
+        """The tasks whose training inputs a fine-tune of `task` reads besides its own, for a mode
+        with a penalty on them (τJp), else none: the other tasks of the run, then the configured
+        control (`penalty_control`) as one more dataset, as the official code appends ImageNet
+        (katoro8989/tau-Jp_Task_Arithmetic, finetune_reg_strict.py line 301)."""
+        if not mode.penalty:
+            return []
+        control = self.penalty_control(task, mode)
+        return [t for t in self.tasks if t not in (task, control)] + ([control] if control else [])
+
+    def penalty_control(self, task: str, mode: FinetuneMode) -> str | None:
+        """The control a fine-tune of `task` penalizes: the configured [negation] control unless
+        it is `task` itself; None without one (the penalty reads the other tasks only)."""
+        return self.control if mode.penalty and self.control not in (None, task) else None
 
 
 @dataclass(frozen=True)
@@ -174,10 +185,15 @@ class RunContext(Contexts):
         return self._vectors[key]
 
     def finetune(self, task: str, mode: FinetuneMode) -> TaskVector:
-        """Fine-tune one task in one mode (resumable from its checkpoint) and save the vector."""
+        """Fine-tune one task in one mode (resumable from its checkpoint) and save the vector. A
+        penalized mode reads the training split of the other tasks and of the control, as the
+        official τJp code draws its penalty batches from each "…Val" dataset's training part,
+        ImageNet's included (finetune_reg_strict.py line 100, `is_train=True`)."""
         train = self.prepared(task).sets["train"]
         checkpoint = self.dir.checkpoint(task, mode)
-        others = [self.prepared(t).sets["train"].inputs for t in self.roles.penalty_tasks(task, mode)]
+        control = self.roles.penalty_control(task, mode)
+        penalized = {t: self.prepared(t).sets["train"].inputs for t in self.roles.penalty_tasks(task, mode)}
+        control_data = (control, penalized.pop(control)) if control else None
         vector = finetune(
             self.backbone,
             self.head(task),
@@ -189,7 +205,8 @@ class RunContext(Contexts):
             checkpoint=checkpoint,
             device=self.device,
             progress=self.progress,
-            others=others,
+            others=penalized,
+            control=control_data,
         )
         if is_main():  # under torchrun every rank holds the same vector; one writes it
             vector.save(self.dir.vector(task, mode))

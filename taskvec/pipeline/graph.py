@@ -127,8 +127,15 @@ def _train_detail(cfg: RunConfig, roles: Roles, task: str, mode: FinetuneMode) -
         f"{length}, batch {train.batch_size}, lr {train.lr:g}, warm-up {train.warmup_steps}, {train.precision}"
         + (f", {train.grad_accumulation} micro-batches" if train.grad_accumulation > 1 else "")
         + (f"; {format_settings(train.settings)}" if train.settings else "")
-        + (f"; penalty on the inputs of {', '.join(roles.penalty_tasks(task, mode))}" if mode.penalty else "")
+        + (f"; penalty on the inputs of {_penalized(roles, task, mode)}" if mode.penalty else "")
     )
+
+
+def _penalized(roles: Roles, task: str, mode: FinetuneMode) -> str:
+    """The datasets a penalized fine-tune reads: the other tasks, then the control, if any."""
+    control = roles.penalty_control(task, mode)
+    others = ", ".join(t for t in roles.penalty_tasks(task, mode) if t != control)
+    return others + (f" + control {control}" if control else " (no control configured)")
 
 
 # ----- evaluations --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ report (report.md, figures) drawn from it."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -15,12 +16,16 @@ from .keys import DISENTANGLEMENT, FINETUNE, HEADS, LINEARITY, NEGATION, NTK, RA
 
 
 def _finetune_cost(path: Path) -> FinetuneCost:
-    """The cost a fine-tune recorded in its vector's metadata (vectors of older releases: seconds only)."""
+    """The cost a fine-tune recorded in its vector's metadata (vectors of older releases: seconds
+    only), with its effective penalty, if any."""
     info = check_tensors(path).get("info", {})
     info = info if isinstance(info, dict) else {}
+    penalty = info.get("penalty")
+    described = penalty.get("describe") if isinstance(penalty, dict) else None
+    described = described if isinstance(described, str) else None
     if isinstance(info.get("cost"), dict):
-        return from_data(FinetuneCost, info["cost"], f"{path} info.cost")
-    return FinetuneCost(seconds=info.get("seconds"))
+        return dataclasses.replace(from_data(FinetuneCost, info["cost"], f"{path} info.cost"), penalty=described)
+    return FinetuneCost(seconds=info.get("seconds"), penalty=described)
 
 
 def _total_seconds(results: RunResults) -> float:

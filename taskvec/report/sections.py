@@ -199,7 +199,19 @@ def _modes_section(results: RunResults) -> list[str]:
             + (f"{_mean([g.relative_gap for g in gaps.values()]):.2f}" if gaps else "–")
             + " |"
         )
-    return lines + ["", "![accuracy and cost of the modes](figures/modes_cost.png)", ""]
+    return lines + _penalty_lines(results, modes) + ["", "![accuracy and cost of the modes](figures/modes_cost.png)", ""]
+
+
+def _penalty_lines(results: RunResults, modes: list) -> list[str]:
+    """The effective penalty strength of each penalized mode's fine-tunes (form, λ, the datasets
+    penalized, the control among them or not, examples of each per step), as their vectors recorded."""
+    lines: list[str] = []
+    for mode in modes:
+        described = {task: c.penalty for task, c in results.cost.get(mode.name, {}).items() if c.penalty}
+        if described:
+            lines += ["", f"Effective penalty of {mode.label}, per fine-tuned task:", ""]
+            lines += [f"- {task}: {text}" for task, text in described.items()]
+    return lines
 
 
 def _timing_section(results: RunResults) -> list[str]:
