@@ -65,6 +65,7 @@ def finetune_task(
     mode: FinetuneMode | str = NONLINEAR,
     progress: bool = True,
     others: Sequence[TaskSetup] = (),
+    control: TaskSetup | None = None,
     **options: Any,
 ) -> TaskVector:
     """Fine-tune `backbone` on the task in a registered mode (`taskvec list`) and return its task
@@ -72,7 +73,8 @@ def finetune_task(
 
     `options` are `TrainConfig` fields (steps, batch_size, lr, weight_decay, warmup_steps, ...)
     and the mode's own settings (e.g. `rank=4` for LoRA). The learning rate defaults to the
-    mode's own. `others`: the other tasks, for a mode that penalizes τ on their inputs (τJp).
+    mode's own. `others`: the other tasks, for a mode that penalizes τ on their inputs (τJp);
+    `control`: a control task penalized beside them (its training inputs, as τJp's code does).
     """
     mode = FINETUNE_MODES.get(mode)
     cfg = TrainConfig.for_mode(mode, **options)
@@ -85,7 +87,8 @@ def finetune_task(
         cfg=cfg,
         task=setup.name,
         progress=progress,
-        others=[o.train.inputs for o in others],
+        others={o.name: o.train.inputs for o in others},
+        control=(control.name, control.train.inputs) if control is not None else None,
     )
 
 

@@ -42,3 +42,17 @@ def test_finetune_task_defaults_to_the_modes_learning_rate(monkeypatch):
     tv.finetune_task(base, task, mode="linear", lr=1e-3, steps=2, warmup_steps=1, progress=False)
     assert seen == [(m, m.lr) for m in tv.FINETUNE_MODES] + [(tv.FINETUNE_MODES.get("linear"), 1e-3)]
     assert len({lr for _, lr in seen[:-1]}) > 1  # the modes' rates differ: the default is the mode's
+
+
+def test_finetune_task_penalizes_the_control_it_is_given():
+    """The Python API's τJp takes a control task as the run and the CLI do: it is penalized
+    beside the other tasks and named in the vector's effective penalty."""
+    base = tv.build_backbone("tiny-cnn")
+    tasks = {n: tv.setup_task(base, n, max_train=32, max_val=16, max_test=16) for n in ("toy-squares", "toy-stripes", "toy-noise")}
+    train = dict(steps=2, warmup_steps=1, batch_size=8, progress=False)
+    plain = tv.finetune_task(base, tasks["toy-squares"], mode="tjp", others=[tasks["toy-stripes"]], **train)
+    with_control = tv.finetune_task(
+        base, tasks["toy-squares"], mode="tjp", others=[tasks["toy-stripes"]], control=tasks["toy-noise"], **train
+    )
+    assert plain.info["penalty"]["control"] is None and with_control.info["penalty"]["control"] == "toy-noise"
+    assert any(not torch.equal(plain.vector[n], with_control.vector[n]) for n in plain.vector)
