@@ -17,9 +17,11 @@ from .errors import TaskvecError
 from .finetuning.build import (
     ADAPTED,
     ALPHA,
+    ARITHMETIC,
     BATCHES,
     CANDIDATES,
     FRACTION,
+    LINEARIZE,
     PARAMS,
     PENALTY_BATCH,
     PENALTY_WEIGHT,
@@ -39,8 +41,8 @@ PAPER = "https://arxiv.org/abs/2305.12827"
 class FinetuneMode(Kind):
     """How a task vector is fine-tuned.
 
-    `linearized`: the trained model is f_lin (in the trained part), so its vectors live in the
-    tangent space and only make sense applied to f_lin. `lr`: the learning rate a config or the
+    `linearized`: the trained model is linearized in the trained part (f_lin, or for L-LoRA's
+    official `linearize = "adapters"` each adapted layer on its own: `applies_to_f_lin`). `lr`: the learning rate a config or the
     Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
     with its declared `settings`. `penalty`: τJp's term λ Σ_{t'≠t} ‖J(x_t'; θ0) τ‖², which needs
     the other tasks' training inputs. `paper`: one of the paper's modes, which a run trains
@@ -57,6 +59,14 @@ class FinetuneMode(Kind):
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overridden by `given`; unknown or out-of-range values are a TaskvecError."""
         return resolve_settings(self.settings, given, f"train.{self.name}")
+
+    def applies_to_f_lin(self, settings: Mapping[str, Any]) -> bool:
+        """Whether this mode run with `settings` trains f_lin, so that its vectors live in the
+        tangent space and edit f_lin (else f). `linearized` decides, except under L-LoRA's
+        `linearize = "adapters"`: each LoRA layer linearized on its own is f at W0 + s·B·A0,
+        so those vectors edit f. Settings without `linearize` (vectors made before it, or from
+        a linearized checkpoint) mean the whole network."""
+        return self.linearized and settings.get(LINEARIZE.name, "network") == "network"
 
 
 FINETUNE_MODES: Registry[FinetuneMode] = Registry("fine-tuning mode")
@@ -121,8 +131,8 @@ LORA = FINETUNE_MODES.register(
         linearized=False,
         lr=3e-4,
         builds=low_rank,
-        settings=_LORA,
-        description="low-rank adapters W0 + (alpha/r)·B·A, trained through f; the vector is (alpha/r)·B·A",
+        settings=(*_LORA, ARITHMETIC),
+        description="low-rank adapters W0 + (alpha/r)·B·A, trained through f; the vector is (alpha/r)·B·A, or the adapters",
         reference="Hu et al., LoRA, ICLR 2022",
     )
 )
@@ -134,8 +144,8 @@ LINEAR_LORA = FINETUNE_MODES.register(
         linearized=True,
         lr=1e-3,
         builds=low_rank,
-        settings=_LORA,
-        description="L-LoRA: f linearized in the adapters around (A0, 0); the vector is (alpha/r)·B·A0",
+        settings=(*_LORA, LINEARIZE),
+        description="L-LoRA: each LoRA layer (or the whole f) linearized in its adapters around (A0, 0); the vector is (alpha/r)·B·A0",
         reference="Tang et al., Partial linearization for parameter-efficient model fusion (L-LoRA), ICLR 2024",
     )
 )
@@ -233,7 +243,8 @@ for _mode in FINETUNE_MODES:
                 color=_mode.color,
                 vectors=_mode,
                 linearized=_mode.linearized,
-                description=f"{_mode.name} vectors applied to " + ("f_lin" if _mode.linearized else "f"),
+                description=f"{_mode.name} vectors applied to "
+                + ("f or f_lin by its linearize setting" if LINEARIZE in _mode.settings else "f_lin" if _mode.linearized else "f"),
                 reference=_mode.reference,
             )
         )

@@ -32,6 +32,9 @@ else:
     torch = lazy_import("torch")
 
 Tensors = dict[str, "torch.Tensor"]
+# the one merge defined on LoRA adapter-convention vectors (the sum of the adapters' deltas, as the
+# L-LoRA paper's task arithmetic): the others are written for weight changes
+ADAPTER_MERGE = "task_arithmetic"
 
 
 @dataclass(frozen=True)
@@ -149,18 +152,21 @@ def check_mergeable(vectors: Sequence[TaskVector]) -> None:
 def merge(vectors: Sequence[TaskVector], method: str | MergeMethod = "task_arithmetic", **settings: Any) -> TaskVector:
     """The merged direction d of `vectors` by `method` (the model is then θ0 + α·d).
 
-    Settings are checked against the method's declared ones; the result has the inputs' mode and
-    base, their tasks concatenated, and `info["merge"]` = method, resolved settings and inputs.
+    Settings are checked against the method's declared ones; the result has the inputs' mode,
+    base and settings (`TaskVector.carried`), their tasks concatenated, and `info["merge"]` =
+    method, resolved settings and inputs.
     """
     kind = MERGE_METHODS.get(method)
     resolved = kind.resolve(settings)
     vectors = list(vectors)
     check_mergeable(vectors)
+    if vectors[0].adapters and kind.name != ADAPTER_MERGE:
+        raise TaskvecError(f"merge method {kind.name} is not implemented for LoRA adapter vectors (arithmetic = 'adapters'): only {ADAPTER_MERGE} is")
     inputs = MergeInputs.of(vectors)
     assert kind.procedure is not None
     with torch.no_grad():
         merged = inputs.output(kind.procedure(inputs, **resolved))
     first = vectors[0]
-    info: dict[str, object] = {"merge": {"method": kind.name, "settings": resolved, "inputs": [list(v.tasks) for v in vectors]}}
+    info: dict[str, object] = {**first.carried(), "merge": {"method": kind.name, "settings": resolved, "inputs": [list(v.tasks) for v in vectors]}}
     tasks = tuple(task for v in vectors for task in v.tasks)
     return TaskVector(merged, first.mode, dict(first.base), tasks, info)
