@@ -96,7 +96,7 @@ class TaskVector:
 
     def weight_change(self, pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """θ − θ0 of θ0 + τ on `pretrained` (θ0's parameters): the vector itself, or for adapters
-        s·ΔB·(A0 + ΔA) on each adapted matrix (other parameters unchanged, left out)."""
+        s·ΔB·(A0 + ΔA) on each adapted matrix and zeros elsewhere."""
         if not self.adapters:
             return self.vector
         from .finetuning.parts import A_SUFFIX, B_SUFFIX, adapter_weight_change
@@ -108,9 +108,10 @@ class TaskVector:
         if missing := sorted(named - set(pretrained)) or sorted(set(self.vector) - {n + x for n in named for x in (A_SUFFIX, B_SUFFIX)}):
             raise TaskvecError(f"adapter vector and model do not match, e.g. {missing[:3]}")
         settings = self.settings
-        return adapter_weight_change(
+        changes = adapter_weight_change(
             self.vector, pretrained, rank=int(cast(int, settings[RANK.name])), alpha=float(cast(float, settings[ALPHA.name])), seed=seed
         )
+        return {n: changes[n] if n in changes else torch.zeros_like(p) for n, p in pretrained.items()}
 
     # ----- arithmetic ---------------------------------------------------------------------
     def _check_compatible(self, other: TaskVector) -> None:
