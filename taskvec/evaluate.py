@@ -107,10 +107,6 @@ def _key(coeffs: Mapping[str, float]) -> tuple:
     return tuple(sorted((t, round(float(a), 10)) for t, a in coeffs.items() if float(a) != 0.0))
 
 
-def _model(vector: TaskVector) -> str:
-    return "f_lin" if vector.applies_to_f_lin else "f"
-
-
 class Evaluator:
     """Accuracy of θ0 + Σ α_t τ_t on any (task, split), for one evaluation method.
 
@@ -164,9 +160,12 @@ class Evaluator:
             raise TaskvecError(f"method {method.name} needs {method.vectors.name} task vectors; {key!r} is {vector.mode.name}")
         first = next(iter(self.vectors.values()), vector)
         if vector.applies_to_f_lin != first.applies_to_f_lin:
-            raise TaskvecError(f"task vector {key!r} edits {_model(vector)}, the evaluator's other vectors {_model(first)}")
+            edits = ["f_lin" if v.applies_to_f_lin else "f" for v in (vector, first)]
+            raise TaskvecError(f"task vector {key!r} edits {edits[0]}, the evaluator's other vectors {edits[1]}")
         if vector.adapters and self.method.post_hoc:
-            raise TaskvecError(f"task vector {key!r} holds LoRA adapters (not affine in α): post-hoc linearization needs arithmetic = 'weights'")
+            raise TaskvecError(
+                f"task vector {key!r} holds LoRA adapters (not affine in α): post-hoc linearization needs arithmetic = 'weights'"
+            )
         identity = base_identity(self.base)
         if vector.base != identity:  # the JVP path never builds an edited model, so check here
             raise TaskvecError(f"task vector {key!r} was made from base {vector.base}, not from this model {identity}")

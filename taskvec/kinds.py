@@ -41,9 +41,10 @@ PAPER = "https://arxiv.org/abs/2305.12827"
 class FinetuneMode(Kind):
     """How a task vector is fine-tuned.
 
-    `linearized`: the trained model is linearized in the trained part (f_lin, or for L-LoRA's
-    official `linearize = "adapters"` each adapted layer on its own: `applies_to_f_lin`). `lr`: the learning rate a config or the
-    Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
+    `linearized`: the trained model is linearized in the trained part (f_lin, or under
+    L-LoRA's official `linearize = "adapters"` each adapted layer on its own, which leaves f:
+    `applies_to_f_lin` says which model its vectors edit). `lr`: the learning rate a config or
+    the Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
     with its declared `settings`. `penalty`: τJp's term λ Σ_{t'≠t} ‖J(x_t'; θ0) τ‖², which needs
     the other tasks' training inputs. `paper`: one of the paper's modes, which a run trains
     unless its config names others.

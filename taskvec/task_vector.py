@@ -15,7 +15,7 @@ in α, so such edits are evaluated point by point.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -94,7 +94,7 @@ class TaskVector:
         adapters = (settings.get(RANK.name), settings.get(ALPHA.name), self.info.get("seed")) if self.adapters else None
         return (self.applies_to_f_lin, adapters)
 
-    def weight_change(self, pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def weight_change(self, pretrained: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """θ − θ0 of θ0 + τ on `pretrained` (θ0's parameters): the vector itself, or for adapters
         s·ΔB·(A0 + ΔA) on each adapted matrix and zeros elsewhere."""
         if not self.adapters:

@@ -51,7 +51,10 @@ def random_adapters(lora: LowRank, seed: int, b_scale: float = 1.0) -> dict[str,
     """{name: (ΔA, B)} drawn at random, as a fine-tune could leave them."""
     g = torch.Generator().manual_seed(seed)
     return {
-        n: (0.3 * torch.randn(lora.a0[n].shape, generator=g, dtype=torch.float64), b_scale * torch.randn(lora.b[n].shape, generator=g, dtype=torch.float64))
+        n: (
+            0.3 * torch.randn(lora.a0[n].shape, generator=g, dtype=torch.float64),
+            b_scale * torch.randn(lora.b[n].shape, generator=g, dtype=torch.float64),
+        )
         for n in lora.names
     }
 
@@ -219,7 +222,11 @@ def test_evaluator_and_apply_to_follow_the_vectors_linearize_setting():
     params = dict(model.named_parameters())
     vectors = {
         scope: TaskVector(
-            lora.task_vector(params, True), LINEAR_LORA, base_identity(model), ("t",), {"settings": LINEAR_LORA.resolve({"linearize": scope})}
+            lora.task_vector(params, True),
+            LINEAR_LORA,
+            base_identity(model),
+            ("t",),
+            {"settings": LINEAR_LORA.resolve({"linearize": scope})},
         )
         for scope in ("adapters", "network")
     }
@@ -254,7 +261,9 @@ def adapter_vectors(model, seeds=(20, 21)):
 
 def by_hand(model, a0, taus, lam):
     """W0 + s·(λ Σ_t B_t)(A0 + λ Σ_t ΔA_t) on each adapted matrix, evaluated through f."""
-    weights = {n: model.get_parameter(n) + SCALE * (lam * sum(t[n][1] for t in taus)) @ (a0[n] + lam * sum(t[n][0] for t in taus)) for n in NAMES}
+    weights = {
+        n: model.get_parameter(n) + SCALE * (lam * sum(t[n][1] for t in taus)) @ (a0[n] + lam * sum(t[n][0] for t in taus)) for n in NAMES
+    }
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         return functional_call(model, weights, args=(), kwargs=batch(), strict=False)
 
@@ -315,7 +324,9 @@ def test_adapter_convention_errors_are_one_line():
     _, vectors, _ = adapter_vectors(model)
     with pytest.raises(TaskvecError, match=r"^merge method ties is not implemented for LoRA adapter vectors \(arithmetic = 'adapters'\)"):
         taskvec.merge(vectors, "ties", k=0.5)
-    weights = TaskVector(vectors[0].weight_change(dict(model.named_parameters())), LORA, vectors[0].base, ("w",), {"settings": LORA.resolve({})})
+    weights = TaskVector(
+        vectors[0].weight_change(dict(model.named_parameters())), LORA, vectors[0].base, ("w",), {"settings": LORA.resolve({})}
+    )
     with pytest.raises(TaskvecError, match="cannot combine lora task vectors of other settings"):
         vectors[0] + weights
     with pytest.raises(TaskvecError, match="edits f only"):
@@ -367,3 +378,15 @@ def test_a_run_merges_and_negates_adapter_vectors_and_reports_the_convention(tmp
     assert set(results.negation["lora"].per_task) == set(results.tasks)
     assert set(results.linearity["lora"]) == set(results.tasks)
     assert "arithmetic=adapters" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_run_config_refuses_other_merges_of_adapter_vectors():
+    from taskvec.config import RunConfig
+    from taskvec.typed import from_data
+
+    data = {"tasks": ["a", "b"], "train": {"modes": ["lora"], "lora": {"arithmetic": "adapters"}}}
+    with pytest.raises(
+        TaskvecError, match=r"^train.lora.arithmetic = 'adapters' merges by task_arithmetic only; merge.methods also names \['ties'"
+    ):
+        from_data(RunConfig, {**data, "merge": {"methods": ["task_arithmetic", "ties"]}})
+    assert from_data(RunConfig, {**data, "merge": {"methods": ["task_arithmetic"]}}).merge.methods == ("task_arithmetic",)

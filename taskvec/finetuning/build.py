@@ -114,7 +114,13 @@ def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, line
         raise TaskvecError(f"parameter selection {settings[ADAPTED.name]!r} holds no matrix or 1×1 convolution for LoRA")
     adapters = settings.get(ARITHMETIC.name) == "adapters"
     return LowRank(
-        _pretrained(backbone), names, rank=settings[RANK.name], alpha=settings[ALPHA.name], seed=fit.seed, linearized=linearized, adapters=adapters
+        _pretrained(backbone),
+        names,
+        rank=settings[RANK.name],
+        alpha=settings[ALPHA.name],
+        seed=fit.seed,
+        linearized=linearized,
+        adapters=adapters,
     )
 
 

@@ -9,7 +9,13 @@ through f or through its linearization f_lin:
   entries (a boolean mask per tensor), θ0 everywhere else (TaLoS).
 * `LowRank`: φ = (A, B) per selected matrix W, θ = W0 + s·B·A with s = alpha / rank, B
   starting at 0 (LoRA). Linearized in (A, B) around (A0, 0) the change is s·B·A0: A gets no
-  gradient there, so the linearized variant (L-LoRA) trains B alone.
+  gradient there, so the linearized variant (L-LoRA) trains B alone. Linearizing each LoRA
+  layer on its own (the official code: peta finetune_clip.py `linearize_lora_model`, l. 97-112,
+  wrapping each layer in peta/models/LinearizedModel.py `LinearizedModelWraper`, l. 120-173;
+  fusion_bench models/linearized/vision_model.py `linearize_lora_model_`) gives W0x + s·B·A0·x:
+  f itself at θ(φ), trained non-linearly (`linearize = "adapters"`); linearizing the whole
+  network gives f_lin (`"network"`). peft's adapter dropout on the layer's input (0.1 in the
+  official configs) is not modelled: a weight parameterization has no separate adapter path.
 
 `TunedEncoder` runs the frozen backbone with θ(φ) (non-linear) or as θ0's dual numbers with
 the tangent θ(φ) − θ0 restricted to the changed tensors (linearized, `linearization.jvp`): the
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -145,7 +152,9 @@ def lora_init(name: str, weight: torch.Tensor, rank: int, seed: int) -> torch.Te
     return a.to(weight.dtype).to(weight.device)
 
 
-def adapter_weight_change(adapters: Tensors, pretrained: Tensors, *, rank: int, alpha: float, seed: int) -> Tensors:
+def adapter_weight_change(
+    adapters: Mapping[str, torch.Tensor], pretrained: Mapping[str, torch.Tensor], *, rank: int, alpha: float, seed: int
+) -> Tensors:
     """The weight change s·B·A = s·ΔB·(A0 + ΔA) of adapter deltas {name.lora_A: ΔA, name.lora_B:
     ΔB} (B0 = 0, as peft's default init): what an adapter-convention vector (LoRA `arithmetic =
     "adapters"`) does to each adapted matrix of the θ0 in `pretrained`. The official code adds

@@ -161,12 +161,17 @@ def merge(vectors: Sequence[TaskVector], method: str | MergeMethod = "task_arith
     vectors = list(vectors)
     check_mergeable(vectors)
     if vectors[0].adapters and kind.name != ADAPTER_MERGE:
-        raise TaskvecError(f"merge method {kind.name} is not implemented for LoRA adapter vectors (arithmetic = 'adapters'): only {ADAPTER_MERGE} is")
+        raise TaskvecError(
+            f"merge method {kind.name} is not implemented for LoRA adapter vectors (arithmetic = 'adapters'): only {ADAPTER_MERGE} is"
+        )
     inputs = MergeInputs.of(vectors)
     assert kind.procedure is not None
     with torch.no_grad():
         merged = inputs.output(kind.procedure(inputs, **resolved))
     first = vectors[0]
-    info: dict[str, object] = {**first.carried(), "merge": {"method": kind.name, "settings": resolved, "inputs": [list(v.tasks) for v in vectors]}}
+    info: dict[str, object] = {
+        **first.carried(),
+        "merge": {"method": kind.name, "settings": resolved, "inputs": [list(v.tasks) for v in vectors]},
+    }
     tasks = tuple(task for v in vectors for task in v.tasks)
     return TaskVector(merged, first.mode, dict(first.base), tasks, info)
