@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskvecError
-from ..kinds import FINETUNE_MODES, FinetuneMode
 from ..finetuning.build import ARITHMETIC
+from ..kinds import FINETUNE_MODES, FinetuneMode
 from ..merging import MERGE_METHODS, MergeMethod
 from ..merging.base import ADAPTER_MERGE
 from ..models.registry import Init, check_options, is_registered
