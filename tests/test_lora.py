@@ -322,8 +322,8 @@ def test_finetuning_under_either_convention_trains_the_same_adapters():
 def test_adapter_convention_errors_are_one_line():
     model = tiny_model()
     _, vectors, _ = adapter_vectors(model)
-    with pytest.raises(TaskvecError, match=r"^merge method ties is not implemented for LoRA adapter vectors \(arithmetic = 'adapters'\)"):
-        taskvec.merge(vectors, "ties", k=0.5)
+    with pytest.raises(TaskvecError, match=r"^merge method dare is not implemented for LoRA adapter vectors \(arithmetic = 'adapters'\)"):
+        taskvec.merge(vectors, "dare")
     weights = TaskVector(
         vectors[0].weight_change(dict(model.named_parameters())), LORA, vectors[0].base, ("w",), {"settings": LORA.resolve({})}
     )
@@ -362,7 +362,7 @@ warmup_steps = 1
 [eval]
 alpha_step = 0.5
 [merge]
-methods = ["task_arithmetic"]
+methods = ["task_arithmetic", "ties"]
 """
 
 
@@ -374,7 +374,7 @@ def test_a_run_merges_and_negates_adapter_vectors_and_reports_the_convention(tmp
     config.write_text(RUN)
     main(["run", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"])
     results = RunResults.load(tmp_path / "out" / "results.json")
-    assert set(results.merge["task_arithmetic"]["lora"].per_task) == set(results.tasks)
+    assert set(results.merge["task_arithmetic"]["lora"].per_task) == set(results.merge["ties"]["lora"].per_task) == set(results.tasks)
     assert set(results.negation["lora"].per_task) == set(results.tasks)
     assert set(results.linearity["lora"]) == set(results.tasks)
     assert "arithmetic=adapters" in (tmp_path / "out" / "report.md").read_text()
@@ -386,7 +386,53 @@ def test_a_run_config_refuses_other_merges_of_adapter_vectors():
 
     data = {"tasks": ["a", "b"], "train": {"modes": ["lora"], "lora": {"arithmetic": "adapters"}}}
     with pytest.raises(
-        TaskvecError, match=r"^train.lora.arithmetic = 'adapters' merges by task_arithmetic only; merge.methods also names \['ties'"
+        TaskvecError,
+        match=r"^train.lora.arithmetic = 'adapters' merges by task_arithmetic and ties only; merge.methods also names \['iso_c'",
     ):
-        from_data(RunConfig, {**data, "merge": {"methods": ["task_arithmetic", "ties"]}})
-    assert from_data(RunConfig, {**data, "merge": {"methods": ["task_arithmetic"]}}).merge.methods == ("task_arithmetic",)
+        from_data(RunConfig, {**data, "merge": {"methods": ["task_arithmetic", "iso_c"]}})
+    assert from_data(RunConfig, {**data, "merge": {"methods": ["ties"]}}).merge.methods == ("ties",)
+
+
+def official_ties(taus: list[dict[str, tuple[torch.Tensor, torch.Tensor]]], k: float) -> dict[str, torch.Tensor]:
+    """peta peta/tasks/ties_merging.py on the adapters' state-dict deltas, as
+    evaluate_multi_task_clip.py `ties_merging` (l. 396-423) runs it: flatten in sorted key order,
+    keep each task's top-k fraction of magnitudes (`topk_values_mask`), elect the sign of the sum
+    (zeros take the majority), mean of the agreeing entries (`disjoint_merge`, "mean")."""
+    keys = sorted(f"{n}.lora_{x}" for n in NAMES for x in "AB")
+    flat = torch.stack([torch.cat([tau[k_[: -len(".lora_A")]]["AB".index(k_[-1])].reshape(-1) for k_ in keys]) for tau in taus])
+    d = flat.shape[1]
+    kth = flat.abs().kthvalue(max(d - int(d * k), 1), dim=1, keepdim=True).values
+    trimmed = flat * (flat.abs() >= kth)
+    sign = torch.sign(trimmed.sum(0))
+    sign[sign == 0] = 1 if torch.sign(sign.sum()) >= 0 else -1
+    agree = torch.where(sign > 0, trimmed > 0, trimmed < 0)
+    merged = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+    out, start = {}, 0
+    for key in keys:
+        n = key[: -len(".lora_A")]
+        shape = taus[0][n]["AB".index(key[-1])].shape
+        out[key] = merged[start : start + shape.numel()].view(shape)
+        start += shape.numel()
+    return out
+
+
+def test_ties_of_adapter_vectors_is_the_official_ties_of_the_adapters():
+    model = tiny_model()
+    taus, vectors, a0 = adapter_vectors(model, seeds=(30, 31, 32))
+    # k = 0.2 of the 208 adapter entries: the official trim keeps int(k·d) + 1 = 42 entries per task
+    # and taskvec's round(k·d) = 42 alike (at k = 0.5 they keep 105 vs 104: a TIES convention
+    # of taskvec.merging, not of the adapters)
+    merged = taskvec.merge(vectors, "ties", k=0.2)
+    expected = official_ties(taus, 0.2)
+    assert sum(t.numel() for t in expected.values()) == 208
+    assert merged.adapters and set(merged.vector) == set(expected)
+    for key, tensor in expected.items():
+        torch.testing.assert_close(merged.vector[key], tensor, rtol=1e-12, atol=1e-12)
+    official = official_model(model, a0, linearize=False)
+    by_state_dict = [{n: (expected[f"{n}.lora_A"], expected[f"{n}.lora_B"]) for n in NAMES}]
+    torch.testing.assert_close(
+        run(merged.apply_to(model, 0.6), batch()),
+        run(official_task_arithmetic(official, by_state_dict, 0.6), batch()),
+        rtol=1e-10,
+        atol=1e-12,
+    )

@@ -57,7 +57,7 @@ ARITHMETIC = Setting(
     str,
     "weights",
     "what task arithmetic adds: 'weights' (the weight change s·B·A) or 'adapters' (ΔA, ΔB, as the official code: "
-    "θ0 + α·Στ materializes W0 + s·(ΣαΔB)(A0 + ΣαΔA); task arithmetic only)",
+    "θ0 + α·Στ materializes W0 + s·(ΣαΔB)(A0 + ΣαΔA); merged by task arithmetic and TIES only)",
     choices=("weights", "adapters"),
 )
 CANDIDATES = Setting(

@@ -32,9 +32,10 @@ else:
     torch = lazy_import("torch")
 
 Tensors = dict[str, "torch.Tensor"]
-# the one merge defined on LoRA adapter-convention vectors (the sum of the adapters' deltas, as the
-# L-LoRA paper's task arithmetic): the others are written for weight changes
-ADAPTER_MERGE = "task_arithmetic"
+# The merges of LoRA adapter-convention vectors: those the L-LoRA paper's code runs on the adapters'
+# state-dict deltas (peta evaluate_multi_task_clip.py: evaluate_task_arithmetic l. 244-281,
+# ties_merging l. 396-423); the others are written for weight changes and refuse them.
+ADAPTER_MERGES = ("task_arithmetic", "ties")
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,9 @@ def merge(vectors: Sequence[TaskVector], method: str | MergeMethod = "task_arith
     resolved = kind.resolve(settings)
     vectors = list(vectors)
     check_mergeable(vectors)
-    if vectors[0].adapters and kind.name != ADAPTER_MERGE:
+    if vectors[0].adapters and kind.name not in ADAPTER_MERGES:
         raise TaskvecError(
-            f"merge method {kind.name} is not implemented for LoRA adapter vectors (arithmetic = 'adapters'): only {ADAPTER_MERGE} is"
+            f"merge method {kind.name} is not implemented for LoRA adapter vectors (arithmetic = 'adapters'): only {', '.join(ADAPTER_MERGES)} are"
         )
     inputs = MergeInputs.of(vectors)
     assert kind.procedure is not None
