@@ -84,8 +84,9 @@ class TaskVector:
         return self.settings.get(ARITHMETIC.name) == "adapters"
 
     def carried(self) -> dict[str, object]:
-        """What of `info` its sums, multiples and merges keep: how it applies (settings, seed)."""
-        return {k: self.info[k] for k in ("settings", "seed") if k in self.info}
+        """What of `info` its sums, multiples and merges keep: how it applies (its settings, and
+        for adapters the seed of A0)."""
+        return {k: self.info[k] for k in ("settings", "seed") if k in self.info and (k != "seed" or self.adapters)}
 
     def _application(self) -> tuple:
         """What must agree for two vectors to combine: the model they edit and their convention
