@@ -50,13 +50,17 @@ LINEARIZE = Setting(
     "non-linear and vectors edit f) or 'network' (f_lin of the whole network: vectors edit f_lin)",
     choices=("adapters", "network"),
 )
-# LoRA task arithmetic: the official code (peta evaluate_multi_task_clip.py) adds the adapters
-# themselves (A and B less their shared initialization), taskvec's weight vector adds s·B·A.
+# LoRA task arithmetic has two official conventions: the L-LoRA paper's code adds the adapters
+# themselves, A and B less their shared initialization (peta evaluate_single_task_clip.py
+# l. 150-167, evaluate_multi_task_clip.py l. 244-281); fusion_bench merges each LoRA model into
+# its weights first (merge_and_unload defaults to True: modelpool/PeftModelForSeq2SeqLM.py l. 46-47,
+# modelpool/seq2seq_lm/modelpool.py l. 19 and 69), so its task arithmetic adds s·B·A, as taskvec's
+# default does (every merge method and analysis takes it).
 ARITHMETIC = Setting(
     "arithmetic",
     str,
     "weights",
-    "what task arithmetic adds: 'weights' (the weight change s·B·A) or 'adapters' (ΔA, ΔB, as the official code: "
+    "what task arithmetic adds: 'weights' (the weight change s·B·A, as fusion_bench) or 'adapters' (ΔA, ΔB, as the L-LoRA paper's code: "
     "θ0 + α·Στ materializes W0 + s·(ΣαΔB)(A0 + ΣαΔA); merged by task arithmetic and TIES only)",
     choices=("weights", "adapters"),
 )
