@@ -258,8 +258,8 @@ def editing_methods(modes: list[FinetuneMode] | None = None) -> list[EvalMethod]
 
 
 def method_for_vector(mode: FinetuneMode, *, linearized: bool = False) -> EvalMethod:
-    """The method that evaluates a vector of `mode` on f, or on f_lin when `linearized`
-    (a linearized mode's vectors are always evaluated on f_lin)."""
+    """The method that evaluates a vector of `mode` on f, or on f_lin when `linearized` (a
+    linearized mode's own method; its evaluator follows the vectors' `applies_to_f_lin`)."""
     wanted = linearized or mode.linearized
     for method in editing_methods([mode]):
         if method.linearized == wanted:
