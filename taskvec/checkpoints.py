@@ -223,10 +223,10 @@ def export_model(vector: TaskVector, base: Backbone, out: str | Path, alpha: flo
     from .io import atomic_dir
 
     finite(alpha, "--alpha")
-    if vector.mode.linearized:
+    if vector.applies_to_f_lin:  # L-LoRA's per-layer linearization edits f: those export
         raise TaskvecError(
             f"a {vector.mode.name} task vector edits the linearized model f_lin, which other tools do not load; "
-            "export takes vectors of non-linear modes (or evaluate f_lin with taskvec)"
+            "export takes vectors that edit f (or evaluate f_lin with taskvec)"
         )
     edited = vector.apply_to(base, alpha)
     with atomic_dir(out, force) as folder:

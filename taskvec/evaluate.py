@@ -116,7 +116,7 @@ class Evaluator:
     merged vector. Pre-trained features are shared between evaluators through
     `pretrained_cache` so θ0 is encoded once per evaluation set.
 
-    For the linearized methods, vectors sharing one α are combined before the product:
+    On f_lin (`edits_f_lin`), vectors sharing one α are combined before the product:
     J (Σ_t τ_t) is one JVP per evaluation set, so a whole addition sweep costs one JVP per set
     (or none, when the single-vector products are already cached and can simply be summed).
 
@@ -158,9 +158,26 @@ class Evaluator:
             raise TaskvecError(f"method {method.name} evaluates θ0 alone; it takes no task vectors")
         if vector.mode != method.vectors:
             raise TaskvecError(f"method {method.name} needs {method.vectors.name} task vectors; {key!r} is {vector.mode.name}")
+        first = next(iter(self.vectors.values()), vector)
+        if vector.applies_to_f_lin != first.applies_to_f_lin:
+            edits = ["f_lin" if v.applies_to_f_lin else "f" for v in (vector, first)]
+            raise TaskvecError(f"task vector {key!r} edits {edits[0]}, the evaluator's other vectors {edits[1]}")
+        if vector.adapters and self.method.post_hoc:
+            raise TaskvecError(
+                f"task vector {key!r} holds LoRA adapters (not affine in α): post-hoc linearization needs arithmetic = 'weights'"
+            )
         identity = base_identity(self.base)
         if vector.base != identity:  # the JVP path never builds an edited model, so check here
             raise TaskvecError(f"task vector {key!r} was made from base {vector.base}, not from this model {identity}")
+
+    @property
+    def edits_f_lin(self) -> bool:
+        """Whether edits are evaluated on f_lin (J τ products, linear in α) rather than on an
+        edited f (point by point): under post-hoc linearization, or for vectors that live in the
+        tangent space (`TaskVector.applies_to_f_lin`; an evaluator's vectors all agree)."""
+        if self.method.post_hoc or not self.vectors:
+            return self.method.linearized
+        return next(iter(self.vectors.values())).applies_to_f_lin
 
     def add_vector(self, key: str, vector: TaskVector) -> None:
         """Make another direction (e.g. a merged vector) available to edits under `key`.
@@ -256,7 +273,7 @@ class Evaluator:
     def prepare_products(self, vectors: list[str], tasks: list[str], split: str) -> None:
         """J τ of each vector on each task's set, computed now (f_lin methods; else nothing), so
         that later edits of these vectors cost additions only, whichever rank makes them."""
-        if self.method.linearized:
+        if self.edits_f_lin:
             for vector in vectors:
                 for task in tasks:
                     self._jvp((vector,), task, split)
@@ -280,7 +297,7 @@ class Evaluator:
         key = self._check(coeffs)
         if not key:
             return {t: self.apply_head(t, self.pretrained_features(t, split)) for t in tasks}
-        if not self.method.linearized:
+        if not self.edits_f_lin:
             missing = [t for t in tasks if (key, t, split) not in self._logits]
             if missing:
                 edited = channels_last(self.edited_model(coeffs)) if any(len(self.local(t, split)) for t in missing) else None
@@ -362,7 +379,7 @@ class Evaluator:
             combined = scaled if combined is None else combined + scaled
         if combined is None:
             return self.base
-        return combined.apply_to(self.base, 1.0, linearized=self.method.linearized)
+        return combined.apply_to(self.base, 1.0, linearized=self.edits_f_lin)
 
     def correct(self, tasks: list[str], split: str, coeffs: Mapping[str, float]) -> dict[str, int]:
         """Rows classified right under one edit, per task, summed over the ranks."""

@@ -17,9 +17,11 @@ from .errors import TaskvecError
 from .finetuning.build import (
     ADAPTED,
     ALPHA,
+    ARITHMETIC,
     BATCHES,
     CANDIDATES,
     FRACTION,
+    LINEARIZE,
     PARAMS,
     PENALTY_BATCH,
     PENALTY_FORM,
@@ -40,9 +42,10 @@ PAPER = "https://arxiv.org/abs/2305.12827"
 class FinetuneMode(Kind):
     """How a task vector is fine-tuned.
 
-    `linearized`: the trained model is f_lin (in the trained part), so its vectors live in the
-    tangent space and only make sense applied to f_lin. `lr`: the learning rate a config or the
-    Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
+    `linearized`: the trained model is linearized in the trained part (f_lin, or under
+    L-LoRA's official `linearize = "adapters"` each adapted layer on its own, which leaves f:
+    `applies_to_f_lin` says which model its vectors edit). `lr`: the learning rate a config or
+    the Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
     with its declared `settings`. `penalty`: a term of the loss on τ's tangent features over other
     datasets (τJp: λ · mean over the other tasks and the control of mean_x ‖J(x; θ0) τ‖, its
     form a setting; taskvec.finetuning.penalty), which needs their training inputs. `paper`: one
@@ -59,6 +62,14 @@ class FinetuneMode(Kind):
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overridden by `given`; unknown or out-of-range values are a TaskvecError."""
         return resolve_settings(self.settings, given, f"train.{self.name}")
+
+    def applies_to_f_lin(self, settings: Mapping[str, Any]) -> bool:
+        """Whether this mode run with `settings` trains f_lin, so that its vectors live in the
+        tangent space and edit f_lin (else f). `linearized` decides, except under L-LoRA's
+        `linearize = "adapters"`: each LoRA layer linearized on its own is f at W0 + s·B·A0,
+        so those vectors edit f. Settings without `linearize` (vectors made before it, or from
+        a linearized checkpoint) mean the whole network."""
+        return self.linearized and settings.get(LINEARIZE.name, "network") == "network"
 
 
 FINETUNE_MODES: Registry[FinetuneMode] = Registry("fine-tuning mode")
@@ -123,8 +134,8 @@ LORA = FINETUNE_MODES.register(
         linearized=False,
         lr=3e-4,
         builds=low_rank,
-        settings=_LORA,
-        description="low-rank adapters W0 + (alpha/r)·B·A, trained through f; the vector is (alpha/r)·B·A",
+        settings=(*_LORA, ARITHMETIC),
+        description="low-rank adapters W0 + (alpha/r)·B·A, trained through f; the vector is (alpha/r)·B·A, or the adapters",
         reference="Hu et al., LoRA, ICLR 2022",
     )
 )
@@ -136,8 +147,8 @@ LINEAR_LORA = FINETUNE_MODES.register(
         linearized=True,
         lr=1e-3,
         builds=low_rank,
-        settings=_LORA,
-        description="L-LoRA: f linearized in the adapters around (A0, 0); the vector is (alpha/r)·B·A0",
+        settings=(*_LORA, LINEARIZE),
+        description="L-LoRA: each LoRA layer (or the whole f) linearized in its adapters around (A0, 0); the vector is (alpha/r)·B·A0",
         reference="Tang et al., Partial linearization for parameter-efficient model fusion (L-LoRA), ICLR 2024",
     )
 )
@@ -235,7 +246,8 @@ for _mode in FINETUNE_MODES:
                 color=_mode.color,
                 vectors=_mode,
                 linearized=_mode.linearized,
-                description=f"{_mode.name} vectors applied to " + ("f_lin" if _mode.linearized else "f"),
+                description=f"{_mode.name} vectors applied to "
+                + ("f or f_lin by its linearize setting" if LINEARIZE in _mode.settings else "f_lin" if _mode.linearized else "f"),
                 reference=_mode.reference,
             )
         )
@@ -248,8 +260,8 @@ def editing_methods(modes: list[FinetuneMode] | None = None) -> list[EvalMethod]
 
 
 def method_for_vector(mode: FinetuneMode, *, linearized: bool = False) -> EvalMethod:
-    """The method that evaluates a vector of `mode` on f, or on f_lin when `linearized`
-    (a linearized mode's vectors are always evaluated on f_lin)."""
+    """The method that evaluates a vector of `mode` on f, or on f_lin when `linearized` (a
+    linearized mode's own method; its evaluator follows the vectors' `applies_to_f_lin`)."""
     wanted = linearized or mode.linearized
     for method in editing_methods([mode]):
         if method.linearized == wanted:

@@ -259,7 +259,7 @@ class _Training:
         fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
         self.trainable = mode.builds(self.backbone, settings, fit, mode.linearized)
         weight, term = (settings[PENALTY_WEIGHT.name], PENALTY_TERMS[settings[PENALTY_FORM.name]]) if mode.penalty else (0.0, norm_mean)
-        model = TrainedModel(TunedEncoder(self.backbone, self.trainable, mode.linearized), head, weight, term).to(device)
+        model = TrainedModel(TunedEncoder(self.backbone, self.trainable, mode.applies_to_f_lin(settings)), head, weight, term).to(device)
         model.train()
         self.params = self.trainable.trained
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -340,8 +340,7 @@ class _Training:
     def task_vector(self, identity: dict, task: str, meter: CostMeter, loss: torch.Tensor, ran: bool) -> TaskVector:
         """θ − θ0 over every backbone parameter (zeros where nothing was trained), with the run's cost."""
         mode, cfg = self.mode, self.cfg
-        changed = {n: t.detach().cpu() for n, t in self.trainable.vector(mode.linearized).items()}
-        vector = {n: changed[n] if n in changed else torch.zeros_like(p, device="cpu") for n, p in self.backbone.named_parameters()}
+        vector = self.trainable.task_vector(dict(self.backbone.named_parameters()), mode.linearized)
         cost = FinetuneCost(
             **meter.summary(), trained_entries=sum(p.numel() for p in self.params.values()), changed_entries=self.trainable.entries()
         )
@@ -352,6 +351,7 @@ class _Training:
             "processes": self.world,
             "precision": cfg.precision,
             "settings": self.settings,
+            "seed": cfg.seed,  # LoRA's A0 (an adapter-convention vector regenerates it)
             "cost": to_data(cost),
         }
         return TaskVector(vector, mode, identity, (task,), info)

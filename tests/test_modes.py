@@ -267,7 +267,10 @@ def test_every_mode_saves_loads_and_merges_like_any_other(tmp_path):
 def test_modes_and_their_settings_are_one_config_line_each():
     cfg = from_data(RunConfig, {"train": {"modes": ["nonlinear", "lora"], "lora": {"rank": 4, "steps": 70}}})
     assert list(cfg.train.modes) == ["nonlinear", "lora"]
-    assert cfg.train["lora"].settings == {"params": "matrices", "rank": 4, "alpha": 16.0} and cfg.train["lora"].steps == 70
+    assert (
+        cfg.train["lora"].settings == {"params": "matrices", "rank": 4, "alpha": 16.0, "arithmetic": "weights"}
+        and cfg.train["lora"].steps == 70
+    )
     assert cfg.train["lora"].lr == LORA.lr
     assert list(RunConfig().train.modes) == ["nonlinear", "linear"]  # new modes are opt-in
     assert from_data(RunConfig, to_data(cfg)) == cfg
@@ -400,7 +403,7 @@ def test_cli_finetunes_a_new_mode_with_its_settings(tmp_path, capsys):
         ]
     )
     vector = TaskVector.load(out)
-    assert vector.mode is LORA and vector.info["settings"] == {"params": "fc.*", "rank": 3, "alpha": 16.0}
+    assert vector.mode is LORA and vector.info["settings"] == {"params": "fc.*", "rank": 3, "alpha": 16.0, "arithmetic": "weights"}
     assert torch.linalg.matrix_rank(vector.vector["fc.weight"]) <= 3 and not vector.vector["conv.weight"].any()
     main(["evaluate", str(out), "--config", str(config)])
     assert "toy-squares" in capsys.readouterr().out

@@ -24,7 +24,8 @@ def linearity_gap(evaluator: Evaluator, task: str, split: str = "val") -> Linear
     data = evaluator.local(task, split)
     fine_tuned = evaluator.logits(task, split, {task: 1.0})
     if len(data):
-        f0, jt = encode_jvp(evaluator.base, evaluator.vectors[task].vector, data.inputs, evaluator.chunk, evaluator.device)
+        change = evaluator.vectors[task].weight_change(dict(evaluator.base.named_parameters()))  # LoRA adapters materialized
+        f0, jt = encode_jvp(evaluator.base, change, data.inputs, evaluator.chunk, evaluator.device)
         linearized, pretrained = evaluator.apply_head(task, f0 + jt), evaluator.apply_head(task, f0)
     else:
         linearized = pretrained = fine_tuned

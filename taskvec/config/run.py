@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskvecError
+from ..finetuning.build import ARITHMETIC
 from ..kinds import FINETUNE_MODES, FinetuneMode
 from ..merging import MERGE_METHODS, MergeMethod
+from ..merging.base import ADAPTER_MERGES
 from ..models.registry import Init, check_options, is_registered
 from ..typed import from_data
 from .merge import ALPHAS, MergeConfig
@@ -65,6 +67,18 @@ class RunConfig:
             if unknown:
                 raise TaskvecError(f"train.{table} names tasks that are not in tasks: {unknown}")
         self._check_checkpoints()
+        self._check_adapter_merges()
+
+    def _check_adapter_merges(self) -> None:
+        """LoRA vectors under `arithmetic = "adapters"` merge by the methods the L-LoRA code runs
+        on adapters only: say so before anything is fine-tuned."""
+        for mode in self.train.modes:
+            others = [m for m in self.merge.methods if m not in ADAPTER_MERGES]
+            if self.train[mode].settings.get(ARITHMETIC.name) == "adapters" and others:
+                raise TaskvecError(
+                    f"train.{mode}.arithmetic = 'adapters' merges by {' and '.join(ADAPTER_MERGES)} only; merge.methods also names "
+                    f"{others}: set merge.methods to those or arithmetic = 'weights'"
+                )
 
     def _check_seeds(self) -> None:
         if self.seeds is None:

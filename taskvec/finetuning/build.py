@@ -40,6 +40,31 @@ PARAMS = Setting("params", str, "attention", "which parameters: all, attention, 
 ADAPTED = Setting("params", str, "matrices", "where adapters go: a parameter selection (its matrices)")
 RANK = Setting("rank", int, 8, "adapter rank r", low=1)
 ALPHA = Setting("alpha", float, 16.0, "LoRA alpha; the update is (alpha / r)·B·A", low=1e-12)
+# L-LoRA's official code (peta finetune_clip.py linearize_lora_model, fusion_bench
+# linearize_lora_model_) wraps each LoRA layer in its own first-order expansion inside the
+# otherwise non-linear network; taskvec's earlier variant expands the whole network in the adapters.
+LINEARIZE = Setting(
+    "linearize",
+    str,
+    "adapters",
+    "what is linearized in the adapters: 'adapters' (each LoRA layer on its own, as the official code: the network stays "
+    "non-linear and vectors edit f) or 'network' (f_lin of the whole network: vectors edit f_lin)",
+    choices=("adapters", "network"),
+)
+# LoRA task arithmetic has two official conventions: the L-LoRA paper's code adds the adapters
+# themselves, A and B less their shared initialization (peta evaluate_single_task_clip.py
+# l. 150-167, evaluate_multi_task_clip.py l. 244-281); fusion_bench merges each LoRA model into
+# its weights first (merge_and_unload defaults to True: modelpool/PeftModelForSeq2SeqLM.py l. 46-47,
+# modelpool/seq2seq_lm/modelpool.py l. 19 and 69), so its task arithmetic adds s·B·A, as taskvec's
+# default does (every merge method and analysis takes it).
+ARITHMETIC = Setting(
+    "arithmetic",
+    str,
+    "weights",
+    "what task arithmetic adds: 'weights' (the weight change s·B·A, as fusion_bench) or 'adapters' (ΔA, ΔB, as the L-LoRA paper's code: "
+    "θ0 + α·Στ materializes W0 + s·(ΣαΔB)(A0 + ΣαΔA); merged by task arithmetic and TIES only)",
+    choices=("weights", "adapters"),
+)
 CANDIDATES = Setting(
     "params",
     str,
@@ -101,7 +126,16 @@ def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, line
     names = [n for n in selected if n in matrices]
     if not names:
         raise TaskvecError(f"parameter selection {settings[ADAPTED.name]!r} holds no matrix or 1×1 convolution for LoRA")
-    return LowRank(_pretrained(backbone), names, rank=settings[RANK.name], alpha=settings[ALPHA.name], seed=fit.seed, linearized=linearized)
+    adapters = settings.get(ARITHMETIC.name) == "adapters"
+    return LowRank(
+        _pretrained(backbone),
+        names,
+        rank=settings[RANK.name],
+        alpha=settings[ALPHA.name],
+        seed=fit.seed,
+        linearized=linearized,
+        adapters=adapters,
+    )
 
 
 def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:

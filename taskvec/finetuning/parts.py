@@ -9,7 +9,13 @@ through f or through its linearization f_lin:
   entries (a boolean mask per tensor), θ0 everywhere else (TaLoS).
 * `LowRank`: φ = (A, B) per selected matrix W, θ = W0 + s·B·A with s = alpha / rank, B
   starting at 0 (LoRA). Linearized in (A, B) around (A0, 0) the change is s·B·A0: A gets no
-  gradient there, so the linearized variant (L-LoRA) trains B alone.
+  gradient there, so the linearized variant (L-LoRA) trains B alone. Linearizing each LoRA
+  layer on its own (the official code: peta finetune_clip.py `linearize_lora_model`, l. 97-112,
+  wrapping each layer in peta/models/LinearizedModel.py `LinearizedModelWraper`, l. 120-173;
+  fusion_bench models/linearized/vision_model.py `linearize_lora_model_`) gives W0x + s·B·A0·x:
+  f itself at θ(φ), trained non-linearly (`linearize = "adapters"`); linearizing the whole
+  network gives f_lin (`"network"`). peft's adapter dropout on the layer's input (0.1 in the
+  official configs) is not modelled: a weight parameterization has no separate adapter path.
 
 `TunedEncoder` runs the frozen backbone with θ(φ) (non-linear) or as θ0's dual numbers with
 the tangent θ(φ) − θ0 restricted to the changed tensors (linearized, `linearization.jvp`): the
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -77,6 +84,12 @@ class Trainable(nn.Module):
             weights = self.weights()
             return {n: (weights[n] - self.pretrained[n]).detach() for n in self.names}
 
+    def task_vector(self, params: Tensors, linearized: bool) -> Tensors:
+        """The task vector's tensors: `vector` on every backbone parameter in `params`, zeros
+        where nothing was trained (on the CPU)."""
+        changed = self.vector(linearized)
+        return {n: changed[n].detach().cpu() if n in changed else torch.zeros_like(p, device="cpu") for n, p in params.items()}
+
     def entries(self) -> int:
         """How many weight entries this fine-tune can change."""
         return sum(self.pretrained[n].numel() for n in self.names)
@@ -124,16 +137,56 @@ class SparseWeights(Trainable):
         return sum(int(m.sum()) for m in self.masks.values())
 
 
+A_SUFFIX, B_SUFFIX = ".lora_A", ".lora_B"
+
+
+def lora_init(name: str, weight: torch.Tensor, rank: int, seed: int) -> torch.Tensor:
+    """A0 of the adapter on `weight`: Kaiming-uniform (a=√5) of a (rank, in) matrix, as peft and
+    nn.Linear, seeded by the run's seed and the parameter's name, so that every task's adapter
+    (and an adapter-convention vector applied later) shares it, as the official code's seeded
+    `get_peft_model` does (peta finetune_clip.py load_clip_processor_and_model)."""
+    in_dim = weight.shape[1]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    bound = 1.0 / math.sqrt(in_dim)
+    a = (torch.rand(rank, in_dim, generator=generator, dtype=torch.float64) * 2 - 1).mul_(bound)
+    return a.to(weight.dtype).to(weight.device)
+
+
+def adapter_weight_change(
+    adapters: Mapping[str, torch.Tensor], pretrained: Mapping[str, torch.Tensor], *, rank: int, alpha: float, seed: int
+) -> Tensors:
+    """The weight change s·B·A = s·ΔB·(A0 + ΔA) of adapter deltas {name.lora_A: ΔA, name.lora_B:
+    ΔB} (B0 = 0, as peft's default init): what an adapter-convention vector (LoRA `arithmetic =
+    "adapters"`) does to each adapted matrix of the θ0 in `pretrained`. The official code adds
+    the adapters' state-dict deltas to the pre-trained peft model and runs it (peta
+    evaluate_multi_task_clip.py, evaluate_task_arithmetic, l. 244-281): this is that model's weight."""
+    scale = alpha / rank
+    changes = {}
+    for key, delta_b in adapters.items():
+        if not key.endswith(B_SUFFIX):
+            continue
+        name = key[: -len(B_SUFFIX)]
+        weight = pretrained[name]
+        a = lora_init(name, weight, rank, seed) + adapters[name + A_SUFFIX].to(weight.device, weight.dtype)
+        changes[name] = (scale * (delta_b.to(weight.device, weight.dtype) @ a)).view(weight.shape)
+    return changes
+
+
 class LowRank(Trainable):
     """LoRA: θ = W0 + s·B·A per selected matrix (Linear weights, 1×1 convolutions seen as
-    (out, in) matrices), A ~ Kaiming-uniform (seeded per parameter name), B = 0, s = alpha/rank.
-    `linearized`: only B is trained and the change is s·B·A0 (see the module docstring)."""
+    (out, in) matrices), A = A0 (`lora_init`), B = 0, s = alpha/rank.
+    `linearized`: only B is trained and the change is s·B·A0 (see the module docstring).
+    `adapters`: the task vector is the adapters' change {name.lora_A: A − A0, name.lora_B: B}
+    (LoRA `arithmetic = "adapters"`) rather than the weight change s·B·A."""
 
-    def __init__(self, pretrained: Tensors, names: list[str], *, rank: int, alpha: float, seed: int, linearized: bool):
+    def __init__(
+        self, pretrained: Tensors, names: list[str], *, rank: int, alpha: float, seed: int, linearized: bool, adapters: bool = False
+    ):
         super().__init__(pretrained, names)
         self.scale = alpha / rank
-        self.linearized = linearized
+        self.linearized, self.adapters = linearized, adapters
         self.a: dict[str, torch.Tensor] = {}
+        self.a0: dict[str, torch.Tensor] = {}
         self.b: dict[str, nn.Parameter] = {}
         for n in self.names:
             weight = pretrained[n]
@@ -142,16 +195,15 @@ class LowRank(Trainable):
             out_dim, in_dim = weight.shape[0], weight.shape[1]
             if rank > min(out_dim, in_dim):
                 raise TaskvecError(f"LoRA rank {rank} exceeds the smaller side of {n!r} {tuple(weight.shape)}")
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(n.encode()))
-            bound = 1.0 / math.sqrt(in_dim)  # kaiming_uniform_(a=√5) of an (rank, in) matrix, as peft and nn.Linear
-            a = (torch.rand(rank, in_dim, generator=generator, dtype=torch.float64) * 2 - 1).mul_(bound).to(weight.dtype).to(weight.device)
-            self.a[n] = a if linearized else self._add(f"{n}.lora_A", a)
-            self.b[n] = self._add(f"{n}.lora_B", torch.zeros(out_dim, rank, dtype=weight.dtype, device=weight.device))
+            self.a0[n] = lora_init(n, weight, rank, seed)
+            self.a[n] = self.a0[n] if linearized else self._add(n + A_SUFFIX, self.a0[n].clone())
+            self.b[n] = self._add(n + B_SUFFIX, torch.zeros(out_dim, rank, dtype=weight.dtype, device=weight.device))
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
+        self.a0 = {n: fn(a) for n, a in self.a0.items()}
         if self.linearized:
-            self.a = {n: fn(a) for n, a in self.a.items()}
+            self.a = dict(self.a0)
         return self
 
     def _delta(self, n: str) -> torch.Tensor:
@@ -167,7 +219,14 @@ class LowRank(Trainable):
 
     def vector(self, linearized: bool) -> Tensors:
         with torch.no_grad():  # s·B·A itself, not (W0 + s·B·A) − W0 with its rounding
+            if self.adapters:
+                return {k: t for n in self.names for k, t in ((n + A_SUFFIX, self.a[n] - self.a0[n]), (n + B_SUFFIX, self.b[n].clone()))}
             return {n: self._delta(n).detach().clone() for n in self.names}
+
+    def task_vector(self, params: Tensors, linearized: bool) -> Tensors:
+        if self.adapters:  # the adapters alone: the weights they change are materialized when applied
+            return {n: t.detach().cpu() for n, t in self.vector(linearized).items()}
+        return super().task_vector(params, linearized)
 
 
 class TunedEncoder(nn.Module):

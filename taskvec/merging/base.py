@@ -32,6 +32,10 @@ else:
     torch = lazy_import("torch")
 
 Tensors = dict[str, "torch.Tensor"]
+# The merges of LoRA adapter-convention vectors: those the L-LoRA paper's code runs on the adapters'
+# state-dict deltas (peta evaluate_multi_task_clip.py: evaluate_task_arithmetic l. 244-281,
+# ties_merging l. 396-423); the others are written for weight changes and refuse them.
+ADAPTER_MERGES = ("task_arithmetic", "ties")
 
 
 @dataclass(frozen=True)
@@ -149,18 +153,26 @@ def check_mergeable(vectors: Sequence[TaskVector]) -> None:
 def merge(vectors: Sequence[TaskVector], method: str | MergeMethod = "task_arithmetic", **settings: Any) -> TaskVector:
     """The merged direction d of `vectors` by `method` (the model is then θ0 + α·d).
 
-    Settings are checked against the method's declared ones; the result has the inputs' mode and
-    base, their tasks concatenated, and `info["merge"]` = method, resolved settings and inputs.
+    Settings are checked against the method's declared ones; the result has the inputs' mode,
+    base and settings (`TaskVector.carried`), their tasks concatenated, and `info["merge"]` =
+    method, resolved settings and inputs.
     """
     kind = MERGE_METHODS.get(method)
     resolved = kind.resolve(settings)
     vectors = list(vectors)
     check_mergeable(vectors)
+    if vectors[0].adapters and kind.name not in ADAPTER_MERGES:
+        raise TaskvecError(
+            f"merge method {kind.name} is not implemented for LoRA adapter vectors (arithmetic = 'adapters'): only {', '.join(ADAPTER_MERGES)} are"
+        )
     inputs = MergeInputs.of(vectors)
     assert kind.procedure is not None
     with torch.no_grad():
         merged = inputs.output(kind.procedure(inputs, **resolved))
     first = vectors[0]
-    info: dict[str, object] = {"merge": {"method": kind.name, "settings": resolved, "inputs": [list(v.tasks) for v in vectors]}}
+    info: dict[str, object] = {
+        **first.carried(),
+        "merge": {"method": kind.name, "settings": resolved, "inputs": [list(v.tasks) for v in vectors]},
+    }
     tasks = tuple(task for v in vectors for task in v.tasks)
     return TaskVector(merged, first.mode, dict(first.base), tasks, info)
