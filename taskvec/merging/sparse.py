@@ -127,7 +127,9 @@ def middle_band(keep: float, top: float, ranking: Ranking) -> Sparsifier:
     as the official `TaskVectorMiddleKeep`, rezazzr/breadcrumbs src/task_vectors.py L155-195:
     `mask_remove_top` then `mask_keep_top`, each `int(tensor.shape[-1] * fraction)` by
     `torch.topk` along the last dimension) or the whole tensor's size (ranking="tensor", as
-    mergekit's `magnitude_outliers`). A 0-d tensor is left as it is (official L176, L187)."""
+    mergekit's `magnitude_outliers`, arcee-ai/mergekit mergekit/sparsify.py, which counts
+    `int(density * numel)` and `int(gamma * numel)`). A 0-d tensor is left as it is (official
+    L176, L187)."""
 
     def sparsify(task: int, name: str, delta: torch.Tensor) -> torch.Tensor:
         if delta.ndim == 0:
