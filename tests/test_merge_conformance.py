@@ -18,7 +18,8 @@ Official codes read (snapshots of the public repositories):
 - Breadcrumbs: rezazzr/breadcrumbs src/task_vectors.py L155-195 (`TaskVectorMiddleKeep`),
   find_best_hyperparam.py L237-243 (search start).
 - DARE: yule-BUAA/MergeLM model_merging_methods/mask_weights_utils.py
-  (`mask_input_with_mask_rate`).
+  (`mask_input_with_mask_rate`) and, for DARE + TIES, model_merging_methods/merging_methods.py
+  (`ties_merging`).
 - LiNeS: the official wang-kx/LiNeS is not in the reference store; the paper's Eq. (LiNeS,
   arXiv 2410.17146, Sec. 3) is followed.
 """
@@ -143,7 +144,7 @@ def test_ties_exact_cancellations_take_the_global_majority_sign():
 def test_dare_ties_elects_signs_as_the_official_ties():
     """DARE without drop, combined TIES-style, is TIES's election on the untrimmed vectors."""
     vectors = cancelling_vectors()
-    merged = merge(vectors, "dare", p=0.0, combine="ties")
+    merged = merge(vectors, "dare", p=0.0, combine="ties", mask_rate=0.0)
     for n in ("blocks.1.fc.bias", "blocks.1.fc.weight"):
         assert torch.equal(merged.vector[n].view(-1)[:3], torch.full((3,), -5.0, dtype=torch.float64))
 
@@ -365,26 +366,54 @@ def test_breadcrumbs_defaults_are_the_official_search_start_and_rank_rows():
 # ----- DARE, TA, LiNeS -----------------------------------------------------------------------------
 
 
-def official_dare(vs: list[dict[str, torch.Tensor]], p: float, seed: int) -> dict[str, torch.Tensor]:
-    """MergeLM `mask_input_with_mask_rate(..., use_rescale=True, mask_strategy="random")` then a
-    sum. The drop mask is the one taskvec documents (crc32 of "seed/task/name" seeds torch's
-    generator; the official code draws `torch.bernoulli(p)` from the global generator)."""
-    merged = {}
-    for key in vs[0]:
-        total = torch.zeros_like(vs[0][key])
-        for t, v in enumerate(vs):
+def official_dropped(vs: list[dict[str, torch.Tensor]], p: float, seed: int) -> list[dict[str, torch.Tensor]]:
+    """MergeLM `mask_input_with_mask_rate(..., use_rescale=True, mask_strategy="random")`. The
+    drop mask is the one taskvec documents (crc32 of "seed/task/name" seeds torch's generator;
+    the official code draws `torch.bernoulli(p)` from the global generator)."""
+    dropped = []
+    for t, v in enumerate(vs):
+        out = {}
+        for key in v:
             generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{t}/{key}".encode()))
             mask = (torch.rand(v[key].shape, generator=generator) < p).double()  # 1 = dropped
-            masked = v[key] * (1 - mask)
-            total = total + torch.div(masked, 1 - p)
-        merged[key] = total
-    return merged
+            out[key] = torch.div(v[key] * (1 - mask), 1 - p)
+        dropped.append(out)
+    return dropped
+
+
+def official_dare(vs: list[dict[str, torch.Tensor]], p: float, seed: int) -> dict[str, torch.Tensor]:
+    """Dropped vectors summed (MergeLM `task_arithmetic`)."""
+    dropped = official_dropped(vs, p, seed)
+    return {key: sum(d[key] for d in dropped) for key in vs[0]}
+
+
+def official_dare_ties(vs: list[dict[str, torch.Tensor]], p: float, seed: int, mask_rate: float) -> dict[str, torch.Tensor]:
+    """MergeLM model_merging_methods/merging_methods.py `ties_merging` on the dropped vectors:
+    `mask_smallest_magnitude_param_values`, `get_param_signs`, `disjoint_merge`."""
+    flat = torch.vstack([flatten(d) for d in official_dropped(vs, p, seed)])
+    num_mask_params = int(flat.shape[1] * mask_rate)
+    kth_values, _ = flat.abs().kthvalue(k=num_mask_params, dim=1, keepdim=True)
+    flat = flat * (flat.abs() >= kth_values)
+    param_signs = torch.sign(flat.sum(dim=0))
+    majority_sign = torch.sign(param_signs.sum(dim=0))
+    param_signs[param_signs == 0] = majority_sign
+    preserve = ((param_signs.unsqueeze(0) > 0) & (flat > 0)) | ((param_signs.unsqueeze(0) < 0) & (flat < 0))
+    kept = flat * preserve
+    merged = kept.sum(dim=0) / torch.clamp((kept != 0).sum(dim=0).double(), min=1.0)
+    return unflatten(merged, vs[0])
 
 
 @pytest.mark.parametrize("count,p", [(3, 0.9), (4, 0.5)])
 def test_dare_matches_the_official_drop_and_rescale(count, p):
     vectors = make_vectors(count, seed=60 + count)
     assert_close(merge(vectors, "dare", p=p, seed=2), official_dare(tensors(vectors), p, 2))
+
+
+@pytest.mark.parametrize("count,p,mask_rate", [(3, 0.5, 0.8), (4, 0.75, 0.5), (3, 0.5, 0.3)])
+def test_dare_ties_matches_the_official_code(count, p, mask_rate):
+    vectors = make_vectors(count, seed=65 + count)
+    merged = merge(vectors, "dare", p=p, seed=1, combine="ties", mask_rate=mask_rate)
+    assert_close(merged, official_dare_ties(tensors(vectors), p, 1, mask_rate))
 
 
 @pytest.mark.parametrize("count", [3, 4])

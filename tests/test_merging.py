@@ -102,7 +102,7 @@ def ref_ties(vs, k):
     return unflatten(ref_elect_mean(np.array(trimmed)))
 
 
-def ref_dare(vs, p, seed, combine):
+def ref_dare(vs, p, seed, combine, mask_rate=0.0):  # mask_rate 0: no TIES trim after the drop
     dropped = []
     for t, v in enumerate(vs):
         out = {}
@@ -215,7 +215,7 @@ def ref_lines(vs, beta, alpha_scale):
 REFERENCES = {
     "task_arithmetic": (ref_sum, [{}]),
     "ties": (ref_ties, [{"k": 0.2}, {"k": 0.55}]),
-    "dare": (ref_dare, [{"p": 0.5, "seed": 3, "combine": "sum"}, {"p": 0.3, "seed": 1, "combine": "ties"}]),
+    "dare": (ref_dare, [{"p": 0.5, "seed": 3, "combine": "sum"}, {"p": 0.3, "seed": 1, "combine": "ties", "mask_rate": 0.0}]),
     "breadcrumbs": (ref_breadcrumbs, [{"keep": 0.5, "top": 0.2}, {"keep": 0.15, "top": 0.006, "ranking": "tensor"}]),
     "tsv_m": (ref_tsv_m, [{"share": 1.0}, {"share": 2.0}, {"share": 1.0, "conv": "official"}]),
     "iso_c": (ref_iso_c, [{}]),
@@ -483,7 +483,11 @@ def test_registry_entries_are_complete():
 def test_merge_metadata_survives_save_and_load(tmp_path):
     vectors = make_vectors()
     merged = merge(vectors, "dare", p=0.3, seed=4)
-    expected = {"method": "dare", "settings": {"p": 0.3, "combine": "sum", "seed": 4}, "inputs": [["task0"], ["task1"], ["task2"]]}
+    expected = {
+        "method": "dare",
+        "settings": {"p": 0.3, "combine": "sum", "seed": 4, "mask_rate": 0.8},
+        "inputs": [["task0"], ["task1"], ["task2"]],
+    }
     assert merged.info == {"merge": expected}
     path = tmp_path / "merged.safetensors"
     merged.save(path)

@@ -13,7 +13,7 @@ or, TIES-style, by electing a sign per entry and taking the mean of the entries 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import TaskvecError
@@ -87,18 +87,36 @@ def generalized_task_arithmetic(inputs: MergeInputs, sparsify: Sparsifier | None
 # ----- sparsifiers ----------------------------------------------------------------------------------
 
 
-def global_top_k(inputs: MergeInputs, k: float) -> Sparsifier:
-    """Keep, in each task's whole vector of d entries, those whose magnitude is at least the
-    (int(k·d) + 1)-th largest, as the official `topk_values_mask` (ties-merging
-    src/utils/merge_utils.py; TALL masks src/utils/utils.py L251-273): it takes the
-    (d − int(d·K))-th smallest |x| as threshold and keeps |x| ≥ it, so int(k·d) + 1 entries
-    without ties (all d for k = 1, where the official code fails). Thresholds come from an exact
-    streaming pre-pass per task."""
+def ties_trim_rank(k: float) -> Callable[[int], int]:
+    """TIES's trim threshold, the (int(k·d) + 1)-th largest |x| of d, as the official
+    `topk_values_mask` (ties-merging src/utils/merge_utils.py; TALL masks src/utils/utils.py
+    L251-273): it takes the (d − int(d·K))-th smallest |x| and keeps |x| ≥ it, so int(k·d) + 1
+    entries without ties (all d for k = 1, where the official code fails)."""
+    return lambda d: min(d, truncated_count(k, d) + 1)
+
+
+def global_top_k(inputs: MergeInputs, rank: Callable[[int], int], before: Sparsifier | None = None) -> Sparsifier:
+    """Keep, in each task's whole vector of d entries (first sparsified by `before`), those whose
+    magnitude is at least its rank(d)-th largest. Thresholds come from an exact streaming
+    pre-pass per task (`before` is applied again then: it must be deterministic)."""
+
+    def stream(t: int) -> Callable[[], Iterator[torch.Tensor]]:
+        if before is None:
+            return inputs.task(t)
+        vector = inputs.vectors[t]
+        return lambda: (before(t, name, vector[name].to(torch.promote_types(vector[name].dtype, torch.float32))) for name in inputs.names)
+
     thresholds = []
     for t in range(len(inputs)):
         total = sum(x.numel() for x in inputs.task(t)())
-        thresholds.append(kth_largest_magnitude(inputs.task(t), min(total, truncated_count(k, total) + 1)))
-    return lambda t, name, delta: delta * (magnitudes(delta) >= thresholds[t])
+        thresholds.append(kth_largest_magnitude(stream(t), rank(total)))
+
+    def sparsify(t: int, name: str, delta: torch.Tensor) -> torch.Tensor:
+        if before is not None:
+            delta = before(t, name, delta)
+        return delta * (magnitudes(delta) >= thresholds[t])
+
+    return sparsify
 
 
 def dare_seed(seed: int, task: int, name: str) -> int:
@@ -191,7 +209,7 @@ def ties(inputs: MergeInputs, k: float) -> Tensors:
     """
     if k <= 0:
         raise TaskvecError("ties: setting k must be > 0")
-    return generalized_task_arithmetic(inputs, global_top_k(inputs, k), combine="ties")
+    return generalized_task_arithmetic(inputs, global_top_k(inputs, ties_trim_rank(k)), combine="ties")
 
 
 @merge_method(
@@ -209,28 +227,45 @@ def ties(inputs: MergeInputs, k: float) -> Tensors:
             choices=("sum", "ties"),
         ),
         Setting("seed", int, 0, "seed of the drop masks", low=0),
+        Setting(
+            "mask_rate",
+            float,
+            0.8,
+            "with combine=ties: fraction of each dropped vector's smallest magnitudes that TIES then trims "
+            "(0.8: the official DARE code's ties_merging param_value_mask_rate; 0: no trim, as mergekit's dare_ties)",
+            low=0.0,
+            high=0.99,
+        ),
     ),
     alphas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
 )
-def dare(inputs: MergeInputs, p: float, combine: Combine, seed: int) -> Tensors:
+def dare(inputs: MergeInputs, p: float, combine: Combine, seed: int, mask_rate: float) -> Tensors:
     """DARE, Drop And REscale (Yu et al., ICML 2024): random sparsification, then TA or TIES.
 
     Each entry of each task vector is dropped with probability p and the rest rescaled by
-    1/(1−p), which keeps the vector's expectation; then the tasks are merged by TA or TIES-style
-    (no extra magnitude trim: the drop is the sparsification).
+    1/(1−p), which keeps the vector's expectation; then the tasks are merged by TA or by TIES.
 
     The drop and rescale are the official `mask_input_with_mask_rate` (yule-BUAA/MergeLM
     model_merging_methods/mask_weights_utils.py: `torch.bernoulli(p)` drops, the rest divided by
     1 − p); its random stream is torch's global generator, here a seeded one per tensor (the
-    masks' law is the same, their draws differ). combine="ties" elects signs as the official TIES
-    code (`elect_and_mean`: exact cancellations take the whole vector's majority sign).
+    masks' law is the same, their draws differ). combine="ties" runs the official code's
+    `ties_merging` on the dropped vectors (MergeLM model_merging_methods/merging_methods.py):
+    `mask_smallest_magnitude_param_values` keeps |x| ≥ the int(d·mask_rate)-th smallest of each
+    whole vector (mask_rate 0.8 by default; 0 skips the trim, as mergekit's dare_ties), then
+    `get_param_signs` elects the sign of the sum with the whole vector's majority sign where it
+    is 0, and `disjoint_merge` averages the values of that sign (`elect_and_mean`; where even the
+    majority is 0, MergeLM keeps no value and official TIES the negative ones, as here).
 
     Masks are drawn per tensor from a generator seeded by (seed, task index, parameter name), so
     a seed gives the same merge whatever order the parameters are processed in. The paper's
     headline rate is p = 0.9 (the default); it searches p in {0.1, …, 0.9} and α in {0.1, 0.3,
     0.5, 0.7, 0.9, 1.0}. The grid here is p ∈ {0.1, 0.5, 0.9}, α as the paper's.
     """
-    return generalized_task_arithmetic(inputs, random_drop(p, seed), combine=combine)
+    drop = random_drop(p, seed)
+    if combine == "ties" and mask_rate > 0:
+        # the int(d·rate)-th smallest is the (d − int(d·rate) + 1)-th largest
+        drop = global_top_k(inputs, lambda d: d - max(1, truncated_count(mask_rate, d)) + 1, before=drop)
+    return generalized_task_arithmetic(inputs, drop, combine=combine)
 
 
 @merge_method(
