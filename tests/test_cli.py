@@ -68,6 +68,8 @@ def test_run_writes_results_report_and_figures(finished_run):
         for r in by_method.values():
             assert {"alpha", "absolute", "normalized", "per_task", "settings", "seconds", "curve", "search"} <= set(r)
             assert r["settings"] in [p["settings"] for p in r["search"]]  # the chosen settings were among those tried
+    for name, convention in (("tsv_m", "conv"), ("iso_c", "conv"), ("iso_cts", "conv"), ("breadcrumbs", "ranking")):
+        assert all(convention in r["settings"] for r in results["merge"][name].values()), name  # conventions are recorded
     loaded = RunResults.load(out / "results.json")  # typed, and it round-trips
     assert to_data(loaded) == results
     report = (out / "report.md").read_text()

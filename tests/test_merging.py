@@ -79,11 +79,15 @@ def ref_sum(vs):
 
 
 def ref_elect_mean(columns: np.ndarray) -> np.ndarray:
-    """TIES's elect + disjoint mean, entry by entry."""
+    """TIES's elect + disjoint mean, entry by entry; an exact cancellation takes the sign of the
+    sum of all elected signs (the official majority fallback), and an elected sign ≤ 0 picks the
+    negative values."""
+    signs = [float(np.sign(columns[:, j].sum())) for j in range(columns.shape[1])]
+    majority = float(np.sign(sum(signs)))
     out = np.zeros(columns.shape[1])
     for j in range(columns.shape[1]):
-        sign = 1.0 if columns[:, j].sum() >= 0 else -1.0
-        agree = [x for x in columns[:, j] if x != 0 and np.sign(x) == sign]
+        sign = signs[j] if signs[j] != 0 else majority
+        agree = [x for x in columns[:, j] if (x > 0 if sign > 0 else x < 0)]
         out[j] = np.mean(agree) if agree else 0.0
     return out
 
@@ -92,13 +96,13 @@ def ref_ties(vs, k):
     trimmed = []
     for v in vs:
         flat = flatten(v)
-        keep = max(1, round(k * flat.size))
+        keep = min(flat.size, int(flat.size * k) + 1)  # the official topk_values_mask's count
         threshold = np.sort(np.abs(flat))[::-1][keep - 1]
         trimmed.append(np.where(np.abs(flat) >= threshold, flat, 0.0))
     return unflatten(ref_elect_mean(np.array(trimmed)))
 
 
-def ref_dare(vs, p, seed, combine):
+def ref_dare(vs, p, seed, combine, mask_rate=0.0):  # mask_rate 0: no TIES trim after the drop
     dropped = []
     for t, v in enumerate(vs):
         out = {}
@@ -112,16 +116,20 @@ def ref_dare(vs, p, seed, combine):
     return unflatten(ref_elect_mean(np.array([flatten(d) for d in dropped])))
 
 
-def ref_breadcrumbs(vs, bottom, top):
+def ref_breadcrumbs(vs, keep, top, ranking="row"):
+    """Per row (last dimension) or whole tensor: mask the int(n·top) largest, keep the int(n·keep) next."""
     masked = []
     for v in vs:
         out = {}
         for name in NAMES:
-            flat = v[name].ravel()
-            order = np.argsort(np.abs(flat), kind="stable")
-            keep = np.zeros(flat.size, dtype=bool)
-            keep[order[round(bottom * flat.size) : flat.size - round(top * flat.size)]] = True
-            out[name] = np.where(keep, flat, 0.0).reshape(v[name].shape)
+            rows = v[name].reshape(-1, v[name].shape[-1]) if ranking == "row" else v[name].reshape(1, -1)
+            kept = np.zeros_like(rows)
+            n = rows.shape[1]
+            removed, count = int(n * top), int(n * keep)
+            for i, row in enumerate(rows):
+                order = np.argsort(-np.abs(row), kind="stable")[removed : removed + count]
+                kept[i, order] = row[order]
+            out[name] = kept.reshape(v[name].shape)
         masked.append(out)
     return ref_sum(masked)
 
@@ -130,22 +138,25 @@ def polar(matrix: np.ndarray) -> np.ndarray:
     return scipy.linalg.polar(matrix)[0]
 
 
-def per_layer(vs, merge_matrices):
-    """Matrices (conv kernels as (out, in·kh·kw)) by `merge_matrices`; other tensors averaged."""
+def per_layer(vs, merge_matrices, conv="matrix"):
+    """Matrices (conv kernels as (out, in·kh·kw) unless conv="official") by `merge_matrices`;
+    other tensors averaged."""
     out = {}
     for name in NAMES:
         shape = PARAMS[name][0]
-        if len(shape) < 2:
+        if len(shape) < 2 or (len(shape) > 2 and conv == "official"):
             out[name] = sum(v[name] for v in vs) / len(vs)
         else:
             out[name] = merge_matrices([v[name].reshape(shape[0], -1) for v in vs]).reshape(shape)
     return out
 
 
-def ref_tsv_m(vs, share):
+def ref_tsv_m(vs, share, conv="matrix"):
     def merge_matrices(mats):
         rank = min(mats[0].shape)
-        k = max(1, round(share / len(mats) * rank))
+        k = int(rank * (share / len(mats)))  # the official int(r · sv_reduction)
+        if k == 0:
+            return np.zeros_like(mats[0])
         us, ss, vhs = [], [], []
         for m in mats:
             u, s, vh = np.linalg.svd(m, full_matrices=False)
@@ -153,7 +164,7 @@ def ref_tsv_m(vs, share):
         u, s, vh = np.hstack(us), np.concatenate(ss), np.vstack(vhs)
         return polar(u) @ np.diag(s) @ polar(vh)
 
-    return per_layer(vs, merge_matrices)
+    return per_layer(vs, merge_matrices, conv)
 
 
 def ref_iso_c(vs):
@@ -164,10 +175,10 @@ def ref_iso_c(vs):
     return per_layer(vs, merge_matrices)
 
 
-def ref_iso_cts(vs, common):
+def ref_iso_cts(vs, common, conv="matrix"):
     def merge_matrices(mats):
         tasks, rank = len(mats), min(mats[0].shape)
-        per_task = min(round((rank - round(common * rank)) / tasks), rank // tasks)
+        per_task = min(round((rank - int(rank * common)) / tasks), rank // tasks)
         k_common = rank - per_task * tasks
         u, s, vh = np.linalg.svd(sum(mats), full_matrices=False)
         us, ss, vhs = [u[:, :k_common]], [s[:k_common]], [vh[:k_common]]
@@ -178,7 +189,7 @@ def ref_iso_cts(vs, common):
         flat = np.concatenate(ss).mean()
         return flat * polar(np.hstack(us)) @ polar(np.vstack(vhs))
 
-    return per_layer(vs, merge_matrices)
+    return per_layer(vs, merge_matrices, conv)
 
 
 def ref_consensus(vs, k, lam):
@@ -186,7 +197,7 @@ def ref_consensus(vs, k, lam):
     flats = [flatten(v) for v in vs]
     out = np.zeros_like(total)
     for j in range(total.size):
-        votes = sum(1 for f in flats if abs(f[j]) >= lam * abs(total[j] - f[j]))
+        votes = sum(1 for f in flats if abs(f[j]) > lam * abs(total[j] - f[j]))
         out[j] = total[j] if votes >= k else 0.0
     return unflatten(out)
 
@@ -204,11 +215,11 @@ def ref_lines(vs, beta, alpha_scale):
 REFERENCES = {
     "task_arithmetic": (ref_sum, [{}]),
     "ties": (ref_ties, [{"k": 0.2}, {"k": 0.55}]),
-    "dare": (ref_dare, [{"p": 0.5, "seed": 3, "combine": "sum"}, {"p": 0.3, "seed": 1, "combine": "ties"}]),
-    "breadcrumbs": (ref_breadcrumbs, [{"bottom": 0.85, "top": 0.01}, {"bottom": 0.5, "top": 0.2}]),
-    "tsv_m": (ref_tsv_m, [{"share": 1.0}, {"share": 2.0}]),
+    "dare": (ref_dare, [{"p": 0.5, "seed": 3, "combine": "sum"}, {"p": 0.3, "seed": 1, "combine": "ties", "mask_rate": 0.0}]),
+    "breadcrumbs": (ref_breadcrumbs, [{"keep": 0.5, "top": 0.2}, {"keep": 0.15, "top": 0.006, "ranking": "tensor"}]),
+    "tsv_m": (ref_tsv_m, [{"share": 1.0}, {"share": 2.0}, {"share": 1.0, "conv": "official"}]),
     "iso_c": (ref_iso_c, [{}]),
-    "iso_cts": (ref_iso_cts, [{"common": 0.8}, {"common": 0.3}]),
+    "iso_cts": (ref_iso_cts, [{"common": 0.8}, {"common": 0.3}, {"common": 0.8, "conv": "official"}]),
     "consensus": (ref_consensus, [{"k": 2, "lam": 0.4}, {"k": 1, "lam": 0.6}]),
     "lines": (ref_lines, [{"beta": 0.5, "alpha_scale": 1.0}, {"beta": 1.0, "alpha_scale": 2.0}]),
 }
@@ -227,10 +238,14 @@ def test_method_matches_independent_reference(name, settings):
     assert merged.info["merge"]["settings"] == MERGE_METHODS.get(name).resolve(settings)
 
 
+# Breadcrumbs' official per-row ranking keeps int(0.15·n) = 0 entries of these rows of ≤ 6.
+DIRECTION_SETTINGS = {"breadcrumbs": {"ranking": "tensor"}}
+
+
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_defaults_give_a_direction_of_the_inputs_kind(name):
     vectors = make_vectors(mode="linear")
-    merged = merge(vectors, name)
+    merged = merge(vectors, name, **DIRECTION_SETTINGS.get(name, {}))
     assert merged.mode == vectors[0].mode and merged.base == BASE and merged.base is not vectors[0].base
     assert merged.tasks == ("task0", "task1", "task2")
     assert all(torch.isfinite(t).all() for t in merged.vector.values())
@@ -294,9 +309,12 @@ def test_dare_keeps_rescaled_entries():
     assert 0.1 < kept.float().mean() < 0.45  # about 1 − p of 262 entries
 
 
-def test_breadcrumbs_ranks_the_whole_tensor_so_1x1_convolutions_survive():
-    merged = merge(make_vectors(count=1), "breadcrumbs", bottom=0.5, top=0.0)
-    assert int((merged.vector["_conv_stem.weight"] != 0).sum()) == 6  # half of 12, not 0 (ranking along a last dim of 1)
+def test_breadcrumbs_whole_tensor_ranking_keeps_1x1_convolutions():
+    vectors = make_vectors(count=1)
+    whole = merge(vectors, "breadcrumbs", keep=0.5, top=0.0, ranking="tensor")
+    assert int((whole.vector["_conv_stem.weight"] != 0).sum()) == 6  # half of 12
+    rows = merge(vectors, "breadcrumbs", keep=0.5, top=0.0)  # the official per-row ranking
+    assert not rows.vector["_conv_stem.weight"].any()  # rows of one entry keep int(0.5) = 0
 
 
 def test_iso_c_flattens_the_spectrum():
@@ -320,7 +338,7 @@ def test_tsv_m_of_one_task_is_its_truncated_svd():
             continue
         matrix = tensor.reshape(tensor.shape[0], -1)
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-        k = max(1, round(0.5 * len(s)))
+        k = int(len(s) * 0.5)
         expected = (u[:, :k] * s[:k]) @ vh[:k]
         torch.testing.assert_close(merged.vector[name].double().reshape(matrix.shape), expected, rtol=1e-4, atol=1e-5)
         assert torch.linalg.matrix_rank(merged.vector[name].double().reshape(matrix.shape), rtol=1e-5) == k
@@ -424,8 +442,10 @@ def test_every_method_refuses_unknown_settings(name):
         ("dare", {"p": 1.0}, "p must be in"),
         ("dare", {"combine": "max"}, "combine must be one of"),
         ("dare", {"seed": 1.5}, "seed must be an integer"),
-        ("breadcrumbs", {"bottom": -0.1}, "bottom must be in"),
-        ("breadcrumbs", {"bottom": 0.9, "top": 0.2}, "bottom \\+ top"),
+        ("breadcrumbs", {"keep": -0.1}, "keep must be in"),
+        ("breadcrumbs", {"keep": 0.9, "top": 0.2}, "keep \\+ top"),
+        ("breadcrumbs", {"ranking": "layer"}, "ranking must be one of"),
+        ("iso_c", {"conv": "flat"}, "conv must be one of"),
         ("tsv_m", {"share": -1.0}, "share must be ≥ 0"),
         ("tsv_m", {"share": 0.0}, "share must be > 0"),
         ("iso_cts", {"common": 2.0}, "common must be in"),
@@ -463,7 +483,11 @@ def test_registry_entries_are_complete():
 def test_merge_metadata_survives_save_and_load(tmp_path):
     vectors = make_vectors()
     merged = merge(vectors, "dare", p=0.3, seed=4)
-    expected = {"method": "dare", "settings": {"p": 0.3, "combine": "sum", "seed": 4}, "inputs": [["task0"], ["task1"], ["task2"]]}
+    expected = {
+        "method": "dare",
+        "settings": {"p": 0.3, "combine": "sum", "seed": 4, "mask_rate": 0.8},
+        "inputs": [["task0"], ["task1"], ["task2"]],
+    }
     assert merged.info == {"merge": expected}
     path = tmp_path / "merged.safetensors"
     merged.save(path)

@@ -53,6 +53,8 @@ def lines(inputs: MergeInputs, beta: float, alpha_scale: float) -> Tensors:
     In the paper's multi-task variant α_lines = (‖Σ_t τ_t‖₁ / ‖τ_MTL‖₁) / T, 1/T for TA, and β is
     searched over {0.1, …, 1.0} with the final coefficient fixed to 1 (α grid (1.0,)): ten
     evaluations, fewer than TA's 21. Block depths come from parameter names (`tensors.depth_index`).
+    The official code (wang-kx/LiNeS) is not in the reference store this was checked against; the
+    paper's formula (arXiv 2410.17146, Sec. 3, multi-task merging) is followed.
     """
     scales = layer_scales(inputs.names, alpha_scale / len(inputs), beta)
     return {name: total.mul_(scales[name]) for name, total in generalized_task_arithmetic(inputs).items()}

@@ -1,9 +1,11 @@
 """Merge methods that act on each layer's singular value decomposition: TSV-M, Iso-C, Iso-CTS.
 
-Each parameter that is a matrix (`tensors.matrix_view`: linear weights, and convolution kernels
-reshaped to (out, in·kh·kw)) is merged from the tasks' matrices; every other parameter (biases,
-norms, embeddings of fewer than two dimensions) is the *mean* of the tasks' values, as in the
-official TSV-M and Iso codes.
+Each parameter that is a matrix (`tensors.matrix_view`: linear weights, and, with the default
+setting conv="matrix", convolution kernels reshaped to (out, in·kh·kw)) is merged from the tasks'
+matrices; every other parameter (biases, norms, embeddings of fewer than two dimensions, any
+parameter named `text_projection`, and convolution kernels with conv="official") is the *mean* of
+the tasks' values, as in the official codes (danielm1405/iso-merging src/utils/TSVM_utils.py,
+the TSV-M authors' code, and src/utils/iso.py). On 2-D matrices every count is the official one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ..errors import TaskvecError
 from ..lazy import lazy_import
 from ..registry import Setting
 from .base import MergeInputs, Tensors, merge_method
-from .tensors import fraction_count, low_rank, matrix_view, orthogonal_factor, svd
+from .tensors import ConvConvention, low_rank, matrix_view, orthogonal_factor, svd, truncated_count
 
 if TYPE_CHECKING:
     import torch
@@ -28,13 +30,26 @@ MatrixMerge = Callable[["torch.Tensor"], "torch.Tensor"]
 # α in (0, 3] as the official TSV-M and Iso codes search it (they use steps of 0.1; 0.2 here).
 SPECTRAL_ALPHAS = tuple(round(0.2 * i, 1) for i in range(1, 16))
 
+CONV_SETTING = Setting(
+    "conv",
+    str,
+    "matrix",
+    "convolution kernels: matrix = merged as (out, in·k·k) matrices (taskvec's extension); "
+    "official = averaged over the tasks, as the official code averages every tensor that is not 2-D",
+    choices=("matrix", "official"),
+)
 
-def merge_layerwise(inputs: MergeInputs, merge_matrices: MatrixMerge) -> Tensors:
-    """Apply `merge_matrices` to every matrix parameter; average the others."""
+# Never a matrix in the official codes, whatever its shape (TSVM_utils.py L38, iso.py L14, L39).
+OFFICIAL_NON_MATRICES = ("text_projection",)
+
+
+def merge_layerwise(inputs: MergeInputs, merge_matrices: MatrixMerge, conv: ConvConvention) -> Tensors:
+    """Apply `merge_matrices` to every matrix parameter; average the others (as the official codes,
+    TSVM_utils.py L61-65, iso.py L40-48)."""
     merged = {}
     for name in inputs.names:
         deltas = inputs.stacked(name)
-        if matrix_view(deltas[0]) is None:
+        if matrix_view(deltas[0], conv) is None or any(part in name for part in OFFICIAL_NON_MATRICES):
             merged[name] = deltas.mean(0)
             continue
         matrices = torch.stack([_matrix(d) for d in deltas])
@@ -76,45 +91,73 @@ def decorrelated(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], f
             "share",
             float,
             1.0,
-            "singular directions kept per task, as a fraction of the rank times T (1: rank/T each, the paper's choice)",
+            "singular directions kept per task: int(rank·share/T) (1: the official sv_reduction = 1/T; 0 directions leave the layer 0)",
             low=0.0,
         ),
+        CONV_SETTING,
     ),
     alphas=SPECTRAL_ALPHAS,
 )
-def tsv_m(inputs: MergeInputs, share: float) -> Tensors:
+def tsv_m(inputs: MergeInputs, share: float, conv: ConvConvention) -> Tensors:
     """Task Singular Vectors: Merge (Gargiulo et al., CVPR 2025).
 
-    Per layer, each task matrix is low-rank: keep its top round(share·r/T) singular directions
-    (at least one; r = min(m, n)), concatenate all tasks' U, Σ, V, and remove the interference
-    between tasks by replacing the concatenated U and V by their nearest orthonormal matrices
-    (SVD-based Procrustes), then recombine U_⊥ Σ V_⊥ᵀ. Non-matrix parameters: mean over tasks.
+    Per layer, each task matrix is low-rank: keep its top k = int(r·share/T) singular directions
+    (r = min(m, n); share = 1 is the official `sv_reduction = 1 / len(DATASETS)`, `reduced_index_s
+    = int(s.shape[0] * sv_reduction)`, iso-merging src/utils/TSVM_utils.py L24, L47), concatenate
+    all tasks' U, Σ, V, and remove the interference between tasks by replacing the concatenated U
+    and V by their nearest orthonormal matrices (SVD-based Procrustes, L68-79), then recombine
+    U_⊥ Σ V_⊥ᵀ. Where k = 0 (rank below T, e.g. a 2×384 matrix with 3 tasks) the official code
+    concatenates nothing and the layer's merged value is 0; so it is here. Non-matrix parameters:
+    mean over tasks (L61-65). Convolution kernels: see the `conv` setting.
     """
     if share <= 0:
         raise TaskvecError("tsv_m: setting share must be > 0")
 
     def merge_matrices(matrices: torch.Tensor) -> torch.Tensor:
         rank = min(matrices.shape[1:])
-        k = max(1, fraction_count(share / len(matrices), rank))
+        k = truncated_count(share / len(matrices), rank)
+        if k == 0:
+            return torch.zeros_like(matrices[0])
         return decorrelated([top_directions(m, k) for m in matrices])
 
-    return merge_layerwise(inputs, merge_matrices)
+    return merge_layerwise(inputs, merge_matrices, conv)
 
 
-@merge_method(name="iso_c", label="Iso-C", color="#bcbd22", reference="https://arxiv.org/abs/2502.04959", alphas=SPECTRAL_ALPHAS)
-def iso_c(inputs: MergeInputs) -> Tensors:
+@merge_method(
+    name="iso_c",
+    label="Iso-C",
+    color="#bcbd22",
+    reference="https://arxiv.org/abs/2502.04959",
+    settings=(CONV_SETTING,),
+    alphas=SPECTRAL_ALPHAS,
+)
+def iso_c(inputs: MergeInputs, conv: ConvConvention) -> Tensors:
     """Isotropic merging in the common subspace (Marczak et al., ICML 2025).
 
     Per layer, sum the task matrices (TA) and replace all of the sum's singular values by their
-    mean: a flat spectrum stops a few dominant directions from drowning the tasks that live in the
-    others. Non-matrix parameters: mean over tasks, as the official code.
+    mean (iso-merging src/utils/iso.py L5-27): a flat spectrum stops a few dominant directions
+    from drowning the tasks that live in the others. Non-matrix parameters: mean over tasks, as
+    the official code. Convolution kernels: see the `conv` setting.
     """
 
     def merge_matrices(matrices: torch.Tensor) -> torch.Tensor:
         u, s, vh = svd(matrices.sum(0))
         return low_rank(u, torch.full_like(s, float(s.mean())), vh)
 
-    return merge_layerwise(inputs, merge_matrices)
+    return merge_layerwise(inputs, merge_matrices, conv)
+
+
+def iso_cts_sizes(rank: int, tasks: int, common: float) -> tuple[int, int]:
+    """(k_common, directions per task) exactly as the official code counts them (iso.py L54-65):
+    k_common = int(r·common), then enlarged so that the task-specific part round((r − k)/T)·T
+    divides equally; per task int((r − k_common)/T). Where that rounding would ask for more than
+    the rank (only for a small `common` and r < T, never at the default 0.8), the official code
+    slices with k_common < 0 and silently drops tasks (torch broadcasts into empty slots); the
+    task part is capped at r // T per task instead."""
+    initial = truncated_count(common, rank)
+    per_task = min(round((rank - initial) / tasks), rank // tasks)
+    shared = rank - per_task * tasks
+    return shared, int((rank - shared) / tasks)
 
 
 @merge_method(
@@ -127,28 +170,28 @@ def iso_c(inputs: MergeInputs) -> Tensors:
             "common",
             float,
             0.8,
-            "fraction of the rank given to the common subspace (top directions of the TA sum); the rest is shared equally by the tasks",
+            "fraction of the rank given to the common subspace (top directions of the TA sum), int(r·common) as the official code; the rest is shared equally by the tasks (capped at rank // T each where the official count exceeds the rank)",
             low=0.0,
             high=1.0,
         ),
+        CONV_SETTING,
     ),
     alphas=SPECTRAL_ALPHAS,
 )
-def iso_cts(inputs: MergeInputs, common: float) -> Tensors:
+def iso_cts(inputs: MergeInputs, common: float, conv: ConvConvention) -> Tensors:
     """Isotropic merging in common and task-specific subspaces (Marczak et al., ICML 2025).
 
-    Per layer: the common subspace is the top directions of the TA sum (a `common` fraction of the
-    rank r); each task then contributes its top (r − k_common)/T directions after its matrix is
-    projected off the common subspace. All bases are orthogonalized together (P Qᵀ) and given
-    one flat spectrum, the mean of the kept singular values. As the official code, k_common is
-    rounded so that the task-specific part divides equally among the T tasks (a layer whose rank
-    is below T gets only the common subspace, i.e. Iso-C). Non-matrix parameters: mean over tasks.
+    Per layer (iso-merging src/utils/iso.py L30-104): the common subspace is the top directions
+    of the TA sum; each task then contributes its top directions after its matrix is projected
+    off the common subspace (L70). All bases are orthogonalized together (P Qᵀ, L88-91) and given
+    one flat spectrum, the mean of the kept singular values (L94). The counts are the official
+    ones (`iso_cts_sizes`): a layer whose rank is below T gets only the common subspace, i.e.
+    Iso-C. Non-matrix parameters: mean over tasks. Convolution kernels: see the `conv` setting.
     """
 
     def merge_matrices(matrices: torch.Tensor) -> torch.Tensor:
-        tasks, rank = len(matrices), min(matrices.shape[1:])
-        per_task = min(round((rank - fraction_count(common, rank)) / tasks), rank // tasks)
-        shared = top_directions(matrices.sum(0), rank - per_task * tasks)
+        shared_count, per_task = iso_cts_sizes(min(matrices.shape[1:]), len(matrices), common)
+        shared = top_directions(matrices.sum(0), shared_count)
         basis = shared[0]
         parts = [shared]
         if per_task:
@@ -156,4 +199,4 @@ def iso_cts(inputs: MergeInputs, common: float) -> Tensors:
                 parts.append(top_directions(m - basis @ (basis.T @ m), per_task))
         return decorrelated(parts, flat=True)
 
-    return merge_layerwise(inputs, merge_matrices)
+    return merge_layerwise(inputs, merge_matrices, conv)

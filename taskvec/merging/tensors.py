@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import TaskvecError
 from ..lazy import lazy_import
@@ -16,9 +16,11 @@ else:
     torch = lazy_import("torch")
 
 
-def fraction_count(fraction: float, total: int) -> int:
-    """How many of `total` entries a fraction means: rounded to the nearest (0.3 × 10 is 3, not 4)."""
-    return min(total, max(0, round(fraction * total)))
+def truncated_count(fraction: float, total: int) -> int:
+    """How many of `total` entries a fraction means, as the official merge codes count them:
+    `int(total * fraction)`, truncated (TIES's `int(d * K)`, TSV-M's `int(r * sv_reduction)`,
+    Iso-CTS's `int(min(shape) * common_space_fraction)`, Breadcrumbs' `int(n * top_k)`)."""
+    return min(total, max(0, int(total * fraction)))
 
 
 # ----- exact k-th largest magnitude over many tensors, streaming ------------------------------------
@@ -65,16 +67,22 @@ def kth_largest_magnitude(tensors: Callable[[], Iterable[torch.Tensor]], k: int)
 # ----- matrices ---------------------------------------------------------------------------------------
 
 
-def matrix_view(tensor: torch.Tensor) -> torch.Tensor | None:
+ConvConvention = Literal["matrix", "official"]
+"""How the SVD merges see a convolution kernel (a tensor of more than two dimensions)."""
+
+
+def matrix_view(tensor: torch.Tensor, conv: ConvConvention = "matrix") -> torch.Tensor | None:
     """The parameter as a matrix for SVD-based methods, or None if it is not one.
 
-    A linear weight (out, in) is itself; a convolution kernel (out, in, kh, kw) is reshaped to
-    (out, in·kh·kw), the matrix its im2col product uses, so that the SVD methods act on
-    EfficientNet's convolutions too (the official TSV-M and Iso codes, written for CLIP ViTs,
-    treat only 2-D tensors as matrices and average everything else). Tensors of fewer than two
-    dimensions (biases, norms, class embedding) are not matrices.
+    A linear weight (out, in) is itself. A convolution kernel (out, in, kh, kw) is, with
+    conv="matrix", reshaped to (out, in·kh·kw), the matrix its im2col product uses, so that the
+    SVD methods act on EfficientNet's convolutions too; with conv="official" it is not a matrix,
+    as in the official TSV-M and Iso codes (written for CLIP ViTs: `len(shape) == 2` is their
+    test, iso-merging src/utils/TSVM_utils.py L36-39, src/utils/iso.py L14, L39), which average
+    every other tensor. Tensors of fewer than two dimensions (biases, norms, class embedding)
+    are never matrices.
     """
-    if tensor.ndim < 2:
+    if tensor.ndim < 2 or (tensor.ndim > 2 and conv == "official"):
         return None
     return tensor.reshape(tensor.shape[0], -1)
 
