@@ -19,13 +19,18 @@ from .finetuning.build import (
     ALPHA,
     BATCHES,
     CANDIDATES,
+    CONVS,
+    FACTOR_EXAMPLES,
     FRACTION,
     PARAMS,
     PENALTY_BATCH,
     PENALTY_WEIGHT,
+    PROBES,
     RANK,
+    TAK_WEIGHT,
     Builder,
     full_weights,
+    kfac_layers,
     low_rank,
     sparse_least_sensitive,
     weight_subset,
@@ -43,7 +48,8 @@ class FinetuneMode(Kind):
     tangent space and only make sense applied to f_lin. `lr`: the learning rate a config or the
     Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
     with its declared `settings`. `penalty`: τJp's term λ Σ_{t'≠t} ‖J(x_t'; θ0) τ‖², which needs
-    the other tasks' training inputs. `paper`: one of the paper's modes, which a run trains
+    the other tasks' training inputs. `curvature`: TAK's term, which needs the other tasks' KFAC
+    factors at θ0 (taskvec.finetuning.kfac), not their inputs. `paper`: one of the paper's modes, which a run trains
     unless its config names others.
     """
 
@@ -52,6 +58,7 @@ class FinetuneMode(Kind):
     builds: Builder = field(default=full_weights, compare=False, repr=False)
     settings: tuple[Setting, ...] = ()
     penalty: bool = False
+    curvature: bool = False
     paper: bool = False
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,6 +170,20 @@ TJP = FINETUNE_MODES.register(
         settings=(PENALTY_WEIGHT, PENALTY_BATCH),
         description="linearized FT penalizing τ's tangent features on the other tasks' training inputs",
         reference="Yoshida et al., τJp, ICLR 2025",
+    )
+)
+TAK = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="tak",
+        label="TAK",
+        color="#bcbd22",
+        linearized=True,
+        lr=3e-4,
+        builds=kfac_layers,
+        curvature=True,
+        settings=(TAK_WEIGHT, FACTOR_EXAMPLES, PROBES, CONVS),
+        description="linearized FT penalized by the other tasks' KFAC factors of their representation drift at θ0 (dataless)",
+        reference="Porrello et al., TAK, ICLR 2026 (arXiv 2602.17385; code: aimagelab/mammoth models/tak.py)",
     )
 )
 

@@ -175,7 +175,8 @@ class NtkResult:
 class FinetuneCost:
     """What one fine-tune cost (taskvec.finetuning.cost): wall seconds, median step time, the
     peak memory it added (`memory` says what was counted), and how many entries it trained (φ)
-    and could change in θ."""
+    and could change in θ. TAK: `factor_seconds`/`factor_peak_mib`, what computing the task's own
+    KFAC factors at θ0 (shipped for the other tasks' fine-tunes) cost, on top."""
 
     seconds: float | None = None
     step_ms: float | None = None
@@ -183,6 +184,8 @@ class FinetuneCost:
     memory: str | None = None
     trained_entries: int | None = None
     changed_entries: int | None = None
+    factor_seconds: float | None = None
+    factor_peak_mib: float | None = None
 
 
 @dataclass

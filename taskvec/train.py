@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import TaskvecError
-from .finetuning.build import PENALTY_BATCH, PENALTY_WEIGHT, FitData
+from .finetuning.build import PENALTY_BATCH, PENALTY_WEIGHT, TAK_WEIGHT, FitData
 from .finetuning.cost import CostMeter
+from .finetuning.kfac import KfacPenalty, TaskFactors, combine
 from .finetuning.parts import TunedEncoder
 from .io import load_tensors, save_tensors
 from .kinds import FINETUNE_MODES, FinetuneMode
@@ -95,21 +96,28 @@ def _autocast(device: torch.device, precision: str):
 
 class TrainedModel(torch.nn.Module):
     """The model a step differentiates: the tuned encoder, its frozen head and, for a mode with a
-    penalty, λ Σ_{t'} mean_x ‖J(x; θ0) τ‖² over batches of the other tasks (one JVP each)."""
+    penalty, λ Σ_{t'} mean_x ‖J(x; θ0) τ‖² over batches of the other tasks (one JVP each), or
+    `curvature`'s term of the trained tangent (TAK: the other tasks' KFAC factors), added when
+    `regularize` (once per step)."""
 
-    def __init__(self, encoder: TunedEncoder, head: ClassificationHead, penalty: float = 0.0):
+    def __init__(
+        self, encoder: TunedEncoder, head: ClassificationHead, penalty: float = 0.0, curvature: Callable[[Callable], torch.Tensor] | None = None
+    ):
         super().__init__()
-        self.encoder, self.head, self.penalty = encoder, head, penalty
+        self.encoder, self.head, self.penalty, self.curvature = encoder, head, penalty, curvature
         for p in self.head.parameters():
             p.requires_grad_(False)
 
-    def forward(self, batch: Batch, others: Sequence[Batch] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, others: Sequence[Batch] = (), regularize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(self.encoder(**batch))
         term = logits.new_zeros(())
         for other in others:
             tangent = self.encoder.tangent_features(other)[1]
             term = term + tangent.to(torch.promote_types(tangent.dtype, torch.float32)).pow(2).sum(-1).mean()
-        return logits, self.penalty * term
+        term = self.penalty * term
+        if regularize and self.curvature is not None:  # λ inside: the factors' own weight
+            term = term + self.curvature(self.encoder.trainable.tangent_of)
+        return logits, term
 
 
 def save_checkpoint(path: Path, step: int, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, meta: dict) -> None:
@@ -160,13 +168,15 @@ def finetune(
     stop_after: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
     others: Sequence[Batch] = (),
+    factors: Sequence[TaskFactors] = (),
 ) -> TaskVector:
     """Fine-tune a copy of `base` (θ0) on one task and return its task vector.
 
     `mode` (a registered fine-tuning mode or its name) says what is trained: f itself, or
     f_lin = linearize(f) for a linearized mode. `checkpoint` makes the run resumable;
     `stop_after` ends the run early after that many steps (an interruption). `others`: the other
-    tasks' training inputs, for a mode with a penalty on them (τJp).
+    tasks' training inputs, for a mode with a penalty on them (τJp); `factors`: the other tasks'
+    KFAC factors at θ0, for a mode with a curvature penalty (TAK).
     """
     mode = FINETUNE_MODES.get(mode)
     settings = mode.resolve(cfg.settings)
@@ -176,6 +186,8 @@ def finetune(
     others = list(others) if mode.penalty else []
     if mode.penalty and not others:
         raise TaskvecError(f"mode {mode.name} penalizes τ on the other tasks' inputs: give their training inputs (others=...)")
+    if mode.curvature and not factors:
+        raise TaskvecError(f"mode {mode.name} penalizes τ with the other tasks' KFAC factors: give them (factors=...)")
     identity = base_identity(base)
 
     rank, world = _distributed()
@@ -187,7 +199,7 @@ def finetune(
     device = torch.device(device)
     _autocast(device, cfg.precision)  # refuse bf16 off CUDA before any work
 
-    run = _Training(base, head, inputs, labels, mode, settings, cfg, device, rank, world)
+    run = _Training(base, head, inputs, labels, mode, settings, cfg, device, rank, world, list(factors) if mode.curvature else [])
     start = run.resume(checkpoint, {"mode": mode.name, "task": task, "base": identity, "config": asdict(cfg)})
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     load = _batch_loader(inputs, labels, others, settings, cfg, rank, world)
@@ -226,6 +238,16 @@ def _batch_loader(
     return load
 
 
+def _curvature(factors: list[TaskFactors], settings: dict[str, Any], trainable, identity_of: Backbone, device: torch.device) -> KfacPenalty:
+    """TAK's penalty from the other tasks' factors, which must be of this base model and layers."""
+    identity = base_identity(identity_of)
+    for f in factors:
+        if f.meta.get("base") not in (None, identity):
+            raise TaskvecError(f"the KFAC factors of task {f.meta.get('task')!r} were computed on another base model")
+    shapes = {n: p.shape for n, p in trainable.pretrained.items()}
+    return KfacPenalty(combine(factors), settings[TAK_WEIGHT.name], shapes).to(device)
+
+
 class _Training:
     """One fine-tune's state: a copy of the backbone, what the mode trains in it, the model
     (under torchrun, wrapped in DistributedDataParallel), the optimizer and the checkpoint."""
@@ -242,13 +264,15 @@ class _Training:
         device: torch.device,
         rank: int,
         world: int,
+        factors: list[TaskFactors],
     ):
         self.mode, self.settings, self.cfg, self.device, self.rank, self.world = mode, settings, cfg, device, rank, world
         self.backbone = copy.deepcopy(base)
         fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
         self.trainable = mode.builds(self.backbone, settings, fit, mode.linearized)
         weight = settings[PENALTY_WEIGHT.name] if mode.penalty else 0.0
-        model = TrainedModel(TunedEncoder(self.backbone, self.trainable, mode.linearized), head, weight).to(device)
+        curvature = _curvature(factors, settings, self.trainable, identity_of=base, device=device) if factors else None
+        model = TrainedModel(TunedEncoder(self.backbone, self.trainable, mode.linearized), head, weight, curvature).to(device)
         model.train()
         self.params = self.trainable.trained
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -283,7 +307,7 @@ class _Training:
             sync = k == len(micro) - 1 or self.world == 1
             others_k = [{key: value.to(device) for key, value in o.items()} for o in penalized] if k == 0 else []
             with nullcontext() if sync else forward.no_sync(), _autocast(device, cfg.precision):  # type: ignore[operator]
-                logits, penalty = forward(batch, others_k)
+                logits, penalty = forward(batch, others_k, k == 0)
                 part_loss = (
                     F.cross_entropy(logits.float(), part_labels.to(device)) / len(micro) + penalty
                 )  # penalty: first micro-batch only

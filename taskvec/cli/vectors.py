@@ -22,7 +22,7 @@ def finetune(
     config: Path | None = ConfigOpt,
     settings: list[str] = typer.Option([], "--set", "-s", help="A setting of the mode, name=value (repeatable; see `taskvec list`)."),
     others: list[str] = typer.Option(
-        [], "--other", help="Another task whose inputs a penalized mode (tjp) keeps τ away from (repeatable)."
+        [], "--other", help="Another task whose inputs (tjp) or KFAC factors at θ0 (tak) a penalized mode keeps τ away from (repeatable)."
     ),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Resumable checkpoint file."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -45,8 +45,8 @@ def finetune(
     cfg = config_from(config)
     kind = FINETUNE_MODES.get(mode.value)
     given = parse_settings(kind.settings, settings, f"--mode {kind.name}")
-    if kind.penalty and not others:
-        raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' inputs: name them with --other TASK")
+    if (kind.penalty or kind.curvature) and not others:
+        raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' {'inputs' if kind.penalty else 'KFAC factors'}: name them with --other TASK")
     train_modes = (
         cfg.train if kind.name in cfg.train.modes else dataclasses.replace(cfg.train, modes={kind.name: TrainConfig.for_mode(kind)})
     )
@@ -69,10 +69,29 @@ def finetune(
             device=device_for(cfg.device),
             progress=progress and main,
             others=[setup.prepared(o).sets["train"].inputs for o in others],
+            factors=_factors_of(setup, others, kind, loop, device_for(cfg.device)) if kind.curvature else (),
         )
     if main:
         vector.save(out)
         typer.echo(f"wrote {out} ({kind.name} task vector of {task}, norm {vector.norm():.4f})")
+
+
+def _factors_of(setup, tasks: list[str], kind, loop, device) -> list:
+    """The KFAC factors of `tasks` at θ0 (TAK), computed here; their time is printed."""
+    from ..finetuning.kfac import compute_factors
+    from ..task_vector import base_identity
+
+    out = []
+    for task in tasks:
+        s = loop.settings
+        f = compute_factors(
+            setup.backbone, setup.prepared(task).sets["train"].inputs, convs=s["convs"], examples=s["examples"], probes=s["probes"],
+            batch_size=loop.batch_size, seed=loop.seed, device=device,
+        )  # fmt: skip
+        f.meta.update(base=base_identity(setup.backbone), task=task)
+        typer.echo(f"KFAC factors of {task}: {f.count} examples, {f.meta['cost']['seconds']}s, peak {f.meta['cost']['peak_mib']} MiB")
+        out.append(f)
+    return out
 
 
 @app.command()

@@ -57,6 +57,17 @@ PENALTY_WEIGHT = Setting(
     low=0.0,
 )
 PENALTY_BATCH = Setting("penalty_batch", int, 8, "examples of each other task per step for the penalty", low=1)
+# TAK's (taskvec.finetuning.kfac): the official defaults of aimagelab/mammoth models/tak.py
+TAK_WEIGHT = Setting("lam", float, 500.0, "weight λ of Σ_layers tr(G ΔW A ΔWᵀ) over the other tasks' KFAC factors (official reg_lambda)", low=0.0)
+FACTOR_EXAMPLES = Setting("examples", int, 0, "training examples of a task its KFAC factors average (0: all, official train_percent = 1.0)", low=0)
+PROBES = Setting("probes", int, 1, "Gaussian probes of the normalized features per example for G (official num_samples_expectation)", low=1)
+CONVS = Setting(
+    "convs",
+    str,
+    "kfac",
+    "convolutions with groups = 1: kfac (trained, KFC factors of their patches) or frozen (as the official ViT's patch embedding)",
+    choices=("kfac", "frozen"),
+)
 
 Builder = Callable[["Backbone", Mapping[str, Any], "FitData", bool], "Trainable"]
 
@@ -92,6 +103,14 @@ def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, line
     if not names:
         raise TaskvecError(f"parameter selection {settings[ADAPTED.name]!r} holds no matrix or 1×1 convolution for LoRA")
     return LowRank(_pretrained(backbone), names, rank=settings[RANK.name], alpha=settings[ALPHA.name], seed=fit.seed, linearized=linearized)
+
+
+def kfac_layers(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
+    """The layers TAK has KFAC factors for: linear layers and, unless convs = frozen, convolutions."""
+    from .kfac import factored_parameters
+    from .parts import WeightSubset
+
+    return WeightSubset(_pretrained(backbone), factored_parameters(backbone, settings[CONVS.name]))
 
 
 def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:

@@ -16,6 +16,7 @@ from ..distributed import Ranks, barrier, device_for, is_main
 from ..edits import negation_control
 from ..errors import TaskvecError
 from ..evaluate import Evaluator
+from ..finetuning.kfac import TaskFactors
 from ..io import load_tensors, save_tensors
 from ..kinds import EvalMethod, FinetuneMode
 from ..models import Backbone
@@ -55,8 +56,9 @@ class Roles:
 
     def penalty_tasks(self, task: str, mode: FinetuneMode) -> list[str]:
         """The tasks whose training inputs a fine-tune of `task` reads besides its own: the other
-        tasks of the run for a mode with a penalty on them (τJp), else none."""
-        return [t for t in self.tasks if t != task] if mode.penalty else []
+        tasks of the run for a mode with a penalty on them (τJp) or on their KFAC factors (TAK,
+        computed from their inputs unless the run directory has them), else none."""
+        return [t for t in self.tasks if t != task] if mode.penalty or mode.curvature else []
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,11 @@ class RunContext(Contexts):
             device=self.device,
             progress=self.progress,
             others=others,
+            factors=[self.factors(t, mode) for t in self.roles.penalty_tasks(task, mode)] if mode.curvature else (),
         )
+        if mode.curvature:  # the cost of the factors this task ships, beside its fine-tune's
+            shipped = self.factors(task, mode).meta.get("cost", {})
+            vector.info["cost"].update(factor_seconds=shipped.get("seconds"), factor_peak_mib=shipped.get("peak_mib"))
         if is_main():  # under torchrun every rank holds the same vector; one writes it
             vector.save(self.dir.vector(task, mode))
             checkpoint.unlink(missing_ok=True)
@@ -198,6 +204,26 @@ class RunContext(Contexts):
         self._vectors[(task, mode)] = vector
         self.log(f"fine-tuned {task} ({mode.label}) in {vector.info.get('seconds')}s, last loss {vector.info.get('last_loss')}")
         return vector
+
+    def factors(self, task: str, mode: FinetuneMode) -> TaskFactors:
+        """The task's KFAC factors at θ0 under `mode`'s settings (TAK): from the run directory, else
+        computed on its training inputs and saved (every rank computes the same; rank 0 writes)."""
+        from ..finetuning.kfac import task_factors
+
+        train = self.prepared(task).sets["train"]
+        loop = self.cfg.train.for_task(mode, task, len(train))
+        return task_factors(
+            self.dir.factors(task),
+            self.backbone,
+            train.inputs,
+            mode.resolve(loop.settings),
+            task=task,
+            identity=base_identity(self.backbone),
+            batch_size=loop.batch_size,
+            seed=loop.seed,
+            device=self.device,
+            save=is_main(),
+        )
 
     def import_vector(self, task: str, mode: FinetuneMode, source: str) -> TaskVector:
         """The task vector of a checkpoint fine-tuned elsewhere ([checkpoints] in the config)."""
