@@ -72,10 +72,28 @@ def finetune_task(
 
     `options` are `TrainConfig` fields (steps, batch_size, lr, weight_decay, warmup_steps, ...)
     and the mode's own settings (e.g. `rank=4` for LoRA). The learning rate defaults to the
-    mode's own. `others`: the other tasks, for a mode that penalizes τ on their inputs (τJp).
+    mode's own. `others`: the other tasks, for a mode that penalizes τ on their inputs (τJp) or
+    on their KFAC factors at θ0 (TAK, computed here from their training inputs).
     """
     mode = FINETUNE_MODES.get(mode)
     cfg = TrainConfig.for_mode(mode, **options)
+    factors = []
+    if mode.curvature:
+        from .finetuning.kfac import compute_factors
+
+        s = mode.resolve(cfg.settings)
+        factors = [
+            compute_factors(
+                backbone,
+                o.train.inputs,
+                convs=s["convs"],
+                examples=s["examples"],
+                probes=s["probes"],
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+            )
+            for o in others
+        ]
     return finetune(
         backbone,
         setup.head,
@@ -86,6 +104,7 @@ def finetune_task(
         task=setup.name,
         progress=progress,
         others=[o.train.inputs for o in others],
+        factors=factors,
     )
 
 

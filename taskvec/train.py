@@ -101,7 +101,11 @@ class TrainedModel(torch.nn.Module):
     `regularize` (once per step)."""
 
     def __init__(
-        self, encoder: TunedEncoder, head: ClassificationHead, penalty: float = 0.0, curvature: Callable[[Callable], torch.Tensor] | None = None
+        self,
+        encoder: TunedEncoder,
+        head: ClassificationHead,
+        penalty: float = 0.0,
+        curvature: Callable[[Callable], torch.Tensor] | None = None,
     ):
         super().__init__()
         self.encoder, self.head, self.penalty, self.curvature = encoder, head, penalty, curvature

@@ -157,7 +157,9 @@ def test_tak_reduces_the_penalty_against_lambda_zero():
     other = {"pixels": inputs["pixels"].flip(-1).roll(1, 0) * 0.5}
     factors = compute_factors(model, other, batch_size=32)
     factors.meta.update(base=base_identity(model), task="other")
-    measure = KfacPenalty(combine([factors]), 1.0, {n: p.shape for n, p in model.named_parameters() if n in factors.a or n.endswith("bias")})
+    measure = KfacPenalty(
+        combine([factors]), 1.0, {n: p.shape for n, p in model.named_parameters() if n in factors.a or n.endswith("bias")}
+    )
     terms = {}
     for lam in (0.0, 500.0):
         cfg = TrainConfig.for_mode(TAK, steps=8, batch_size=16, lr=1e-2, warmup_steps=1, lam=lam)
@@ -189,3 +191,20 @@ def test_bad_factors_are_refused_in_one_line(tmp_path):
     wrong = TaskFactors({"l.weight": torch.eye(3)}, {"l.weight": torch.eye(2)}, 1)
     with pytest.raises(TaskvecError, match="factors of another model"):
         KfacPenalty(combine([wrong]), 1.0, {"l.weight": torch.Size((2, 4))})
+
+
+def test_a_layer_the_features_do_not_depend_on_gets_g_zero():
+    """As a BERT pooler: run by the forward, its output unused, so its J = 0."""
+
+    class Pooled(ConvSeq):
+        def __init__(self):
+            super().__init__()
+            self.pooler = nn.Linear(3, 2)
+
+        def forward(self, *, pixels):
+            self.pooler(torch.ones(1, 3))
+            return super().forward(pixels=pixels)
+
+    factors = compute_factors(Pooled(), {"pixels": torch.randn(3, 2, 5, 5)}, batch_size=3)
+    assert not factors.g["pooler.weight"].any() and factors.a["pooler.weight"].shape == (4, 4)
+    assert factors.g["mix.weight"].any()

@@ -46,7 +46,9 @@ def finetune(
     kind = FINETUNE_MODES.get(mode.value)
     given = parse_settings(kind.settings, settings, f"--mode {kind.name}")
     if (kind.penalty or kind.curvature) and not others:
-        raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' {'inputs' if kind.penalty else 'KFAC factors'}: name them with --other TASK")
+        raise TaskvecError(
+            f"mode {kind.name} penalizes τ on other tasks' {'inputs' if kind.penalty else 'KFAC factors'}: name them with --other TASK"
+        )
     train_modes = (
         cfg.train if kind.name in cfg.train.modes else dataclasses.replace(cfg.train, modes={kind.name: TrainConfig.for_mode(kind)})
     )

@@ -58,8 +58,12 @@ PENALTY_WEIGHT = Setting(
 )
 PENALTY_BATCH = Setting("penalty_batch", int, 8, "examples of each other task per step for the penalty", low=1)
 # TAK's (taskvec.finetuning.kfac): the official defaults of aimagelab/mammoth models/tak.py
-TAK_WEIGHT = Setting("lam", float, 500.0, "weight λ of Σ_layers tr(G ΔW A ΔWᵀ) over the other tasks' KFAC factors (official reg_lambda)", low=0.0)
-FACTOR_EXAMPLES = Setting("examples", int, 0, "training examples of a task its KFAC factors average (0: all, official train_percent = 1.0)", low=0)
+TAK_WEIGHT = Setting(
+    "lam", float, 500.0, "weight λ of Σ_layers tr(G ΔW A ΔWᵀ) over the other tasks' KFAC factors (official reg_lambda)", low=0.0
+)
+FACTOR_EXAMPLES = Setting(
+    "examples", int, 0, "training examples of a task its KFAC factors average (0: all, official train_percent = 1.0)", low=0
+)
 PROBES = Setting("probes", int, 1, "Gaussian probes of the normalized features per example for G (official num_samples_expectation)", low=1)
 CONVS = Setting(
     "convs",

@@ -67,7 +67,13 @@ FORMAT = "taskvec.kfac/1"
 def factored_modules(backbone: nn.Module, convs: str) -> dict[str, nn.Module]:
     """The layers that get factors, by module name: linear layers outside nn.MultiheadAttention
     and, with convs = "kfac", convolutions with groups = 1."""
-    inside_attention = {f"{name}.{sub}" for name, m in backbone.named_modules() if isinstance(m, nn.MultiheadAttention) for sub, _ in m.named_modules() if sub}
+    inside_attention = {
+        f"{name}.{sub}"
+        for name, m in backbone.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for sub, _ in m.named_modules()
+        if sub
+    }
     out: dict[str, nn.Module] = {}
     for name, module in backbone.named_modules():
         if name in inside_attention:
@@ -85,7 +91,9 @@ def factored_parameters(backbone: nn.Module, convs: str) -> list[str]:
         if getattr(module, "bias", None) is not None:
             names.append(f"{name}.bias")
     if not names:
-        raise TaskvecError(f"backbone {getattr(backbone, 'name', '?')!r} has no linear layer or convolution (convs = {convs!r}) for KFAC factors")
+        raise TaskvecError(
+            f"backbone {getattr(backbone, 'name', '?')!r} has no linear layer or convolution (convs = {convs!r}) for KFAC factors"
+        )
     return names
 
 
@@ -240,17 +248,30 @@ def compute_factors(
                 (features * probe).sum().backward(retain_graph=s < probes - 1)
     backbone.train(was_training)
     count, dtype = len(order), torch.promote_types(params[0].dtype, torch.float32)  # float32, float64 for a float64 model
+    missing = sorted(set(modules) - set(accumulate.a))
+    if missing:
+        raise TaskvecError(f"layers {', '.join(missing)} were not run by the backbone's forward; their KFAC factors are undefined")
+    for name in set(modules) - set(accumulate.g):  # run, but the features do not depend on it (a BERT pooler): J = 0
+        rows = modules[name].weight.shape[0]
+        accumulate.g[name] = torch.zeros(rows, rows, dtype=torch.float64, device=accumulate.a[name].device)
     a = {f"{k}.weight": (v / count).to(dtype).cpu() for k, v in accumulate.a.items()}
     g = {f"{k}.weight": (v / count).to(dtype).cpu() for k, v in accumulate.g.items()}
-    missing = sorted(set(modules) - {k.removesuffix(".weight") for k in a.keys() & g.keys()})
-    if missing:
-        raise TaskvecError(f"layers {', '.join(missing)} were not reached by the forward and backward pass; their KFAC factors are undefined")
     settings = {"convs": convs, "examples": examples, "probes": probes, "seed": seed}
     return TaskFactors(a, g, count, {"settings": settings, "cost": dict(meter.summary())})
 
 
 def task_factors(
-    path: Path, backbone: Backbone, inputs: Batch, settings: Mapping[str, Any], *, task: str, identity: dict, batch_size: int, seed: int, device, save: bool
+    path: Path,
+    backbone: Backbone,
+    inputs: Batch,
+    settings: Mapping[str, Any],
+    *,
+    task: str,
+    identity: dict,
+    batch_size: int,
+    seed: int,
+    device,
+    save: bool,
 ) -> TaskFactors:
     """The task's factors under a TAK mode's `settings`: read from `path` when they were computed
     on this base with these settings, else computed at θ0 (and written to `path` when `save`)."""
@@ -260,7 +281,14 @@ def task_factors(
         if cached.meta.get("settings") == wanted:
             return cached
     factors = compute_factors(
-        backbone, inputs, convs=wanted["convs"], examples=wanted["examples"], probes=wanted["probes"], batch_size=batch_size, seed=seed, device=device
+        backbone,
+        inputs,
+        convs=wanted["convs"],
+        examples=wanted["examples"],
+        probes=wanted["probes"],
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
     )
     factors.meta.update(base=identity, task=task)
     if save:
@@ -278,7 +306,9 @@ def combine(factors: Sequence[TaskFactors]) -> dict[str, tuple[torch.Tensor, tor
     layers = set(factors[0].a)
     for f in factors[1:]:
         if set(f.a) != layers or any(f.a[k].shape != factors[0].a[k].shape for k in layers):
-            raise TaskvecError(f"the KFAC factors of tasks {factors[0].meta.get('task')!r} and {f.meta.get('task')!r} cover different layers or shapes")
+            raise TaskvecError(
+                f"the KFAC factors of tasks {factors[0].meta.get('task')!r} and {f.meta.get('task')!r} cover different layers or shapes"
+            )
     total = sum(f.count for f in factors)
     return {k: (sum(f.a[k] * (f.count / total) for f in factors), sum(f.g[k] for f in factors)) for k in sorted(layers)}  # type: ignore[misc]
 
