@@ -1,7 +1,7 @@
 """What each fine-tuning mode costs per step: median step time and peak memory, ÷ non-linear FT.
 
 Each (mode, round) runs in a fresh subprocess (so that no allocator state of another mode is
-left over): it builds the backbone, prepares the benchmark's first task and, for τJp, the other
+left over): it builds the backbone, prepares the benchmark's first task and, for τJp and TAK, the other
 tasks (the same data and settings as configs/methods.toml and configs/text-methods.toml), and
 fine-tunes `--steps` steps with `taskvec.train.finetune`. The numbers are what every fine-tune
 records in its vector (taskvec.finetuning.cost): the median step time (the slower first steps
@@ -12,6 +12,11 @@ non-linear FT of the same backbone.
 
     .venv/bin/python benchmarks/bench_modes.py                      # both backbones
     .venv/bin/python benchmarks/bench_modes.py --backbone minilm --rounds 3
+    .venv/bin/python benchmarks/bench_modes.py --modes linear,tak --rounds 1   # TAK: also its factors' time
+
+TAK's fine-tune reads the other tasks' KFAC factors; the probe computes them first (the
+benchmark's other tasks, all their training inputs) and prints what one task's factors cost
+beside the step time.
 """
 
 from __future__ import annotations
@@ -48,13 +53,30 @@ def probe(args: argparse.Namespace) -> dict:
     mode = FINETUNE_MODES.get(args._probe)
     backbone = build_backbone(cfg.backbone, init=cfg.init, **cfg.backbone_options)
     task = cfg.tasks[0]
-    prepared = prepare_tasks(backbone, list(cfg.tasks) if mode.penalty else [task], cfg)
+    prepared = prepare_tasks(backbone, list(cfg.tasks) if mode.penalty or mode.curvature else [task], cfg)
     head = build_head(backbone, prepared[task], cfg)
     train = prepared[task].sets["train"]
     loop = dataclasses.replace(cfg.train[mode], steps=args.steps, warmup_steps=1, checkpoint_every=10**6)
-    others = [prepared[t].sets["train"].inputs for t in cfg.tasks[1:]] if mode.penalty else []
-    vector = finetune(backbone, head, train.inputs, train.labels, mode=mode, cfg=loop, task=task, progress=False, others=others)
-    return {"mode": mode.name, **vector.info["cost"], "batch_size": loop.batch_size}
+    others = [prepared[t].sets["train"].inputs for t in cfg.tasks[1:]] if mode.penalty or mode.curvature else []
+    factors = [_factors(backbone, o, loop) for o in others] if mode.curvature else []
+    vector = finetune(
+        backbone, head, train.inputs, train.labels, mode=mode, cfg=loop, task=task, progress=False, others=others, factors=factors
+    )
+    cost = dict(vector.info["cost"])
+    if factors:  # TAK: what one task's factors cost (the mean over the other tasks')
+        cost["factor_seconds"] = statistics.mean(f.meta["cost"]["seconds"] for f in factors)
+        cost["factor_peak_mib"] = max(f.meta["cost"]["peak_mib"] or 0 for f in factors)
+    return {"mode": mode.name, **cost, "batch_size": loop.batch_size}
+
+
+def _factors(backbone, inputs, loop):
+    """A task's KFAC factors at θ0 under the TAK mode's settings (taskvec.finetuning.kfac)."""
+    from taskvec.finetuning.kfac import compute_factors
+
+    s = loop.settings
+    return compute_factors(
+        backbone, inputs, convs=s["convs"], examples=s["examples"], probes=s["probes"], batch_size=loop.batch_size, seed=loop.seed
+    )
 
 
 def run_probe(backbone: str, mode: str, args: argparse.Namespace) -> dict:
@@ -77,9 +99,10 @@ def run_probe(backbone: str, mode: str, args: argparse.Namespace) -> dict:
 def bench(backbone: str, args: argparse.Namespace) -> dict:
     from taskvec.kinds import FINETUNE_MODES, NONLINEAR
 
-    runs: dict[str, list[dict]] = {m.name: [] for m in FINETUNE_MODES}
+    names = [m for m in FINETUNE_MODES.names() if not args.modes or m in args.modes or m == NONLINEAR.name]
+    runs: dict[str, list[dict]] = {m: [] for m in names}
     for r in range(args.rounds):
-        order = FINETUNE_MODES.names() if r % 2 == 0 else FINETUNE_MODES.names()[::-1]
+        order = names if r % 2 == 0 else names[::-1]
         for mode in order:
             runs[mode].append(run_probe(backbone, mode, args))
     rows = {}
@@ -104,6 +127,9 @@ def bench(backbone: str, args: argparse.Namespace) -> dict:
             f"{peak if peak is not None else float('nan'):>9.0f} {peak / ref['peak_mib'] if peak and ref['peak_mib'] else float('nan'):>9.2f} "
             f"{row['trained_entries']:>11,} {row['changed_entries']:>11,}"
         )
+        if row["runs"][0].get("factor_seconds") is not None:
+            sec = statistics.median(r["factor_seconds"] for r in row["runs"])
+            print(f"{'':<15} KFAC factors of one task: {sec:.1f} s, peak {max(r['factor_peak_mib'] for r in row['runs']):.0f} MiB")
     return rows
 
 
@@ -114,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--modes", help="comma-separated modes to measure (non-linear FT, the reference, always); default all")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",")] if args.modes else []
     if args._probe:
         args.backbone = args.backbone[0]
         print(json.dumps(probe(args)))

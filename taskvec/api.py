@@ -73,11 +73,18 @@ def finetune_task(
 
     `options` are `TrainConfig` fields (steps, batch_size, lr, weight_decay, warmup_steps, ...)
     and the mode's own settings (e.g. `rank=4` for LoRA). The learning rate defaults to the
-    mode's own. `others`: the other tasks, for a mode that penalizes τ on their inputs (τJp);
-    `control`: a control task penalized beside them (its training inputs, as τJp's code does).
+    mode's own. `others`: the other tasks, for a mode that penalizes τ on their inputs (τJp) or
+    on their KFAC factors at θ0 (TAK, computed here from their training inputs); `control`: a
+    control task τJp penalizes beside them (its training inputs, as τJp's code does).
     """
     mode = FINETUNE_MODES.get(mode)
     cfg = TrainConfig.for_mode(mode, **options)
+    factors = []
+    if mode.curvature:
+        from .finetuning.kfac import compute_factors, factor_settings
+
+        given = factor_settings(mode.resolve(cfg.settings))
+        factors = [compute_factors(backbone, o.train.inputs, **given, batch_size=cfg.batch_size, seed=cfg.seed) for o in others]
     return finetune(
         backbone,
         setup.head,
@@ -87,8 +94,9 @@ def finetune_task(
         cfg=cfg,
         task=setup.name,
         progress=progress,
-        others={o.name: o.train.inputs for o in others},
+        others={o.name: o.train.inputs for o in others} if mode.penalty else {},
         control=(control.name, control.train.inputs) if control is not None else None,
+        factors=factors,
     )
 
 

@@ -20,15 +20,20 @@ from .finetuning.build import (
     ARITHMETIC,
     BATCHES,
     CANDIDATES,
+    CONVS,
+    FACTOR_EXAMPLES,
     FRACTION,
     LINEARIZE,
     PARAMS,
     PENALTY_BATCH,
     PENALTY_FORM,
     PENALTY_WEIGHT,
+    PROBES,
     RANK,
+    TAK_WEIGHT,
     Builder,
     full_weights,
+    kfac_layers,
     low_rank,
     sparse_least_sensitive,
     weight_subset,
@@ -48,8 +53,9 @@ class FinetuneMode(Kind):
     the Python API uses when none is given. `builds`: what it trains (taskvec.finetuning.build),
     with its declared `settings`. `penalty`: a term of the loss on τ's tangent features over other
     datasets (τJp: λ · mean over the other tasks and the control of mean_x ‖J(x; θ0) τ‖, its
-    form a setting; taskvec.finetuning.penalty), which needs their training inputs. `paper`: one
-    of the paper's modes, which a run trains unless its config names others.
+    form a setting; taskvec.finetuning.penalty), which needs their training inputs. `curvature`: TAK's term, which
+    needs the other tasks' KFAC factors at θ0 (taskvec.finetuning.kfac), not their inputs.
+    `paper`: one of the paper's modes, which a run trains unless its config names others.
     """
 
     linearized: bool = False
@@ -57,6 +63,7 @@ class FinetuneMode(Kind):
     builds: Builder = field(default=full_weights, compare=False, repr=False)
     settings: tuple[Setting, ...] = ()
     penalty: bool = False
+    curvature: bool = False
     paper: bool = False
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,6 +183,20 @@ TJP = FINETUNE_MODES.register(
         settings=(PENALTY_WEIGHT, PENALTY_BATCH, PENALTY_FORM),
         description="linearized FT penalizing τ's tangent features on the other tasks' (and the control's) training inputs",
         reference="Yoshida et al., τJp, ICLR 2025",
+    )
+)
+TAK = FINETUNE_MODES.register(
+    FinetuneMode(
+        name="tak",
+        label="TAK",
+        color="#bcbd22",
+        linearized=True,
+        lr=3e-4,
+        builds=kfac_layers,
+        curvature=True,
+        settings=(TAK_WEIGHT, FACTOR_EXAMPLES, PROBES, CONVS),
+        description="linearized FT penalized by the other tasks' KFAC factors of their representation drift at θ0 (dataless)",
+        reference="Porrello et al., TAK, ICLR 2026 (arXiv 2602.17385; code: aimagelab/mammoth models/tak.py)",
     )
 )
 

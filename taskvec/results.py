@@ -176,7 +176,9 @@ class FinetuneCost:
     """What one fine-tune cost (taskvec.finetuning.cost): wall seconds, median step time, the
     peak memory it added (`memory` says what was counted), and how many entries it trained (φ)
     and could change in θ; `penalty`: a penalized mode's effective penalty (form, λ, datasets,
-    examples each; taskvec.finetuning.penalty.EffectivePenalty.describe)."""
+    examples each; taskvec.finetuning.penalty.EffectivePenalty.describe). TAK: `factor_seconds`/
+    `factor_peak_mib`, what computing the task's own KFAC factors at θ0 (shipped for the other
+    tasks' fine-tunes) cost, on top."""
 
     seconds: float | None = None
     step_ms: float | None = None
@@ -185,6 +187,8 @@ class FinetuneCost:
     trained_entries: int | None = None
     changed_entries: int | None = None
     penalty: str | None = None
+    factor_seconds: float | None = None
+    factor_peak_mib: float | None = None
 
 
 @dataclass

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import TaskvecError
-from .finetuning.build import PENALTY_BATCH, PENALTY_FORM, PENALTY_WEIGHT, FitData
+from .finetuning.build import PENALTY_BATCH, PENALTY_FORM, PENALTY_WEIGHT, TAK_WEIGHT, FitData
 from .finetuning.cost import CostMeter
+from .finetuning.kfac import KfacPenalty, TaskFactors, combine
 from .finetuning.parts import TunedEncoder
 from .finetuning.penalty import PENALTY_TERMS, EffectivePenalty, PenaltyTerm, norm_mean, penalty_data
 from .io import load_tensors, save_tensors
@@ -97,19 +98,29 @@ def _autocast(device: torch.device, precision: str):
 class TrainedModel(torch.nn.Module):
     """The model a step differentiates: the tuned encoder, its frozen head and, for a mode with a
     penalty, `penalty` · `term`(encoder, batches of the penalized datasets) (taskvec.finetuning.
-    penalty; τJp: mean over the datasets of mean_x ‖J(x; θ0) τ‖, one JVP per dataset)."""
+    penalty; τJp: mean over the datasets of mean_x ‖J(x; θ0) τ‖, one JVP per dataset), or
+    `curvature`'s term of the trained tangent (TAK: the other tasks' KFAC factors), added when
+    `regularize` (once per step)."""
 
-    def __init__(self, encoder: TunedEncoder, head: ClassificationHead, penalty: float = 0.0, term: PenaltyTerm = norm_mean):
+    def __init__(
+        self,
+        encoder: TunedEncoder,
+        head: ClassificationHead,
+        penalty: float = 0.0,
+        term: PenaltyTerm = norm_mean,
+        curvature: Callable[[Callable], torch.Tensor] | None = None,
+    ):
         super().__init__()
-        self.encoder, self.head, self.penalty, self.term = encoder, head, penalty, term
+        self.encoder, self.head, self.penalty, self.term, self.curvature = encoder, head, penalty, term, curvature
         for p in self.head.parameters():
             p.requires_grad_(False)
 
-    def forward(self, batch: Batch, others: Sequence[Batch] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, others: Sequence[Batch] = (), regularize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(self.encoder(**batch))
-        if not others:
-            return logits, logits.new_zeros(())
-        return logits, self.penalty * self.term(self.encoder, others)
+        term = self.penalty * self.term(self.encoder, others) if others else logits.new_zeros(())
+        if regularize and self.curvature is not None:  # λ inside: the factors' own weight
+            term = term + self.curvature(self.encoder.trainable.tangent_of)
+        return logits, term
 
 
 def save_checkpoint(path: Path, step: int, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, meta: dict) -> None:
@@ -161,6 +172,7 @@ def finetune(
     on_step: Callable[[int, float], None] | None = None,
     others: Sequence[Batch] | Mapping[str, Batch] = (),
     control: tuple[str, Batch] | None = None,
+    factors: Sequence[TaskFactors] = (),
 ) -> TaskVector:
     """Fine-tune a copy of `base` (θ0) on one task and return its task vector.
 
@@ -169,7 +181,8 @@ def finetune(
     `stop_after` ends the run early after that many steps (an interruption). `others`: the other
     tasks' training inputs (by name, or in a list), and `control`: (name, training inputs) of the
     control data, one more penalized dataset, for a mode with a penalty on them (τJp); the
-    vector's info["penalty"] records the effective penalty.
+    vector's info["penalty"] records the effective penalty. `factors`: the other tasks' KFAC
+    factors at θ0, for a mode with a curvature penalty (TAK).
     """
     mode = FINETUNE_MODES.get(mode)
     settings = mode.resolve(cfg.settings)
@@ -184,6 +197,8 @@ def finetune(
         if mode.penalty
         else None
     )
+    if mode.curvature and not factors:
+        raise TaskvecError(f"mode {mode.name} penalizes τ with the other tasks' KFAC factors: give them (factors=...)")
     identity = base_identity(base)
 
     rank, world = _distributed()
@@ -195,7 +210,7 @@ def finetune(
     device = torch.device(device)
     _autocast(device, cfg.precision)  # refuse bf16 off CUDA before any work
 
-    run = _Training(base, head, inputs, labels, mode, settings, cfg, device, rank, world)
+    run = _Training(base, head, inputs, labels, mode, settings, cfg, device, rank, world, list(factors) if mode.curvature else [])
     start = run.resume(checkpoint, {"mode": mode.name, "task": task, "base": identity, "config": asdict(cfg)})
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     load = _batch_loader(inputs, labels, penalized, settings, cfg, rank, world)
@@ -237,6 +252,16 @@ def _batch_loader(
     return load
 
 
+def _curvature(factors: list[TaskFactors], settings: dict[str, Any], trainable, identity_of: Backbone, device: torch.device) -> KfacPenalty:
+    """TAK's penalty from the other tasks' factors, which must be of this base model and layers."""
+    identity = base_identity(identity_of)
+    for f in factors:
+        if f.meta.get("base") not in (None, identity):
+            raise TaskvecError(f"the KFAC factors of task {f.meta.get('task')!r} were computed on another base model")
+    shapes = {n: p.shape for n, p in trainable.pretrained.items()}
+    return KfacPenalty(combine(factors), settings[TAK_WEIGHT.name], shapes).to(device)
+
+
 class _Training:
     """One fine-tune's state: a copy of the backbone, what the mode trains in it, the model
     (under torchrun, wrapped in DistributedDataParallel), the optimizer and the checkpoint."""
@@ -253,13 +278,16 @@ class _Training:
         device: torch.device,
         rank: int,
         world: int,
+        factors: list[TaskFactors],
     ):
         self.mode, self.settings, self.cfg, self.device, self.rank, self.world = mode, settings, cfg, device, rank, world
         self.backbone = copy.deepcopy(base)
         fit = FitData(head, inputs, labels, cfg.batch_size, cfg.seed, device)
         self.trainable = mode.builds(self.backbone, settings, fit, mode.linearized)
         weight, term = (settings[PENALTY_WEIGHT.name], PENALTY_TERMS[settings[PENALTY_FORM.name]]) if mode.penalty else (0.0, norm_mean)
-        model = TrainedModel(TunedEncoder(self.backbone, self.trainable, mode.applies_to_f_lin(settings)), head, weight, term).to(device)
+        curvature = _curvature(factors, settings, self.trainable, identity_of=base, device=device) if factors else None
+        encoder = TunedEncoder(self.backbone, self.trainable, mode.applies_to_f_lin(settings))
+        model = TrainedModel(encoder, head, weight, term, curvature).to(device)
         model.train()
         self.params = self.trainable.trained
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -294,7 +322,7 @@ class _Training:
             sync = k == len(micro) - 1 or self.world == 1
             others_k = [{key: value.to(device) for key, value in o.items()} for o in penalized] if k == 0 else []
             with nullcontext() if sync else forward.no_sync(), _autocast(device, cfg.precision):  # type: ignore[operator]
-                logits, penalty = forward(batch, others_k)
+                logits, penalty = forward(batch, others_k, k == 0)
                 part_loss = (
                     F.cross_entropy(logits.float(), part_labels.to(device)) / len(micro) + penalty
                 )  # penalty: first micro-batch only

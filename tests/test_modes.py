@@ -17,6 +17,7 @@ from taskvec.config import RunConfig, TrainConfig
 from taskvec.errors import TaskvecError
 from taskvec.finetuning.build import FitData
 from taskvec.finetuning.cost import CostMeter
+from taskvec.finetuning.kfac import compute_factors
 from taskvec.finetuning.parts import LowRank, TunedEncoder, WeightSubset
 from taskvec.finetuning.penalty import squared_sum
 from taskvec.finetuning.sensitivity import fisher_scores, least_sensitive
@@ -239,6 +240,7 @@ def test_lora_vector_is_scale_b_a_and_reproduces_the_adapted_model(linearized):
 def test_every_mode_saves_loads_and_merges_like_any_other(tmp_path):
     model, head, inputs, labels = tiny_training_setup()
     other = {"pixels": inputs["pixels"].flip(0)}
+    factors = [compute_factors(model, other, batch_size=32)]  # TAK's
     settings = {
         SUBSET.name: {"params": "fc.*"},
         LINEAR_SUBSET.name: {"params": "conv.*"},
@@ -250,7 +252,7 @@ def test_every_mode_saves_loads_and_merges_like_any_other(tmp_path):
         vectors = []
         for seed in (0, 1):
             cfg = TrainConfig(steps=3, batch_size=16, lr=1e-2, warmup_steps=1, seed=seed, settings=settings.get(mode.name, {}))
-            v = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, task=f"t{seed}", progress=False, others=[other])
+            v = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, task=f"t{seed}", progress=False, others=[other], factors=factors)
             v.save(tmp_path / f"{mode.name}.{seed}.safetensors")
             vectors.append(TaskVector.load(tmp_path / f"{mode.name}.{seed}.safetensors"))
         assert vectors[0].mode is mode and vectors[0].info["cost"]["step_ms"] > 0
@@ -313,7 +315,7 @@ max_train = 64
 max_val = 24
 max_test = 24
 [train]
-modes = ["nonlinear", "linear", "subset", "linear-subset", "lora", "linear-lora", "talos", "tjp"]
+modes = ["nonlinear", "linear", "subset", "linear-subset", "lora", "linear-lora", "talos", "tjp", "tak"]
 [train.subset]
 params = "fc.*"
 [train.linear-subset]
@@ -347,6 +349,7 @@ def test_a_run_of_every_mode_reports_accuracy_cost_and_linearity(tmp_path, capsy
     main(["run", "--config", str(config), "--out", str(out), "--dry-run"])
     plan = capsys.readouterr().out
     assert "fine-tune toy-squares (tjp)" in plan and "penalty on the inputs of toy-stripes, toy-noise" in plan
+    assert "fine-tune toy-squares (tak)" in plan
     assert "params=fc.*" in plan and "linearity of non-linear fine-tuning" in plan
     main(["run", "--config", str(config), "--out", str(out), "--no-progress"])
     results = RunResults.load(out / "results.json")
@@ -372,6 +375,9 @@ def test_a_run_of_every_mode_reports_accuracy_cost_and_linearity(tmp_path, capsy
     expected = "λ = 0.1 · mean over 2 datasets (toy-stripes, toy-noise; no control) of mean_x ‖J(x;θ0)τ‖, 16 examples each per step"
     assert results.cost["tjp"]["toy-squares"].penalty == expected
     assert "Effective penalty of τJp, per fine-tuned task:" in section and f"- toy-squares: {expected}" in section
+    tak = results.cost["tak"]["toy-squares"]
+    assert tak.factor_seconds is not None and tak.factor_seconds >= 0 and (out / "factors" / "toy-squares.safetensors").exists()
+    assert "TAK: each task's KFAC factors at θ0" in section
     assert (out / "figures" / "modes_cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -413,6 +419,7 @@ def test_cli_finetunes_a_new_mode_with_its_settings(tmp_path, capsys):
     for args, message in [
         (["--mode", "lora", "--set", "rank=0"], "setting --mode lora.rank must be ≥ 1"),
         (["--mode", "tjp"], "name them with --other TASK"),
+        (["--mode", "tak"], "KFAC factors: name them with --other TASK"),
         (["--mode", "talos", "--set", "k=0.1"], "--mode talos has no setting 'k'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
@@ -435,6 +442,10 @@ def test_cli_finetunes_a_new_mode_with_its_settings(tmp_path, capsys):
         ]
     )
     assert TaskVector.load(tmp_path / "tjp.safetensors").mode is TJP
+    tak = ["finetune", "--task", "toy-squares", "--mode", "tak", "--other", "toy-stripes", "--config", str(config), "--no-progress"]
+    main([*tak, "--out", str(tmp_path / "tak.safetensors")])
+    assert "KFAC factors of toy-stripes" in capsys.readouterr().out
+    assert TaskVector.load(tmp_path / "tak.safetensors").mode.name == "tak"
 
 
 class TinyText(Backbone):

@@ -7,6 +7,7 @@ from conftest import tiny_training_setup as _setup
 
 from taskvec.config import TrainConfig
 from taskvec.errors import TaskvecError
+from taskvec.finetuning.kfac import compute_factors
 from taskvec.kinds import NONLINEAR
 from taskvec.models.heads import Classifier
 from taskvec.train import batch_indices, finetune, learning_rate
@@ -54,6 +55,7 @@ MODE_SETTINGS = {
     "linear-lora": {"rank": 2},
     "talos": {"fraction": 0.3},
     "tjp": {},
+    "tak": {},
 }
 
 
@@ -62,12 +64,15 @@ def test_interrupted_run_resumes_to_the_same_vector(mode, tmp_path):
     model, head, inputs, labels = _setup()
     cfg = TrainConfig(steps=12, batch_size=16, lr=1e-2, warmup_steps=2, checkpoint_every=4, settings=MODE_SETTINGS[mode])
     others = [{"pixels": inputs["pixels"].flip(0)}]  # read by tjp only
-    full = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, progress=False, others=others)
+    factors = [compute_factors(model, others[0], batch_size=32)]  # read by tak only
+    full = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, progress=False, others=others, factors=factors)
     ckpt = tmp_path / "ckpt.safetensors"
-    partial = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, checkpoint=ckpt, progress=False, stop_after=5, others=others)
+    partial = finetune(
+        model, head, inputs, labels, mode=mode, cfg=cfg, checkpoint=ckpt, progress=False, stop_after=5, others=others, factors=factors
+    )
     assert ckpt.exists()
     assert any(not torch.equal(partial.vector[n], full.vector[n]) for n in full.vector)
-    resumed = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, checkpoint=ckpt, progress=False, others=others)
+    resumed = finetune(model, head, inputs, labels, mode=mode, cfg=cfg, checkpoint=ckpt, progress=False, others=others, factors=factors)
     for n in full.vector:
         assert torch.equal(resumed.vector[n], full.vector[n]), n
 

@@ -22,7 +22,7 @@ def finetune(
     config: Path | None = ConfigOpt,
     settings: list[str] = typer.Option([], "--set", "-s", help="A setting of the mode, name=value (repeatable; see `taskvec list`)."),
     others: list[str] = typer.Option(
-        [], "--other", help="Another task whose inputs a penalized mode (tjp) keeps τ away from (repeatable)."
+        [], "--other", help="Another task whose inputs (tjp) or KFAC factors at θ0 (tak) a penalized mode keeps τ away from (repeatable)."
     ),
     control: str | None = typer.Option(
         None,
@@ -51,8 +51,10 @@ def finetune(
     cfg = config_from(config)
     kind = FINETUNE_MODES.get(mode.value)
     given = parse_settings(kind.settings, settings, f"--mode {kind.name}")
-    if kind.penalty and not others:
-        raise TaskvecError(f"mode {kind.name} penalizes τ on other tasks' inputs: name them with --other TASK")
+    if (kind.penalty or kind.curvature) and not others:
+        raise TaskvecError(
+            f"mode {kind.name} penalizes τ on other tasks' {'inputs' if kind.penalty else 'KFAC factors'}: name them with --other TASK"
+        )
     if control is not None and not kind.penalty:
         raise TaskvecError(f"--control names data a penalized mode (tjp) reads; mode {kind.name} has no penalty")
     control = control or (cfg.negation.control if kind.penalty else None)
@@ -80,14 +82,31 @@ def finetune(
             checkpoint=checkpoint,
             device=device_for(cfg.device),
             progress=progress and main,
-            others={o: setup.prepared(o).sets["train"].inputs for o in others},
+            others={o: setup.prepared(o).sets["train"].inputs for o in others} if kind.penalty else {},
             control=(control, setup.prepared(control).sets["train"].inputs) if control else None,
+            factors=_factors_of(setup, others, kind, loop, device_for(cfg.device)) if kind.curvature else (),
         )
     if main:
         vector.save(out)
         typer.echo(f"wrote {out} ({kind.name} task vector of {task}, norm {vector.norm():.4f})")
         if "penalty" in vector.info:
             typer.echo(f"penalty: {cast('dict[str, str]', vector.info['penalty'])['describe']}")
+
+
+def _factors_of(setup, tasks: list[str], kind, loop, device) -> list:
+    """The KFAC factors of `tasks` at θ0 (TAK), computed here; their time is printed."""
+    from ..finetuning.kfac import compute_factors, factor_settings
+    from ..task_vector import base_identity
+
+    out = []
+    given = factor_settings(loop.settings)
+    for task in tasks:
+        inputs = setup.prepared(task).sets["train"].inputs
+        f = compute_factors(setup.backbone, inputs, **given, batch_size=loop.batch_size, seed=loop.seed, device=device)
+        f.meta.update(base=base_identity(setup.backbone), task=task)
+        typer.echo(f"KFAC factors of {task}: {f.count} examples, {f.meta['cost']['seconds']}s, peak {f.meta['cost']['peak_mib']} MiB")
+        out.append(f)
+    return out
 
 
 @app.command()

@@ -92,6 +92,21 @@ PENALTY_FORM = Setting(
     "norm-mean: mean over datasets of mean_x ‖J(x;θ0)τ‖ (official); squared-sum: Σ over datasets of mean_x ‖J(x;θ0)τ‖² (taskvec's earlier form)",
     choices=tuple(PENALTY_TERMS),
 )
+# TAK's (taskvec.finetuning.kfac): the official defaults of aimagelab/mammoth models/tak.py
+TAK_WEIGHT = Setting(
+    "lam", float, 500.0, "weight λ of Σ_layers tr(G ΔW A ΔWᵀ) over the other tasks' KFAC factors (official reg_lambda)", low=0.0
+)
+FACTOR_EXAMPLES = Setting(
+    "examples", int, 0, "training examples of a task its KFAC factors average (0: all, official train_percent = 1.0)", low=0
+)
+PROBES = Setting("probes", int, 1, "Gaussian probes of the normalized features per example for G (official num_samples_expectation)", low=1)
+CONVS = Setting(
+    "convs",
+    str,
+    "kfac",
+    "convolutions with groups = 1: kfac (trained, KFC factors of their patches) or frozen (as the official ViT's patch embedding)",
+    choices=("kfac", "frozen"),
+)
 
 Builder = Callable[["Backbone", Mapping[str, Any], "FitData", bool], "Trainable"]
 
@@ -136,6 +151,14 @@ def low_rank(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, line
         linearized=linearized,
         adapters=adapters,
     )
+
+
+def kfac_layers(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
+    """The layers TAK has KFAC factors for: linear layers and, unless convs = frozen, convolutions."""
+    from .kfac import factored_parameters
+    from .parts import WeightSubset
+
+    return WeightSubset(_pretrained(backbone), factored_parameters(backbone, settings[CONVS.name]))
 
 
 def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:

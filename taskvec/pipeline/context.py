@@ -16,6 +16,7 @@ from ..distributed import Ranks, barrier, device_for, is_main
 from ..edits import negation_control
 from ..errors import TaskvecError
 from ..evaluate import Evaluator
+from ..finetuning.kfac import TaskFactors
 from ..io import load_tensors, save_tensors
 from ..kinds import EvalMethod, FinetuneMode
 from ..models import Backbone
@@ -58,7 +59,11 @@ class Roles:
         """The tasks whose training inputs a fine-tune of `task` reads besides its own, for a mode
         with a penalty on them (τJp), else none: the other tasks of the run, then the configured
         control (`penalty_control`) as one more dataset, as the official code appends ImageNet
-        (katoro8989/tau-Jp_Task_Arithmetic, finetune_reg_strict.py line 301)."""
+        (katoro8989/tau-Jp_Task_Arithmetic, finetune_reg_strict.py line 301). A mode with a
+        curvature penalty (TAK) reads the other tasks' KFAC factors, computed from their inputs
+        unless the run directory has them."""
+        if mode.curvature:
+            return [t for t in self.tasks if t != task]
         if not mode.penalty:
             return []
         control = self.penalty_control(task, mode)
@@ -192,7 +197,7 @@ class RunContext(Contexts):
         train = self.prepared(task).sets["train"]
         checkpoint = self.dir.checkpoint(task, mode)
         control = self.roles.penalty_control(task, mode)
-        penalized = {t: self.prepared(t).sets["train"].inputs for t in self.roles.penalty_tasks(task, mode)}
+        penalized = {t: self.prepared(t).sets["train"].inputs for t in self.roles.penalty_tasks(task, mode)} if mode.penalty else {}
         control_data = (control, penalized.pop(control)) if control else None
         vector = finetune(
             self.backbone,
@@ -207,7 +212,11 @@ class RunContext(Contexts):
             progress=self.progress,
             others=penalized,
             control=control_data,
+            factors=[self.factors(t, mode) for t in self.roles.penalty_tasks(task, mode)] if mode.curvature else (),
         )
+        if mode.curvature:  # the cost of the factors this task ships, beside its fine-tune's
+            shipped = self.factors(task, mode).meta.get("cost", {})
+            vector.info["cost"].update(factor_seconds=shipped.get("seconds"), factor_peak_mib=shipped.get("peak_mib"))
         if is_main():  # under torchrun every rank holds the same vector; one writes it
             vector.save(self.dir.vector(task, mode))
             checkpoint.unlink(missing_ok=True)
@@ -215,6 +224,26 @@ class RunContext(Contexts):
         self._vectors[(task, mode)] = vector
         self.log(f"fine-tuned {task} ({mode.label}) in {vector.info.get('seconds')}s, last loss {vector.info.get('last_loss')}")
         return vector
+
+    def factors(self, task: str, mode: FinetuneMode) -> TaskFactors:
+        """The task's KFAC factors at θ0 under `mode`'s settings (TAK): from the run directory, else
+        computed on its training inputs and saved (every rank computes the same; rank 0 writes)."""
+        from ..finetuning.kfac import task_factors
+
+        train = self.prepared(task).sets["train"]
+        loop = self.cfg.train.for_task(mode, task, len(train))
+        return task_factors(
+            self.dir.factors(task),
+            self.backbone,
+            train.inputs,
+            mode.resolve(loop.settings),
+            task=task,
+            identity=base_identity(self.backbone),
+            batch_size=loop.batch_size,
+            seed=loop.seed,
+            device=self.device,
+            save=is_main(),
+        )
 
     def import_vector(self, task: str, mode: FinetuneMode, source: str) -> TaskVector:
         """The task vector of a checkpoint fine-tuned elsewhere ([checkpoints] in the config)."""

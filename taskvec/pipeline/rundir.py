@@ -46,6 +46,10 @@ class RunDir:
     def vector(self, task: str, mode: FinetuneMode) -> Path:
         return self.root / "vectors" / f"{task}.{mode.name}.safetensors"
 
+    def factors(self, task: str) -> Path:
+        """A task's KFAC factors at θ0 (TAK), shipped for the other tasks' fine-tunes."""
+        return self.root / "factors" / f"{task}.safetensors"
+
     def checkpoint(self, task: str, mode: FinetuneMode) -> Path:
         return self.root / "checkpoints" / f"{task}.{mode.name}.safetensors"
 

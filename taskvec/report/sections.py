@@ -199,6 +199,16 @@ def _modes_section(results: RunResults) -> list[str]:
             + (f"{_mean([g.relative_gap for g in gaps.values()]):.2f}" if gaps else "–")
             + " |"
         )
+    factored = [(m, _mean_cost(results, m, "factor_seconds"), _mean_cost(results, m, "factor_peak_mib")) for m in modes]
+    lines += [
+        "",
+        *(
+            f"{m.label}: each task's KFAC factors at θ0 (shipped for the others' fine-tunes) took {sec:.1f} s and "
+            f"{'–' if mib is None else f'{mib:.0f}'} MiB peak on average, on top of its fine-tune."
+            for m, sec, mib in factored
+            if sec is not None
+        ),
+    ]
     return lines + _penalty_lines(results, modes) + ["", "![accuracy and cost of the modes](figures/modes_cost.png)", ""]
 
 
