@@ -17,13 +17,15 @@ from .errors import TaskvecError
 from .finetuning.build import (
     ADAPTED,
     ALPHA,
-    BATCHES,
     CANDIDATES,
+    EXAMPLES,
     FRACTION,
     PARAMS,
     PENALTY_BATCH,
     PENALTY_WEIGHT,
     RANK,
+    ROUNDS,
+    SCORE,
     Builder,
     full_weights,
     low_rank,
@@ -147,8 +149,8 @@ TALOS = FINETUNE_MODES.register(
         linearized=False,
         lr=3e-3,
         builds=sparse_least_sensitive,
-        settings=(FRACTION, BATCHES, CANDIDATES),
-        description="fine-tune f in the entries with the lowest diagonal Fisher score on the task (of the candidates)",
+        settings=(FRACTION, SCORE, ROUNDS, EXAMPLES, CANDIDATES),
+        description="fine-tune f in the entries least sensitive on the task (squared gradients of sampled logits), calibrated over rounds",
         reference="Iurada et al., Task-localized sparse fine-tuning (TaLoS), ICLR 2025",
     )
 )

@@ -342,5 +342,6 @@ class _Training:
             "precision": cfg.precision,
             "settings": self.settings,
             "cost": to_data(cost),
+            **self.trainable.stats(),  # what the mode's builder measured (TaLoS: info["mask"])
         }
         return TaskVector(vector, mode, identity, (task,), info)
