@@ -192,6 +192,24 @@ class FinetuneCost:
 
 
 @dataclass
+class MaskStats:
+    """How a sparse fine-tune chose its entries (TaLoS: taskvec.finetuning.sensitivity.mask_stats):
+    the fraction of the candidate entries requested and really trained (entries tied at the
+    threshold are all trained), the fraction scoring exactly 0 at θ0, the last round's
+    threshold, the score and rounds used, and each candidate tensor's fraction trained."""
+
+    requested: float
+    trained: float
+    candidates: int
+    zero_score: float | None = None
+    threshold: float | None = None
+    rounds: int | None = None
+    score: str | None = None
+    examples: int | None = None
+    per_tensor: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Linearity:
     """f(θ0 + τ) against its linearization f_lin(θ0 + τ) on a task's validation set
     (taskvec.analysis.linearity): both accuracies and the relative distance of their logits."""
@@ -222,6 +240,7 @@ class RunResults:
     seconds: float | None = None
     timing: Timing = field(default_factory=Timing)
     cost: dict[str, dict[str, FinetuneCost]] = field(default_factory=dict)  # mode -> task -> its fine-tune's cost
+    masks: dict[str, dict[str, MaskStats]] = field(default_factory=dict)  # sparse mode -> task -> how its mask was chosen
     linearity: dict[str, dict[str, Linearity]] | None = None  # non-linearly trained mode -> task -> gap
     format: str = FORMAT
 

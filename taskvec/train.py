@@ -381,5 +381,6 @@ class _Training:
             "settings": self.settings,
             "seed": cfg.seed,  # LoRA's A0 (an adapter-convention vector regenerates it)
             "cost": to_data(cost),
+            **self.trainable.stats(),  # what the mode's builder measured (TaLoS: info["mask"])
         }
         return TaskVector(vector, mode, identity, (task,), info)

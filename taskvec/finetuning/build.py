@@ -72,8 +72,24 @@ CANDIDATES = Setting(
     "where entries are chosen: a parameter selection (default: all but lookup "
     "tables, whose rows for tokens absent from the scored batches score 0)",
 )
-FRACTION = Setting("fraction", float, 0.1, "fraction of the candidate entries trained (the least sensitive)", low=1e-9, high=1.0)
-BATCHES = Setting("batches", int, 8, "mini-batches of the task's training data scored at θ0", low=1)
+FRACTION = Setting(
+    "fraction",
+    float,
+    0.1,
+    "fraction of the candidate entries trained (the least sensitive; entries tied at the threshold all are)",
+    low=1e-9,
+    high=1.0,
+)
+SCORE = Setting(
+    "score",
+    str,
+    "official",
+    "official: Σ_x (∂ logit of a label sampled from the model's softmax)², per example (the authors' pruners.py); "
+    "batch-fisher: Σ over mini-batches of (∂ mean cross-entropy with the true labels)² (taskvec's earlier score)",
+    choices=("official", "batch-fisher"),
+)
+ROUNDS = Setting("rounds", int, 4, "calibration rounds; round r keeps fraction^(r/rounds), rescoring (the authors' code: 4)", low=1)
+EXAMPLES = Setting("examples", int, 0, "training examples scored each round (0: all, as the authors' code)", low=0)
 # τJp's penalty is a term of the training loss (taskvec.finetuning.penalty), not a parameterization.
 # Defaults: the official code's (katoro8989/tau-Jp_Task_Arithmetic, args.py `--penalty` 0.1;
 # finetune_reg_strict.py line 306 `orth_batch_size` 16, lines 186-194 the norm-mean form).
@@ -162,17 +178,30 @@ def kfac_layers(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, l
 
 
 def sparse_least_sensitive(backbone: Backbone, settings: Mapping[str, Any], fit: FitData, linearized: bool) -> Trainable:
-    """The fraction of entries with the lowest diagonal Fisher score on the task (TaLoS)."""
+    """The entries with the lowest scores on the task, calibrated over rounds (TaLoS;
+    taskvec.finetuning.sensitivity names the authors' files and lines it follows)."""
+    import torch
+
     from ..models.heads import Classifier
     from .parts import SparseWeights
-    from .sensitivity import fisher_scores, least_sensitive
+    from .sensitivity import ScoringData, calibrate, scorer, scoring_index
     from .subsets import select_parameters
 
     pretrained = _pretrained(backbone)
-    params = {n: pretrained[n] for n in select_parameters(backbone, settings[CANDIDATES.name])}
-    model = Classifier(backbone, fit.head).to(fit.device)
-    model.train()
-    scores = fisher_scores(
-        model, params, fit.inputs, fit.labels, batches=settings[BATCHES.name], batch_size=fit.batch_size, seed=fit.seed, device=fit.device
+    names = select_parameters(backbone, settings[CANDIDATES.name])
+    model = Classifier(backbone, fit.head).to(fit.device).eval()  # eval, as pruners.py's TaLoS.score
+    data = ScoringData(
+        model,
+        fit.inputs,
+        fit.labels,
+        scoring_index(len(fit.labels), settings[EXAMPLES.name], fit.seed),
+        fit.batch_size,
+        torch.Generator().manual_seed(fit.seed * 1_000_003 + 11),
+        fit.device,
     )
-    return SparseWeights(pretrained, least_sensitive(scores, settings[FRACTION.name]))
+    score = scorer(settings[SCORE.name], data)
+    prefixed = {f"encoder.{n}": pretrained[n].detach() for n in names}  # the parameters' names in `model`
+    masks, stats = calibrate(score, prefixed, settings[FRACTION.name], settings[ROUNDS.name])
+    stats = {"score": settings[SCORE.name], "examples": len(data.index), **stats}
+    stats["per_tensor"] = {n.removeprefix("encoder."): f for n, f in stats["per_tensor"].items()}
+    return SparseWeights(pretrained, {n.removeprefix("encoder."): m for n, m in masks.items()}, stats={"mask": stats})

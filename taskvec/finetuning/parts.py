@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,6 +95,10 @@ class Trainable(nn.Module):
         """How many weight entries this fine-tune can change."""
         return sum(self.pretrained[n].numel() for n in self.names)
 
+    def stats(self) -> dict[str, Any]:
+        """What the builder measured about its choice, for the task vector's info (JSON data)."""
+        return {}
+
 
 class WeightSubset(Trainable):
     """φ = the selected weights, starting at θ0 (weight decay acts on θ, as in the paper)."""
@@ -111,11 +116,13 @@ class WeightSubset(Trainable):
 
 
 class SparseWeights(Trainable):
-    """φ on the entries of boolean `masks` ({name: mask}); every other entry stays at θ0."""
+    """φ on the entries of boolean `masks` ({name: mask}); every other entry stays at θ0.
+    `stats`: how the masks were chosen (TaLoS: `{"mask": sensitivity.mask_stats}`)."""
 
-    def __init__(self, pretrained: Tensors, masks: dict[str, torch.Tensor]):
+    def __init__(self, pretrained: Tensors, masks: dict[str, torch.Tensor], stats: dict[str, Any] | None = None):
         names = [n for n in pretrained if n in masks and bool(masks[n].any())]
         super().__init__(pretrained, names)
+        self._stats = dict(stats or {})
         self.masks = {n: masks[n].to(torch.bool) for n in names}
         for n in self.names:
             if self.masks[n].shape != pretrained[n].shape:
@@ -135,6 +142,9 @@ class SparseWeights(Trainable):
 
     def entries(self) -> int:
         return sum(int(m.sum()) for m in self.masks.values())
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
 
 
 A_SUFFIX, B_SUFFIX = ".lora_A", ".lora_B"

@@ -8,24 +8,33 @@ import time
 from pathlib import Path
 
 from ..io import check_tensors
-from ..results import FinetuneCost, RunResults, Timing
+from ..results import FinetuneCost, MaskStats, RunResults, Timing
 from ..typed import from_data
 from .context import RunContext
 from .evaluations import negation_table
 from .keys import DISENTANGLEMENT, FINETUNE, HEADS, LINEARITY, NEGATION, NTK, RANDOM_INIT, RANDOM_INIT_RUN, REPORT, SINGLE_TASK, merge_key
 
 
-def _finetune_cost(path: Path) -> FinetuneCost:
-    """The cost a fine-tune recorded in its vector's metadata (vectors of older releases: seconds
-    only), with its effective penalty, if any."""
+def _vector_info(path: Path) -> dict:
+    """The info a fine-tune recorded in its vector's metadata."""
     info = check_tensors(path).get("info", {})
-    info = info if isinstance(info, dict) else {}
+    return info if isinstance(info, dict) else {}
+
+
+def _finetune_cost(path: Path, info: dict) -> FinetuneCost:
+    """The fine-tune's recorded cost (vectors of older releases: seconds only), with its effective
+    penalty, if any."""
     penalty = info.get("penalty")
     described = penalty.get("describe") if isinstance(penalty, dict) else None
     described = described if isinstance(described, str) else None
     if isinstance(info.get("cost"), dict):
         return dataclasses.replace(from_data(FinetuneCost, info["cost"], f"{path} info.cost"), penalty=described)
     return FinetuneCost(seconds=info.get("seconds"), penalty=described)
+
+
+def _mask_stats(path: Path, info: dict) -> MaskStats | None:
+    """How a sparse fine-tune chose its entries, if it recorded it (TaLoS)."""
+    return from_data(MaskStats, info["mask"], f"{path} info.mask") if isinstance(info.get("mask"), dict) else None
 
 
 def _total_seconds(results: RunResults) -> float:
@@ -54,7 +63,16 @@ def assemble_results(ctx: RunContext) -> RunResults:
     """The typed results of every stage, as results.json holds them."""
     cfg, roles = ctx.cfg, ctx.roles
     single = ctx.result(SINGLE_TASK)
-    cost = {mode.name: {task: _finetune_cost(ctx.dir.vector(task, mode)) for task in roles.tasks} for mode in cfg.modes}
+    vectors = {(mode.name, task): ctx.dir.vector(task, mode) for mode in cfg.modes for task in roles.tasks}
+    infos = {key: _vector_info(path) for key, path in vectors.items()}
+    cost = {
+        mode.name: {task: _finetune_cost(vectors[mode.name, task], infos[mode.name, task]) for task in roles.tasks} for mode in cfg.modes
+    }
+    masks: dict[str, dict[str, MaskStats]] = {}
+    for (mode_name, task), path in vectors.items():
+        stats = _mask_stats(path, infos[mode_name, task])
+        if stats is not None:
+            masks.setdefault(mode_name, {})[task] = stats
     return RunResults(
         config=cfg,
         tasks=list(roles.tasks),
@@ -70,6 +88,7 @@ def assemble_results(ctx: RunContext) -> RunResults:
             stages=stage_timing(ctx),
         ),
         cost=cost,
+        masks=masks,
         linearity=ctx.result(LINEARITY) if ctx.has_result(LINEARITY) else None,
     )
 

@@ -10,7 +10,7 @@ from ..kinds import PRETRAINED
 from ..merging import TASK_ARITHMETIC
 from ..results import RunResults
 from .cells import _alpha, _methods, _negation_cell, pct
-from .sections import _analysis_sections, _merge_sections, _modes_section, _timing_section, _training_line
+from .sections import _analysis_sections, _mask_section, _merge_sections, _modes_section, _timing_section, _training_line
 
 
 def render_markdown(results: RunResults, figures: Path | None = None) -> str:
@@ -22,6 +22,7 @@ def render_markdown(results: RunResults, figures: Path | None = None) -> str:
     lines += _negation_table(results, cfg)
     lines += _single_task_table(results)
     lines += _modes_section(results)
+    lines += _mask_section(results)
     lines += _merge_sections(results)
     lines += _figures_section(results)
     if figures is not None:

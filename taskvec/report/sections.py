@@ -224,6 +224,30 @@ def _penalty_lines(results: RunResults, modes: list) -> list[str]:
     return lines
 
 
+def _mask_section(results: RunResults) -> list[str]:
+    """How each sparse fine-tune chose its entries: the fraction requested against the fraction
+    really trained (every entry tied at the threshold is), and how many candidates score 0."""
+    if not results.masks:
+        return []
+    lines = [
+        "## Sparse masks",
+        "",
+        "Per fine-tune, in % of the candidate entries: requested, really trained (entries tied at the threshold are all "
+        "trained) and scoring exactly 0 at θ0; the candidate tensors holding a trained entry; the score and its rounds.",
+        "",
+        "| mode | task | requested | trained | score 0 | tensors trained | score, rounds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode in FINETUNE_MODES:
+        for task, m in results.masks.get(mode.name, {}).items():
+            touched = sum(f > 0 for f in m.per_tensor.values())
+            lines.append(
+                f"| {mode.label} | {task} | {pct(m.requested)} | {pct(m.trained)} | {pct(m.zero_score)} | "
+                f"{touched} / {len(m.per_tensor)} | {m.score or '–'}, {m.rounds or '–'} |"
+            )
+    return lines + [""]
+
+
 def _timing_section(results: RunResults) -> list[str]:
     """Where the time went: each stage as it was computed (possibly by an earlier, resumed run)."""
     timing = results.timing
