@@ -14,7 +14,8 @@ def layer_scales(names: Iterable[str], shallow: float, beta: float) -> dict[str,
     """λ per parameter: shallow + β ℓ/(L−1) for a parameter of block ℓ (0-based) out of L blocks.
 
     Parameters outside the residual blocks (stem, embeddings, final norm, projection, head) get
-    the shallow coefficient, as the official LiNeS code. A single block counts as the first one.
+    the shallow coefficient (our reading of the paper; the official code was not available to
+    check it). A single block counts as the first one.
     """
     depths = {name: depth_index(name) for name in names}
     blocks = 1 + max((d for d in depths.values() if d is not None), default=0)
