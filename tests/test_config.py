@@ -21,14 +21,18 @@ def test_default_and_partial_mode_overrides(tmp_path):
     assert from_data(RunConfig, to_data(cfg)) == cfg  # config.json reads back as the same config
 
 
-def test_the_default_benchmark_differs_from_the_defaults_only_in_the_rates_it_chose():
+def test_the_default_benchmark_differs_from_the_defaults_only_in_the_rates_it_chose_and_breadcrumbs_ranking():
     """`taskvec run` without --config reads the shipped default.toml: the settings' own defaults
     except the learning rates tuned for it, written there, not hidden in a default."""
     default, plain = load_config(None), RunConfig()
     assert default.train[NONLINEAR].lr == 3e-4 and default.train[LINEARIZED].lr == 3e-4
     assert plain.train[NONLINEAR].lr == NONLINEAR.lr == 3e-5 and plain.train[LINEARIZED].lr == LINEARIZED.lr
     assert to_data(default)["train"] != to_data(plain)["train"]
-    assert {k: v for k, v in to_data(default).items() if k != "train"} == {k: v for k, v in to_data(plain).items() if k != "train"}
+    # and Breadcrumbs ranks whole tensors: the official rows of a convolution are too short
+    assert default.merge.grids == {"breadcrumbs": {"ranking": ["tensor"]}} and plain.merge.grids == {}
+    assert {k: v for k, v in to_data(default).items() if k not in ("train", "merge")} == {
+        k: v for k, v in to_data(plain).items() if k not in ("train", "merge")
+    }
 
 
 @pytest.mark.parametrize(
@@ -163,8 +167,10 @@ def test_merge_table_sets_methods_and_grids(tmp_path):
     assert cfg.merge.settings_grid(ta) == [{}]
     assert from_data(RunConfig, to_data(cfg)) == cfg
     assert RunConfig().merge.methods == tuple(MERGE_METHODS.names())  # every registered method by default
-    q = quick(cfg).merge  # quick: each setting at its default, a coarse α grid
-    assert q.settings_grid(ties) == [{s.name: s.default for s in ties.settings}] and len(q.alphas(ties, [])) <= 6
+    q = quick(cfg).merge  # quick: each setting at the config's first value (else its default), a coarse α grid
+    assert q.settings_grid(ties) == [{"k": 0.1}] and len(q.alphas(ties, [])) <= 6
+    plain = quick(RunConfig()).merge
+    assert plain.settings_grid(ties) == [{s.name: s.default for s in ties.settings}]
 
 
 def test_the_built_in_default_is_configs_image_toml():

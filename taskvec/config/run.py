@@ -199,9 +199,11 @@ def quick(cfg: RunConfig) -> RunConfig:
         return dataclasses.replace(t, steps=12, warmup_steps=2, batch_size=min(t.batch_size, 16), checkpoint_every=6, grad_accumulation=1)
 
     def defaults_only(method: MergeMethod) -> dict[str, list]:
-        """Each setting at its default and every fourth α of the method's grid."""
+        """Each setting at one value, the config's first (its default where the config names
+        none), and every fourth α of the method's grid."""
+        given = cfg.merge.grids.get(method.name, {})
         alphas = cfg.merge.alphas(method, alpha_grid(cfg.eval.alpha_start, cfg.eval.alpha_stop, 0.25))
-        return {**{s.name: [s.default] for s in method.settings}, ALPHAS: alphas[::4] if len(alphas) > 6 else alphas}
+        return {**{s.name: given.get(s.name, [s.default])[:1] for s in method.settings}, ALPHAS: alphas[::4] if len(alphas) > 6 else alphas}
 
     return dataclasses.replace(
         cfg,
