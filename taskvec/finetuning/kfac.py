@@ -192,7 +192,7 @@ class _Accumulator:
 
         def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
             out = original(module, x, weight, bias)
-            patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, C·k·k, L)
+            patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # type: ignore[arg-type]  # (B, C·k·k, L)
             self._record(name, module, patches.transpose(1, 2), out, lambda grad: grad.flatten(2).transpose(1, 2))
             return out
 
@@ -252,7 +252,7 @@ def compute_factors(
     if missing:
         raise TaskvecError(f"layers {', '.join(missing)} were not run by the backbone's forward; their KFAC factors are undefined")
     for name in set(modules) - set(accumulate.g):  # run, but the features do not depend on it (a BERT pooler): J = 0
-        rows = modules[name].weight.shape[0]
+        rows = int(modules[name].weight.shape[0])  # type: ignore[index]
         accumulate.g[name] = torch.zeros(rows, rows, dtype=torch.float64, device=accumulate.a[name].device)
     a = {f"{k}.weight": (v / count).to(dtype).cpu() for k, v in accumulate.a.items()}
     g = {f"{k}.weight": (v / count).to(dtype).cpu() for k, v in accumulate.g.items()}

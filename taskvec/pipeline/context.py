@@ -216,7 +216,9 @@ class RunContext(Contexts):
         )
         if mode.curvature:  # the cost of the factors this task ships, beside its fine-tune's
             shipped = self.factors(task, mode).meta.get("cost", {})
-            vector.info["cost"].update(factor_seconds=shipped.get("seconds"), factor_peak_mib=shipped.get("peak_mib"))
+            vector.info["cost"].update(  # type: ignore[attr-defined]
+                factor_seconds=shipped.get("seconds"), factor_peak_mib=shipped.get("peak_mib")
+            )
         if is_main():  # under torchrun every rank holds the same vector; one writes it
             vector.save(self.dir.vector(task, mode))
             checkpoint.unlink(missing_ok=True)
