@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TaskvecError
-from .finetuning.build import (
+from .finetuning.build import Builder, full_weights, kfac_layers, low_rank, sparse_least_sensitive, weight_subset
+from .finetuning.settings import (
     ADAPTED,
     ALPHA,
     ARITHMETIC,
@@ -33,12 +34,6 @@ from .finetuning.build import (
     ROUNDS,
     SCORE,
     TAK_WEIGHT,
-    Builder,
-    full_weights,
-    kfac_layers,
-    low_rank,
-    sparse_least_sensitive,
-    weight_subset,
 )
 from .registry import Kind, Registry, Setting, resolve_settings
 

@@ -196,7 +196,8 @@ class MaskStats:
     """How a sparse fine-tune chose its entries (TaLoS: taskvec.finetuning.sensitivity.mask_stats):
     the fraction of the candidate entries requested and really trained (entries tied at the
     threshold are all trained), the fraction scoring exactly 0 at θ0, the last round's
-    threshold, the score and rounds used, and each candidate tensor's fraction trained."""
+    threshold, the score and rounds used, the seconds the scoring and calibration took (before
+    the fine-tune, so not in its cost), and each candidate tensor's fraction trained."""
 
     requested: float
     trained: float
@@ -206,6 +207,7 @@ class MaskStats:
     rounds: int | None = None
     score: str | None = None
     examples: int | None = None
+    seconds: float | None = None
     per_tensor: dict[str, float] = field(default_factory=dict)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from .errors import TaskvecError, finite
-from .finetuning.build import ALPHA, ARITHMETIC, RANK
+from .finetuning.settings import ALPHA, ARITHMETIC, RANK
 from .io import load_tensors, save_tensors
 from .kinds import FINETUNE_MODES, FinetuneMode
 from .lazy import lazy_import

@@ -31,11 +31,12 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import TaskvecError
-from .finetuning.build import PENALTY_BATCH, PENALTY_FORM, PENALTY_WEIGHT, TAK_WEIGHT, FitData
+from .finetuning.build import FitData
 from .finetuning.cost import CostMeter
 from .finetuning.kfac import KfacPenalty, TaskFactors, combine
 from .finetuning.parts import TunedEncoder
 from .finetuning.penalty import PENALTY_TERMS, EffectivePenalty, PenaltyTerm, norm_mean, penalty_data
+from .finetuning.settings import PENALTY_BATCH, PENALTY_FORM, PENALTY_WEIGHT, TAK_WEIGHT
 from .io import load_tensors, save_tensors
 from .kinds import FINETUNE_MODES, FinetuneMode
 from .models.base import Backbone, Batch

@@ -376,6 +376,12 @@ def test_a_run_of_every_mode_reports_accuracy_cost_and_linearity(tmp_path, capsy
     tak = results.cost["tak"]["toy-squares"]
     assert tak.factor_seconds is not None and tak.factor_seconds >= 0 and (out / "factors" / "toy-squares.safetensors").exists()
     assert "TAK: each task's KFAC factors at θ0" in section
+    # TaLoS's masks: typed in the results (the scoring's own time included), one report row per task
+    assert set(results.masks) == {"talos"} and set(results.masks["talos"]) == set(tasks)
+    mask = results.masks["talos"]["toy-squares"]
+    assert mask.requested == 0.2 and mask.trained >= 0.2 and mask.seconds is not None and mask.seconds >= 0
+    masks = report.split("## Sparse masks")[1].split("\n## ")[0]
+    assert all(f"| TaLoS | {t} | 20.0 |" in masks for t in tasks)
     assert (out / "figures" / "modes_cost.png").read_bytes()[:4] == b"\x89PNG"
 
 

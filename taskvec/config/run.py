@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskvecError
-from ..finetuning.build import ARITHMETIC
+from ..finetuning.settings import ARITHMETIC
 from ..kinds import FINETUNE_MODES, FinetuneMode
 from ..merging import MERGE_METHODS, MergeMethod
 from ..merging.base import ADAPTER_MERGES

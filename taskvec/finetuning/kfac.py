@@ -262,7 +262,7 @@ def compute_factors(
 
 def factor_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """`compute_factors`' keywords from a TAK mode's resolved settings."""
-    from .build import CONVS, FACTOR_EXAMPLES, PROBES
+    from .settings import CONVS, FACTOR_EXAMPLES, PROBES
 
     return {"convs": settings[CONVS.name], "examples": settings[FACTOR_EXAMPLES.name], "probes": settings[PROBES.name]}
 

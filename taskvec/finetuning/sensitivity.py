@@ -43,8 +43,8 @@ from torch.func import functional_call, grad, vmap
 
 from ..errors import TaskvecError
 from ..models.base import Batch
-from .build import SCORE
 from .parts import Tensors
+from .settings import SCORE
 
 DROPPED_SCALE = 0.1  # pruners.py line 71: a dropped entry's mask value while later rounds score
 GRADIENT_BYTES = 256 * 2**20  # per-example gradients held at once (a chunk of examples)

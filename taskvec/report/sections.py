@@ -233,19 +233,30 @@ def _mask_section(results: RunResults) -> list[str]:
         "## Sparse masks",
         "",
         "Per fine-tune, in % of the candidate entries: requested, really trained (entries tied at the threshold are all "
-        "trained) and scoring exactly 0 at θ0; the candidate tensors holding a trained entry; the score and its rounds.",
+        "trained) and scoring exactly 0 at θ0; the candidate tensors holding a trained entry; the mean fraction trained "
+        "per tensor in the first, middle and last third of the candidate tensors (network order); the score, its rounds "
+        "and the seconds scoring took (before the fine-tune, not in its cost).",
         "",
-        "| mode | task | requested | trained | score 0 | tensors trained | score, rounds |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | task | requested | trained | score 0 | tensors trained | by depth (thirds) | score, rounds, s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode in FINETUNE_MODES:
         for task, m in results.masks.get(mode.name, {}).items():
             touched = sum(f > 0 for f in m.per_tensor.values())
+            seconds = "–" if m.seconds is None else f"{m.seconds:.0f}"
             lines.append(
                 f"| {mode.label} | {task} | {pct(m.requested)} | {pct(m.trained)} | {pct(m.zero_score)} | "
-                f"{touched} / {len(m.per_tensor)} | {m.score or '–'}, {m.rounds or '–'} |"
+                f"{touched} / {len(m.per_tensor)} | {_by_thirds(list(m.per_tensor.values()))} | {m.score or '–'}, {m.rounds or '–'}, {seconds} |"
             )
     return lines + [""]
+
+
+def _by_thirds(fractions: list[float]) -> str:
+    """Mean of the per-tensor fractions over the first, middle and last third of the tensors."""
+    if len(fractions) < 3:
+        return "–"
+    cut = [0, len(fractions) // 3, 2 * len(fractions) // 3, len(fractions)]
+    return " / ".join(pct(sum(part) / len(part)) for part in (fractions[a:b] for a, b in zip(cut, cut[1:])))
 
 
 def _timing_section(results: RunResults) -> list[str]:
